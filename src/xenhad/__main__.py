@@ -1,0 +1,3 @@
+from xenhad.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The pool as xenhad sees it in one tick: plain, frozen values shared by every module.
+
+The XAPI facade produces these from records; the detector, the recovery state machine and
+placement consume them. Nothing here performs I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+HostId = str
+"""A host's uuid. Refs are session-scoped in spirit; uuids survive a master transition."""
+
+VmId = str
+"""A VM's uuid."""
+
+
+class PowerState(enum.Enum):
+    HALTED = "Halted"
+    PAUSED = "Paused"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+
+    @classmethod
+    def parse(cls, value: str) -> PowerState:
+        # xapi spells power states capitalised on the wire (datamodel_vm.ml, vm_power_state).
+        for state in cls:
+            if state.value.lower() == value.lower():
+                return state
+        raise ValueError(f"unknown VM power state {value!r}")
+
+
+class Protection(enum.Enum):
+    """Whether xenhad brings a VM back after its host dies.
+
+    RESTART is retried until it runs or no capacity exists; BEST_EFFORT is tried a bounded
+    number of times after every RESTART VM of the same incident has been placed.
+    """
+
+    RESTART = "restart"
+    BEST_EFFORT = "best-effort"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class HostView:
+    uuid: HostId
+    ref: str
+    name: str
+    address: str
+    enabled: bool
+    live: bool
+    """host_metrics.live as the master's database has it (slow: up to 600 s stale)."""
+    memory_total: int = 0
+    memory_free: int = 0
+
+
+@dataclass(frozen=True)
+class VmView:
+    uuid: VmId
+    ref: str
+    name: str
+    power_state: PowerState
+    resident_on: HostId | None
+    affinity: HostId | None
+    memory: int
+    """Bytes a start needs: memory_static_max (xapi's own admission check uses it)."""
+    protection: Protection
+    order: int = 0
+    start_delay: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.power_state in (PowerState.RUNNING, PowerState.PAUSED)
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """One consistent snapshot of the pool, taken at `taken_at` (monotonic seconds)."""
+
+    pool_ref: str
+    master: HostId
+    ha_enabled: bool
+    hosts: Mapping[HostId, HostView]
+    vms: Mapping[VmId, VmView]
+    """Only guest VMs: control domains, templates and snapshots are filtered out."""
+    other_config: Mapping[str, str] = field(default_factory=dict)
+    taken_at: float = 0.0
+
+    def vms_on(self, host: HostId) -> list[VmView]:
+        return [vm for vm in self.vms.values() if vm.resident_on == host]
