@@ -70,6 +70,8 @@ class VmView:
     protection: Protection
     order: int = 0
     start_delay: int = 0
+    busy: bool = False
+    """An operation (start, migrate...) is in progress: xapi's current_operations is not empty."""
 
     @property
     def running(self) -> bool:
