@@ -1,0 +1,776 @@
+"""The configuration: TOML validated into one frozen, typed `Config`.
+
+Schema checking lives here, apart from the code that uses the config (as Patroni keeps
+`validator.py`): every other module receives a `Config` that is already known to be
+consistent, and never re-checks a value.
+
+Every problem is a `ConfigError` whose message is one line naming the file, the dotted key,
+the bad value and what is expected, e.g.
+
+    xenhad.toml: detector.confirm_misses = 0 is invalid: expected an integer >= 1
+
+Each section has a parser function (`_parse_host`, `_parse_xapi`, ...) that reads its
+`Table` and returns the section's frozen dataclass; `_parse_document` calls them in turn.
+A new section or a richer one (the per-host fencing chains) is a new or extended function.
+
+The config holds no secret: passwords are named by file or systemd credential only, so the
+file may be world-readable and pasted into bug reports.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import ipaddress
+import json
+import math
+import os
+import re
+import shlex
+import sys
+import uuid as uuidlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal, cast
+from urllib.parse import SplitResult, urlsplit
+
+from xenhad import credentials
+from xenhad.errors import ConfigError, CredentialError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the 3.9/3.10 dom0s only
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/xenhad/xenhad.toml")
+
+LogFormat = Literal["kv", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("kv", "json")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+
+
+class FencingMode(enum.Enum):
+    REQUIRED = "required"
+    """Restart a dead host's VMs only once a fencing backend proved the host off."""
+    TRUST_LIVENESS = "trust-liveness"
+    """UNSAFE: restart on XAPI's word that the host is dead. A partitioned host that is still
+    running its VMs gets them started a second time elsewhere: two writers, one disk."""
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    uuid: str = ""
+    """This host's uuid; "" means INSTALLATION_UUID from `inventory` (see resolve_host_uuid)."""
+    inventory: Path = Path("/etc/xensource-inventory")
+
+
+@dataclass(frozen=True)
+class XapiConfig:
+    url: str = ""
+    """"" for the local socket, else https://..., http://... (simulator) or unix:///path."""
+    socket: Path = Path("/var/lib/xcp/xapi")
+    username: str = "root"
+    password_file: Path | None = None
+    password_credential: str = ""
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    allow_insecure_http: bool = False
+    timeout: float = 10.0
+    source_address: str = ""
+
+    @property
+    def scheme(self) -> Literal["unix", "https", "http"]:
+        """How the daemon reaches XAPI: "unix" (a local socket) or TCP over https/http."""
+        if not self.url:
+            return "unix"
+        return cast(Literal["unix", "https", "http"], urlsplit(self.url).scheme.lower())
+
+    @property
+    def socket_path(self) -> Path:
+        """The local socket to use when `scheme` is "unix"."""
+        if self.url:
+            return Path(urlsplit(self.url).path)
+        return self.socket
+
+    @property
+    def needs_password(self) -> bool:
+        # The local socket is pre-authenticated as root: xapi ignores the password there.
+        return self.scheme != "unix"
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    interval: float = 2.0
+    confirm_misses: int = 3
+    confirm_seconds: float = 10.0
+    recover_hold_seconds: float = 30.0
+    probe_timeout: float = 1.5
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    protection_key: str = "xenhad"
+    concurrency: int = 4
+    best_effort_attempts: int = 3
+    retry_backoff: float = 5.0
+    retry_backoff_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class FencingConfig:
+    mode: FencingMode = FencingMode.REQUIRED
+    # ---- per-host backend chains go here (fencing engineer) --------------------------
+    # `[[fencing.hosts]]` tables will become a `hosts: tuple[FencedHost, ...] = ()` field,
+    # parsed in `_parse_fencing` with `table.array_of_tables("hosts")`.
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path = Path("/var/lib/xenhad")
+    log_format: LogFormat = "kv"
+    log_level: LogLevel = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: HostConfig = field(default_factory=HostConfig)
+    xapi: XapiConfig = field(default_factory=XapiConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    fencing: FencingConfig = field(default_factory=FencingConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "host": HostConfig,
+    "xapi": XapiConfig,
+    "detector": DetectorConfig,
+    "recovery": RecoveryConfig,
+    "fencing": FencingConfig,
+    "daemon": DaemonConfig,
+}
+"""Section name -> its dataclass; a section's known keys are its dataclass's fields."""
+
+
+def known_keys(section: str) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(SECTIONS[section]))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def defaults() -> Config:
+    """The configuration an empty file gives: fit for a dom0 talking to its local xapi."""
+    return Config()
+
+
+def load(path: Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at `path`; ConfigError (one line) on any problem.
+
+    Files the config names (password_file, ca_file) must exist and, for secrets, be
+    private. `env` (default os.environ) supplies $CREDENTIALS_DIRECTORY.
+    """
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(
+            f"{source}: cannot read the config file ({e.strerror}): pass the path of an "
+            f"existing file (an example with every option is etc/xenhad.toml)"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{source}: line {line}: not UTF-8 text: TOML files must be UTF-8"
+        ) from None
+    return parse(text, source=source, env=env)
+
+
+def parse(
+    text: str,
+    *,
+    source: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    check_files: bool = True,
+) -> Config:
+    """Validate TOML `text`; `source` names it in messages. With `check_files` false, files
+    the config names are not looked at (for validating a config away from its host)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(_syntax_error(source, e, text)) from None
+    config = _parse_document(document, source)
+    if check_files:
+        _check_files(config, source, os.environ if env is None else env)
+    return config
+
+
+def check_config(
+    path: Path, *, env: Mapping[str, str] | None = None, resolve_host: bool = True
+) -> tuple[int, str]:
+    """What `xenhad check-config FILE` prints and exits with: (0, "FILE: ok") or (1, error).
+
+    With `resolve_host` (the default) an empty host.uuid must be resolvable from the
+    inventory, as the daemon will need it at start; pass False to check a config away
+    from the dom0 it is meant for.
+    """
+    try:
+        config = load(path, env=env)
+        if resolve_host:
+            resolve_host_uuid(config)
+    except (ConfigError, CredentialError) as e:
+        return 1, str(e)
+    return 0, f"{path}: ok"
+
+
+def resolve_host_uuid(config: Config) -> str:
+    """This host's uuid: host.uuid, or INSTALLATION_UUID from the xensource inventory."""
+    if config.host.uuid:
+        return config.host.uuid
+    inventory = config.host.inventory
+    fix = 'set host.uuid = "..." in the config, or host.inventory to the inventory file'
+    try:
+        values = read_inventory(inventory)
+    except OSError as e:
+        raise ConfigError(
+            f"host.uuid is empty and the inventory {inventory} cannot be read "
+            f"({e.strerror}): {fix}"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"inventory {inventory}: {e}: {fix}") from None
+    found = values.get("INSTALLATION_UUID", "")
+    if not found:
+        raise ConfigError(
+            f"host.uuid is empty and the inventory {inventory} has no INSTALLATION_UUID: {fix}"
+        )
+    try:
+        return str(uuidlib.UUID(found))
+    except ValueError:
+        raise ConfigError(
+            f"inventory {inventory}: INSTALLATION_UUID = {found!r} is not a uuid: {fix}"
+        ) from None
+
+
+def read_inventory(path: Path) -> dict[str, str]:
+    """KEY='value' lines of /etc/xensource-inventory (shell-quoted, as xcp-inventory writes
+    them and as /etc/init.d scripts source them). OSError if unreadable, ValueError (naming
+    the line) if a line is not KEY=value."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, rest = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"line {number} is not KEY='value'")
+        try:
+            words = shlex.split(rest, comments=True)
+        except ValueError:
+            raise ValueError(f"line {number} has unbalanced quotes") from None
+        values[key] = " ".join(words)
+    return values
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def render_value(value: object) -> str:
+    """A value as TOML spells it, kept short: the `= value` part of an error message."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, (str, Path)):
+        text = json.dumps(str(value), ensure_ascii=False)
+    elif isinstance(value, Mapping):
+        text = "{ " + ", ".join(f"{k} = {render_value(v)}" for k, v in value.items()) + " }"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(render_value(v) for v in value) + "]"
+    elif isinstance(value, enum.Enum):
+        text = render_value(value.value)
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Table:
+    """One TOML table being validated: typed getters that raise one-line ConfigErrors.
+
+    Unknown keys are refused as soon as the table is opened, before any value is checked:
+    a misspelt key means the value the operator meant was silently not applied, which is
+    the first thing to tell them.
+    """
+
+    def __init__(
+        self, source: str, prefix: str, data: Mapping[str, object], known: Iterable[str]
+    ) -> None:
+        self.source = source
+        self.prefix = prefix
+        self.data = data
+        self.known = tuple(known)
+        for key, value in data.items():
+            if key not in self.known:
+                raise ConfigError(self._unknown_key_message(key, value))
+
+    def dotted(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def error(self, key: str, value: object, expected: str) -> ConfigError:
+        """`source: prefix.key = value is invalid: expected ...`"""
+        return ConfigError(
+            f"{self.source}: {self.dotted(key)} = {render_value(value)} is invalid: {expected}"
+        )
+
+    def _unknown_key_message(self, key: str, value: object) -> str:
+        where = f"{self.dotted(key)} = {render_value(value)}"
+        close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.6)
+        if close:
+            hint = f"did you mean {self.dotted(close[0])}?"
+        else:
+            elsewhere = [s for s in SECTIONS if key in known_keys(s)]
+            if elsewhere:
+                hint = f"it belongs in [{elsewhere[0]}]: did you mean {elsewhere[0]}.{key}?"
+            else:
+                hint = "known keys: " + ", ".join(self.known)
+        return f"{self.source}: {where} is not a known key: {hint}"
+
+    # -- getters: each returns the default when the key is absent ------------------------
+
+    def string(
+        self,
+        key: str,
+        default: str,
+        *,
+        pattern: str | None = None,
+        expected: str = "expected a string",
+    ) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str):
+            raise self.error(key, value, expected)
+        if pattern is not None and value and not re.fullmatch(pattern, value):
+            raise self.error(key, value, expected)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, value, "expected true or false (no quotes)")
+        return value
+
+    def integer(
+        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        value = self.data.get(key, default)
+        expected = _range_words("an integer", minimum, maximum)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, value, expected)
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise self.error(key, value, expected)
+        return value
+
+    def seconds(self, key: str, default: float, *, allow_zero: bool = False) -> float:
+        """A duration in seconds: an integer or a float, finite, > 0 (>= 0 with allow_zero)."""
+        value = self.data.get(key, default)
+        expected = f"expected a number of seconds {'>= 0' if allow_zero else '> 0'}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, value, expected)
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+            raise self.error(key, value, expected)
+        return seconds
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or value not in choices:
+            expected = "expected one of " + ", ".join(json.dumps(c) for c in choices)
+            if isinstance(value, str):
+                close = [c for c in choices if c == value.lower()]
+                close = close or difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+                if close:
+                    expected += f" (did you mean {json.dumps(close[0])}?)"
+            raise self.error(key, value, expected)
+        return value
+
+    def path(self, key: str, default: Path) -> Path:
+        found = self.optional_path(key, default)
+        if found is None:
+            raise self.error(key, "", "expected an absolute path")
+        return found
+
+    def optional_path(self, key: str, default: Path | None = None) -> Path | None:
+        """An absolute path, or None for "" (unset). Relative paths are refused: a daemon's
+        working directory is nobody's business, and guessing it is how files go missing."""
+        value = self.data.get(key, "" if default is None else str(default))
+        if not isinstance(value, str):
+            raise self.error(key, value, "expected a path as a string")
+        if not value:
+            return None
+        if not value.startswith("/"):
+            raise self.error(key, value, "expected an absolute path (starting with /)")
+        return Path(value)
+
+    def subtable(self, key: str, known: Iterable[str]) -> Table:
+        value = self.data.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.error(key, value, f"expected a table [{self.dotted(key)}]")
+        return Table(self.source, self.dotted(key), value, known)
+
+    def array_of_tables(self, key: str, known: Iterable[str]) -> list[Table]:
+        """`[[prefix.key]]` entries, each a Table whose dotted keys read `prefix.key[i].x`."""
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            raise self.error(key, value, f"expected [[{self.dotted(key)}]] tables")
+        known = tuple(known)
+        return [
+            Table(self.source, f"{self.dotted(key)}[{i}]", item, known)
+            for i, item in enumerate(value)
+        ]
+
+
+def _range_words(noun: str, minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"expected {noun} from {minimum} to {maximum}"
+    if minimum is not None:
+        return f"expected {noun} >= {minimum}"
+    if maximum is not None:
+        return f"expected {noun} <= {maximum}"
+    return f"expected {noun}"
+
+
+def _syntax_error(source: str, error: Exception, text: str) -> str:
+    # tomllib/tomli end their message with "(at line L, column C)" or "(at end of
+    # document)"; we lead with the line, as compilers do, and keep the column.
+    message = str(error)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)\s*$", message)
+    if match:
+        reason = message[: match.start()]
+        where = f"line {match.group(1)}, column {match.group(2)}"
+    else:
+        reason = re.sub(r"\s*\(at end of document\)\s*$", "", message)
+        where = f"line {len(text.splitlines()) or 1} (end of file)"
+    reason = " ".join(reason.split()) or "invalid TOML"
+    return f"{source}: {where}: TOML syntax error: {reason}"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _parse_document(document: Mapping[str, object], source: str) -> Config:
+    for key, value in document.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            continue
+        if key in SECTIONS:
+            raise ConfigError(
+                f"{source}: {key} = {render_value(value)} is invalid: expected a table [{key}]"
+            )
+        raise ConfigError(_unknown_top_level(source, key, value))
+
+    def table(name: str) -> Table:
+        data = document.get(name, {})
+        return Table(source, name, cast(Mapping[str, object], data), known_keys(name))
+
+    return Config(
+        host=_parse_host(table("host")),
+        xapi=_parse_xapi(table("xapi")),
+        detector=_parse_detector(table("detector")),
+        recovery=_parse_recovery(table("recovery")),
+        fencing=_parse_fencing(table("fencing")),
+        daemon=_parse_daemon(table("daemon")),
+    )
+
+
+def _unknown_top_level(source: str, key: str, value: object) -> str:
+    if isinstance(value, Mapping):
+        close = difflib.get_close_matches(key, list(SECTIONS), n=1, cutoff=0.6)
+        hint = f"did you mean [{close[0]}]?" if close else "known sections: " + ", ".join(
+            f"[{s}]" for s in SECTIONS
+        )
+        return f"{source}: [{key}] is not a known section: {hint}"
+    owners = [s for s in SECTIONS if key in known_keys(s)]
+    hint = (
+        f"keys belong in a section: did you mean {owners[0]}.{key}?"
+        if owners
+        else "keys belong in a section: " + ", ".join(f"[{s}]" for s in SECTIONS)
+    )
+    return f"{source}: {key} = {render_value(value)} is not a known key: {hint}"
+
+
+def _parse_host(t: Table) -> HostConfig:
+    d = HostConfig()
+    uuid = t.string("uuid", d.uuid)
+    if uuid:
+        try:
+            # xapi hands out lowercase canonical uuids; normalise so comparisons hold.
+            uuid = str(uuidlib.UUID(uuid))
+        except ValueError:
+            raise t.error(
+                "uuid", uuid, 'expected a host uuid (xe host-list params=uuid) or "" for the '
+                "inventory's INSTALLATION_UUID"
+            ) from None
+    return HostConfig(uuid=uuid, inventory=t.path("inventory", d.inventory))
+
+
+def _parse_xapi(t: Table) -> XapiConfig:
+    d = XapiConfig()
+    url = t.string("url", d.url)
+    socket = t.path("socket", d.socket)
+    username = t.string("username", d.username)
+    if not username:
+        raise t.error("username", username, "expected a XAPI user name, e.g. \"root\"")
+    password_file = t.optional_path("password_file", d.password_file)
+    password_credential = t.string(
+        "password_credential",
+        d.password_credential,
+        pattern=r"[A-Za-z0-9_.:@+-]{1,255}",
+        expected="expected a systemd credential name (letters, digits, _ . : @ + -)",
+    )
+    if password_credential in (".", ".."):
+        raise t.error("password_credential", password_credential, "expected a credential name")
+    verify_tls = t.boolean("verify_tls", d.verify_tls)
+    ca_file = t.optional_path("ca_file", d.ca_file)
+    allow_insecure_http = t.boolean("allow_insecure_http", d.allow_insecure_http)
+    timeout = t.seconds("timeout", d.timeout)
+    source_address = t.string("source_address", d.source_address)
+
+    if url:
+        _check_url(t, url, allow_insecure_http, socket_set=t.has("socket"))
+    scheme = urlsplit(url).scheme.lower() if url else "unix"
+    if password_file is not None and password_credential:
+        raise t.error(
+            "password_credential",
+            password_credential,
+            "expected only one of xapi.password_file and xapi.password_credential: remove one",
+        )
+    if scheme in ("https", "http") and password_file is None and not password_credential:
+        raise t.error(
+            "url",
+            url,
+            "a XAPI url needs a password: set xapi.password_file or xapi.password_credential "
+            '(or url = "" for the local socket, which needs none)',
+        )
+    if ca_file is not None and not verify_tls:
+        raise t.error(
+            "ca_file",
+            str(ca_file),
+            "xapi.ca_file is only used with xapi.verify_tls = true: remove one of them",
+        )
+    if source_address:
+        try:
+            source_address = str(ipaddress.ip_address(source_address))
+        except ValueError:
+            raise t.error(
+                "source_address",
+                source_address,
+                'expected an IP address of this host, e.g. "127.0.0.2", or "" for the default',
+            ) from None
+    return XapiConfig(
+        url=url,
+        socket=socket,
+        username=username,
+        password_file=password_file,
+        password_credential=password_credential,
+        verify_tls=verify_tls,
+        ca_file=ca_file,
+        allow_insecure_http=allow_insecure_http,
+        timeout=timeout,
+        source_address=source_address,
+    )
+
+
+def _check_url(t: Table, url: str, allow_insecure_http: bool, *, socket_set: bool) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
+    except ValueError:
+        raise t.error("url", url, 'expected a URL such as "https://pool-master"') from None
+    shown = _hide_userinfo(parts)
+    scheme = parts.scheme.lower()
+    if parts.username is not None or parts.password is not None:
+        # Printing the url back would print the password: `shown` masks it.
+        raise t.error(
+            "url",
+            shown,
+            "expected no user or password in the url: set xapi.username and "
+            "xapi.password_file instead",
+        )
+    if scheme == "unix":
+        if not parts.path.startswith("/") or parts.netloc:
+            raise t.error(
+                "url", shown, 'expected "unix:///absolute/path/of/the/socket"'
+            )
+        if socket_set:
+            raise t.error(
+                "url",
+                shown,
+                "expected only one of a unix: url and xapi.socket: remove one",
+            )
+        return
+    if scheme not in ("https", "http"):
+        raise t.error(
+            "url",
+            shown,
+            'expected an https:// URL, "" for the local socket, or unix:///path/of/socket',
+        )
+    if not parts.hostname:
+        raise t.error("url", shown, 'expected a host name, e.g. "https://pool-master"')
+    if scheme == "http" and not allow_insecure_http:
+        raise t.error(
+            "url",
+            shown,
+            "plain http sends the XAPI password in clear: use https://, or set "
+            "xapi.allow_insecure_http = true (meant for the simulator only)",
+        )
+
+
+def _hide_userinfo(parts: SplitResult) -> str:
+    if "@" not in parts.netloc:
+        return parts.geturl()
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def _parse_detector(t: Table) -> DetectorConfig:
+    d = DetectorConfig()
+    interval = t.seconds("interval", d.interval)
+    confirm_misses = t.integer("confirm_misses", d.confirm_misses, minimum=1)
+    confirm_seconds = t.seconds("confirm_seconds", d.confirm_seconds)
+    recover_hold_seconds = t.seconds(
+        "recover_hold_seconds", d.recover_hold_seconds, allow_zero=True
+    )
+    probe_timeout = t.seconds("probe_timeout", d.probe_timeout)
+
+    if confirm_seconds < interval:
+        # A confirmation that spans less than one tick is a single observation: one lost
+        # packet would fence a host.
+        _blame_pair(t, "confirm_seconds", confirm_seconds, ">=", "interval", interval)
+    if probe_timeout >= interval:
+        # Probes of one tick must have finished before the next tick starts, or slow
+        # probes pile up and a tick's misses describe an older moment.
+        _blame_pair(t, "probe_timeout", probe_timeout, "<", "interval", interval)
+    return DetectorConfig(
+        interval=interval,
+        confirm_misses=confirm_misses,
+        confirm_seconds=confirm_seconds,
+        recover_hold_seconds=recover_hold_seconds,
+        probe_timeout=probe_timeout,
+    )
+
+
+def _blame_pair(t: Table, a: str, a_value: float, a_op: str, b: str, b_value: float) -> None:
+    """Raise for a broken rule `a a_op b` between two keys, naming the key the operator wrote.
+
+    When only `b` is in the file, `b` broke the rule against `a`'s default: the message
+    blames `b` and says the other value is a default, so the fix is obvious. Otherwise `a`
+    (the dependent key) is blamed.
+    """
+    flipped = {">=": "<=", "<=": ">=", "<": ">", ">": "<"}[a_op]
+    if t.has(b) and not t.has(a):
+        raise t.error(
+            b,
+            t.data[b],
+            f"expected {flipped} {t.dotted(a)} ({a_value!r}, the default): "
+            f"set {t.dotted(a)} too",
+        )
+    raise t.error(a, t.data.get(a, a_value), f"expected {a_op} {t.dotted(b)} ({b_value!r})")
+
+
+def _parse_recovery(t: Table) -> RecoveryConfig:
+    d = RecoveryConfig()
+    protection_key = t.string(
+        "protection_key",
+        d.protection_key,
+        pattern=r"[A-Za-z0-9_.:/-]+",
+        expected="expected a VM other_config key (letters, digits, _ . : / -)",
+    )
+    if not protection_key:
+        raise t.error("protection_key", protection_key, 'expected a key, e.g. "xenhad"')
+    concurrency = t.integer("concurrency", d.concurrency, minimum=1, maximum=64)
+    best_effort_attempts = t.integer("best_effort_attempts", d.best_effort_attempts, minimum=1)
+    retry_backoff = t.seconds("retry_backoff", d.retry_backoff)
+    retry_backoff_max = t.seconds("retry_backoff_max", d.retry_backoff_max)
+    if retry_backoff_max < retry_backoff:
+        _blame_pair(
+            t, "retry_backoff_max", retry_backoff_max, ">=", "retry_backoff", retry_backoff
+        )
+    return RecoveryConfig(
+        protection_key=protection_key,
+        concurrency=concurrency,
+        best_effort_attempts=best_effort_attempts,
+        retry_backoff=retry_backoff,
+        retry_backoff_max=retry_backoff_max,
+    )
+
+
+def _parse_fencing(t: Table) -> FencingConfig:
+    d = FencingConfig()
+    mode = t.choice("mode", d.mode.value, [m.value for m in FencingMode])
+    # ---- per-host backend chains go here (fencing engineer) ------------------------------
+    # hosts = tuple(_parse_fenced_host(h) for h in t.array_of_tables("hosts", known=...))
+    # and add "hosts" to FencingConfig's fields (its fields are the section's known keys).
+    return FencingConfig(mode=FencingMode(mode))
+
+
+def _parse_daemon(t: Table) -> DaemonConfig:
+    d = DaemonConfig()
+    return DaemonConfig(
+        state_dir=t.path("state_dir", d.state_dir),
+        log_format=cast(LogFormat, t.choice("log_format", d.log_format, LOG_FORMATS)),
+        log_level=cast(LogLevel, t.choice("log_level", d.log_level, LOG_LEVELS)),
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _check_files(config: Config, source: str, env: Mapping[str, str]) -> None:
+    """Look at the files the config names, so a bad one fails `check-config`, not a failover."""
+    xapi = config.xapi
+    if xapi.password_file is not None:
+        try:
+            credentials.check_secret_file(xapi.password_file)
+        except CredentialError as e:
+            raise ConfigError(
+                f"{source}: xapi.password_file = {render_value(xapi.password_file)} "
+                f"is unusable: {e}"
+            ) from None
+    if xapi.password_credential and env.get("CREDENTIALS_DIRECTORY"):
+        # Outside systemd (an operator running check-config) there is no credentials
+        # directory to look in; the daemon reports a missing one when it reads the secret.
+        try:
+            credentials.check_secret_file(
+                credentials.credential_path(xapi.password_credential, env)
+            )
+        except CredentialError as e:
+            raise ConfigError(
+                f"{source}: xapi.password_credential = "
+                f"{render_value(xapi.password_credential)} is unusable: {e}"
+            ) from None
+    if xapi.ca_file is not None and not xapi.ca_file.is_file():
+        raise ConfigError(
+            f"{source}: xapi.ca_file = {render_value(xapi.ca_file)} is invalid: expected an "
+            f"existing PEM file (the pool's CA or the master's certificate)"
+        )
+
+
+def read_xapi_password(config: Config, *, env: Mapping[str, str] | None = None) -> str:
+    """The XAPI password the config points at; "" for the local socket, which ignores it.
+
+    CredentialError (one line, never containing the secret) when it cannot be read.
+    """
+    xapi = config.xapi
+    if xapi.password_file is not None:
+        return credentials.read_secret(file=xapi.password_file)
+    if xapi.password_credential:
+        return credentials.read_secret(credential=xapi.password_credential, env=env)
+    return ""
