@@ -594,7 +594,7 @@ def _check_url(t: Table, url: str, allow_insecure_http: bool, *, socket_set: boo
         parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
     except ValueError:
         raise t.error("url", url, 'expected a URL such as "https://pool-master"') from None
-    shown = _hide_userinfo(parts)
+    shown = _hide_userinfo(url, parts)
     scheme = parts.scheme.lower()
     if parts.username is not None or parts.password is not None:
         # Printing the url back would print the password: `shown` masks it.
@@ -633,9 +633,9 @@ def _check_url(t: Table, url: str, allow_insecure_http: bool, *, socket_set: boo
         )
 
 
-def _hide_userinfo(parts: SplitResult) -> str:
+def _hide_userinfo(url: str, parts: SplitResult) -> str:
     if "@" not in parts.netloc:
-        return parts.geturl()
+        return url
     host = parts.netloc.rsplit("@", 1)[1]
     return parts._replace(netloc=f"***@{host}").geturl()
 
