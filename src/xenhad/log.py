@@ -129,7 +129,9 @@ def configure(
             cache_logger_on_first_use=False,
         )
         _install_stdlib_bridge()
-    logging.getLogger().setLevel(_SEVERITY[level])
+    # Libraries' info chatter (urllib3's "Resetting dropped connection") is not one of our
+    # events: let their warnings through, and everything only when debugging.
+    logging.getLogger().setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 def get_logger(component: str, **context: Any) -> FilteringBoundLogger:

@@ -4,13 +4,12 @@ one line, the key that is wrong, the value found and the fix."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-from xenhad import config, credentials
+from xenhad import config
 from xenhad.config import Config, FencingMode
 from xenhad.errors import ConfigError, CredentialError
 
@@ -599,67 +598,3 @@ def test_files_are_not_looked_at_when_checking_away_from_the_host() -> None:
         '[xapi]\nurl = "https://m"\npassword_file = "/nonexistent/pw"', check_files=False
     )
     assert cfg.xapi.password_file == Path("/nonexistent/pw")
-
-
-@pytest.mark.parametrize(
-    ("mode", "refused"),
-    [(0o600, False), (0o400, False), (0o640, False), (0o604, True), (0o602, True), (0o666, True)],
-)
-def test_secret_file_permissions(tmp_path: Path, mode: int, refused: bool) -> None:
-    path = private_file(tmp_path / "secret", "x\n", mode=mode)
-    if refused:
-        with pytest.raises(CredentialError, match=rf"run chmod 600 {path}$"):
-            credentials.read_secret(file=path)
-    else:
-        assert credentials.read_secret(file=path) == "x"
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
-def test_a_secret_owned_by_another_user_is_refused(tmp_path: Path) -> None:
-    path = private_file(tmp_path / "secret")
-    os.chown(path, 4321, -1)
-    with pytest.raises(CredentialError) as caught:
-        credentials.read_secret(file=path)
-    assert str(caught.value) == (
-        f"secret file {path} is owned by uid 4321, not by root or by uid 0 running xenhad: "
-        f"run chown root {path}"
-    )
-
-
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        (b"pw\r\n", "pw"),
-        (b"pw\n\n", "pw\n"),
-        (b"pw", "pw"),
-    ],
-)
-def test_only_one_trailing_newline_is_stripped(
-    tmp_path: Path, content: bytes, expected: str
-) -> None:
-    path = tmp_path / "secret"
-    path.write_bytes(content)
-    path.chmod(0o600)
-    assert credentials.read_secret(file=path) == expected
-
-
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [(b"\n", "is empty"), (b"\xff\xfe", "is not UTF-8 text"), (b"x" * 70000, "is larger than")],
-)
-def test_unusable_secret_contents_are_refused(
-    tmp_path: Path, content: bytes, expected: str
-) -> None:
-    path = tmp_path / "secret"
-    path.write_bytes(content)
-    path.chmod(0o600)
-    with pytest.raises(CredentialError, match=expected):
-        credentials.read_secret(file=path)
-
-
-def test_a_directory_or_fifo_is_not_a_secret_file(tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo, 0o600)
-    for path in (tmp_path, fifo):
-        with pytest.raises(CredentialError, match="is not a regular file"):
-            credentials.read_secret(file=path)
