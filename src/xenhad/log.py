@@ -48,7 +48,7 @@ import traceback
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TextIO, cast
+from typing import Any, Optional, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
@@ -96,7 +96,7 @@ def configure(
 ) -> None:
     """Set (or change) how every xenhad logger writes.
 
-    stream: default sys.stderr as it is now. journald: None detects it from
+    stream: default sys.stderr (looked up on each write). journald: None detects it from
     `$JOURNAL_STREAM` (in `env`, default os.environ) and the stream's file descriptor.
     wall: the wall clock for timestamps (tests pass a fixed one).
     """
@@ -110,7 +110,8 @@ def configure(
     with _settings.lock:
         _settings.fmt = fmt
         _settings.level = level
-        _settings.stream = out
+        # None: whatever sys.stderr is when a line is written (pytest's capsys swaps it).
+        _settings.stream = stream
         _settings.journald = journald
         _settings.wall = time.time if wall is None else wall
         first = not _settings.configured
@@ -198,7 +199,8 @@ def _redacted_mapping(value: Mapping[Any, Any]) -> dict[Any, Any]:
     }
 
 
-_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+# Evaluated at run time: spelled with Optional so the module still imports on 3.9.
+_ExcInfo = tuple[type[BaseException], BaseException, Optional[TracebackType]]
 
 
 def _exc_info(value: object) -> _ExcInfo | None:

@@ -330,3 +330,12 @@ def test_parse_line_reads_terminal_lines_back(out: io.StringIO) -> None:
         priority=None,
         timestamp=STAMP,
     )
+
+
+def test_the_default_stream_is_stderr_at_the_time_of_writing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log.configure("kv", "info", journald=True)
+    log.get_logger("t").info("x.y", n=1)
+    assert capsys.readouterr().err == "<6>x.y component=t n=1\n"
+    log.configure("kv", "info", io.StringIO(), journald=False)
