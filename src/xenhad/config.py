@@ -223,10 +223,13 @@ def check_config(
     """
     try:
         config = load(path, env=env)
-        if resolve_host:
-            resolve_host_uuid(config)
     except (ConfigError, CredentialError) as e:
         return 1, str(e)
+    if resolve_host:
+        try:
+            resolve_host_uuid(config)
+        except ConfigError as e:
+            return 1, f"{path}: {e}"
     return 0, f"{path}: ok"
 
 
