@@ -1,0 +1,55 @@
+"""From the `[xapi]` configuration to a logged-in `Xapi`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xenhad.clock import Clock
+from xenhad.config import Config, read_xapi_password
+from xenhad.xapi.client import Xapi
+
+
+def xapi_from_config(config: Config, *, clock: Clock | None = None) -> Xapi:
+    """The facade the configuration describes, not yet logged in.
+
+    The password is read here (CredentialError, one line, if it cannot be) and handed to
+    the facade only; it is never logged.
+    """
+    x = config.xapi
+    endpoint = str(x.socket_path) if x.scheme == "unix" else x.url
+    password = read_xapi_password(config) if x.needs_password else ""
+    retry: dict[str, Any] = {}
+    # The retry knobs are optional in the config schema; the facade's defaults stand in
+    # for any the schema does not (yet) have.
+    for name in ("retry_attempts", "retry_backoff", "retry_backoff_max"):
+        if hasattr(x, name):
+            retry[name] = getattr(x, name)
+    return Xapi(
+        endpoint,
+        username=x.username,
+        password=password,
+        source_address=x.source_address or None,
+        ca_file=str(x.ca_file) if x.ca_file is not None else None,
+        verify_tls=x.verify_tls,
+        timeout=x.timeout,
+        clock=clock,
+        **retry,
+    )
+
+
+async def open_xapi(config: Config, *, clock: Clock | None = None, local: bool = False) -> Xapi:
+    """A logged-in facade. `local` uses slave_local_login_with_password (see Xapi).
+
+    On failure the facade is closed and the error (XapiUnreachable, XapiAuthError, ...)
+    raised.
+    """
+    xapi = xapi_from_config(config, clock=clock)
+    try:
+        if local:
+            await xapi.login_local()
+        else:
+            await xapi.login()
+    except BaseException:
+        await xapi.close()
+        raise
+    return xapi

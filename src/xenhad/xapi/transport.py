@@ -1,0 +1,243 @@
+"""XML-RPC transports for XenAPI.Session with a per-call timeout.
+
+XenAPI.Session (the official binding) is plain `xmlrpc.client` with no timeout: on a
+black-holed xapi it blocks forever. It accepts a transport, so we give it one of these:
+
+- `TcpTransport`: http or https, optional source address to bind (the daemon on host N
+  speaks from N's address, which is also how the simulator knows which host a client is
+  "on"), TLS verified by default, optional CA file.
+- `UnixTransport`: HTTP over a UNIX socket at any path (XenAPI's own UDSTransport derives
+  the path from the URL host, turning every '_' into '/', so it cannot reach arbitrary
+  paths such as a simulator's socket in a temporary directory).
+
+Each request opens a new connection and closes it after the reply. That costs a handshake
+per call but makes the one property we need easy to state: a failure before the connection
+(and its TLS handshake) completed means the request surely did not reach xapi
+(`XapiUnreachable(sent=False)`); any failure later is ambiguous (`sent=True`). A reused
+keep-alive connection would blur that line, and xmlrpc.client would even resend a request
+on one silently (Transport.request retries once on ECONNRESET), which a non-idempotent call
+such as VM.start must never suffer.
+
+The timeout is a deadline for the whole request: each socket operation gets only the time
+left. A peer that trickles bytes could still stretch one operation to the deadline, never
+past it by more than one read.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+import xmlrpc.client
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from xml.parsers.expat import ExpatError
+
+from xenhad.xapi.errors import XapiReplyError, XapiUnreachable
+
+USER_AGENT = "xenhad"
+_READ_CHUNK = 64 * 1024
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+"""A get_all_records of a few thousand VMs is tens of MB; more than this is not xapi."""
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise socket.timeout(f"timed out after {self.seconds:g} s")
+        return left
+
+
+class _BaseTransport(xmlrpc.client.Transport):
+    """A request is connect, send, wait, read; the phase a failure happens in decides
+    whether the request may have reached xapi."""
+
+    def __init__(self, *, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        super().__init__(use_datetime=False, use_builtin_types=False)
+        self.timeout = timeout
+        self._local = threading.local()
+
+    # Per-thread override so one call (event.from with its server-side wait) can have a
+    # longer timeout while the Session and its transport stay shared between threads.
+    @contextmanager
+    def call_timeout(self, seconds: float) -> Iterator[None]:
+        previous = getattr(self._local, "timeout", None)
+        self._local.timeout = seconds
+        try:
+            yield
+        finally:
+            self._local.timeout = previous
+
+    def current_timeout(self) -> float:
+        override: float | None = getattr(self._local, "timeout", None)
+        return self.timeout if override is None else override
+
+    def endpoint(self, host: str) -> str:
+        """How errors name where we tried to go."""
+        raise NotImplementedError
+
+    def _open(self, host: str, timeout: float) -> http.client.HTTPConnection:
+        raise NotImplementedError
+
+    def request(  # type: ignore[override]
+        self, host: Any, handler: str, request_body: bytes, verbose: bool = False
+    ) -> tuple[Any, ...]:
+        deadline = _Deadline(self.current_timeout())
+        sent = False
+        endpoint = self.endpoint(str(host))
+        conn = self._open(str(host), deadline.left())
+        try:
+            conn.connect()
+            sock = conn.sock
+            assert sock is not None
+            sent = True
+            sock.settimeout(deadline.left())
+            conn.putrequest("POST", handler, skip_accept_encoding=True)
+            conn.putheader("Content-Type", "text/xml")
+            conn.putheader("User-Agent", USER_AGENT)
+            conn.putheader("Connection", "close")
+            conn.putheader("Content-Length", str(len(request_body)))
+            conn.endheaders(request_body)
+            sock.settimeout(deadline.left())
+            response = conn.getresponse()
+            body = _read_body(response, sock, deadline)
+            if response.status != 200:
+                # 500/503 while xapi restarts: it did receive the request.
+                raise XapiUnreachable(
+                    f"HTTP {response.status} {response.reason}",
+                    sent=True,
+                    endpoint=endpoint,
+                )
+            return _parse_reply(body, endpoint)
+        except XapiUnreachable:
+            raise
+        except XapiReplyError:
+            raise
+        except xmlrpc.client.Fault:
+            raise
+        except (OSError, http.client.HTTPException) as e:
+            raise XapiUnreachable(_describe(e), sent=sent, endpoint=endpoint) from e
+        finally:
+            conn.close()
+
+
+def _read_body(
+    response: http.client.HTTPResponse, sock: socket.socket, deadline: _Deadline
+) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        sock.settimeout(deadline.left())
+        chunk = response.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise XapiReplyError(f"xapi reply larger than {MAX_REPLY_BYTES} bytes: refused")
+        chunks.append(chunk)
+
+
+def _parse_reply(body: bytes, endpoint: str) -> tuple[Any, ...]:
+    try:
+        params, _method = xmlrpc.client.loads(body, use_datetime=False, use_builtin_types=False)
+    except xmlrpc.client.Fault:
+        raise
+    except (ExpatError, xmlrpc.client.ResponseError, ValueError, TypeError) as e:
+        raise XapiReplyError(
+            f"xapi at {endpoint} sent a reply that is not XML-RPC ({e}): is this a xapi endpoint?"
+        ) from e
+    return params
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate not verified ({e.verify_message}): give the pool's CA "
+            "certificate file in the configuration"
+        )
+    if isinstance(e, socket.timeout):
+        text = str(e) or "timed out"
+        return text if "timed out" in text else f"timed out ({text})"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+class TcpTransport(_BaseTransport):
+    """XML-RPC over http or https, with a timeout and an optional source address."""
+
+    def __init__(
+        self,
+        *,
+        https: bool,
+        timeout: float,
+        source_address: str | None = None,
+        ca_file: str | None = None,
+        verify_tls: bool = True,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.https = https
+        self.source_address = source_address
+        self._ssl: ssl.SSLContext | None = None
+        if https:
+            if verify_tls:
+                self._ssl = ssl.create_default_context(cafile=ca_file)
+            else:
+                # Explicit operator choice (verify_tls = false); never a default.
+                self._ssl = ssl.create_default_context()
+                self._ssl.check_hostname = False
+                self._ssl.verify_mode = ssl.CERT_NONE
+
+    def endpoint(self, host: str) -> str:
+        return f"{'https' if self.https else 'http'}://{host}"
+
+    def _open(self, host: str, timeout: float) -> http.client.HTTPConnection:
+        source = (self.source_address, 0) if self.source_address else None
+        if self._ssl is not None:
+            return http.client.HTTPSConnection(
+                host, timeout=timeout, source_address=source, context=self._ssl
+            )
+        return http.client.HTTPConnection(host, timeout=timeout, source_address=source)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class UnixTransport(_BaseTransport):
+    """XML-RPC over the UNIX socket at `path` (xapi's is /var/lib/xcp/xapi).
+
+    Use with a `http://localhost/` URL: the host part is ignored.
+    """
+
+    def __init__(self, path: str, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.path = path
+
+    def endpoint(self, host: str) -> str:
+        return self.path
+
+    def _open(self, host: str, timeout: float) -> http.client.HTTPConnection:
+        return _UnixConnection(self.path, timeout)
