@@ -110,6 +110,8 @@ class DetectorConfig:
     confirm_seconds: float = 10.0
     recover_hold_seconds: float = 30.0
     probe_timeout: float = 1.5
+    probe_url: str = "https://{address}/"
+    """Where each host's own xapi is asked whether it answers; {address} is host.address."""
 
 
 @dataclass(frozen=True)
@@ -652,6 +654,14 @@ def _parse_detector(t: Table) -> DetectorConfig:
         "recover_hold_seconds", d.recover_hold_seconds, allow_zero=True
     )
     probe_timeout = t.seconds("probe_timeout", d.probe_timeout)
+    probe_url = t.string("probe_url", d.probe_url)
+    parts = urlsplit(probe_url.replace("{address}", "127.0.0.1"))
+    if "{address}" not in probe_url or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise t.error(
+            "probe_url",
+            probe_url,
+            'expected an http(s) URL containing {address}, e.g. "https://{address}/"',
+        )
 
     if confirm_seconds < interval:
         # A confirmation that spans less than one tick is a single observation: one lost
@@ -667,6 +677,7 @@ def _parse_detector(t: Table) -> DetectorConfig:
         confirm_seconds=confirm_seconds,
         recover_hold_seconds=recover_hold_seconds,
         probe_timeout=probe_timeout,
+        probe_url=probe_url,
     )
 
 

@@ -1,0 +1,457 @@
+"""The daemon's life: start, watch the pool every tick, recover dead hosts, reload, stop.
+
+The loop itself decides nothing: the detector says which hosts are down, the recovery
+machine says what to do about one, and this module wires them to XAPI, the journal,
+the fencer and systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from xenhad import config as configuration
+from xenhad import log as logsetup
+from xenhad import monitor
+from xenhad.clock import Clock, SystemClock
+from xenhad.config import Config, FencingMode
+from xenhad.detector import (
+    Detector,
+    DetectorSettings,
+    HostState,
+    Observation,
+    Verdict,
+    VerdictKind,
+)
+from xenhad.errors import XenhadError
+from xenhad.fencer import build_fencer
+from xenhad.journal import Journal
+from xenhad.model import HostId, HostView, PoolView, VmView
+from xenhad.notify import Notifier
+from xenhad.recovery import events as ev
+from xenhad.recovery.executor import Executor
+from xenhad.recovery.history import History
+from xenhad.recovery.incident import Incident, Settings, VmSnapshot
+from xenhad.recovery.runner import IncidentRunner, RunnerDeps
+from xenhad.xapi.client import Xapi
+from xenhad.xapi.connect import open_xapi
+from xenhad.xapi.errors import XapiError, XapiUnreachable
+from xenhad.xapi.probe import probe
+
+log = structlog.get_logger("xenhad.daemon")
+
+
+@dataclass
+class Health:
+    """What the last tick saw, for the status line and the watchdog."""
+
+    snapshot_ok: bool = False
+    xapi_error: str = ""
+    xapi_failing_since: float | None = None
+    passive_reason: str = ""
+    quorate: bool = False
+    up: int = 0
+    down: list[str] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._path = config_path
+        self.config = config
+        self._clock = clock or SystemClock()
+        self._notify = notifier or Notifier()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._xapi: Xapi | None = None
+        self._view: PoolView | None = None
+        self._detector = Detector(_detector_settings(config))
+        self._runners: dict[HostId, IncidentRunner] = {}
+        self._runner_tasks: dict[HostId, asyncio.Task[object]] = {}
+        self._health = Health()
+        self._ready = False
+        self._me: HostId = ""
+        state_dir = Path(config.daemon.state_dir)
+        self._journal = Journal(state_dir / "journal.jsonl")
+        self._history = History(self._journal, self._clock.wall)
+        self._pending_resume: list[Incident] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        self._me = configuration.resolve_host_uuid(self.config)
+        self._announce_mode()
+        self._check_watchdog_slack()
+        self._recover_journal()
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _loop(self) -> None:
+        interval = self.config.detector.interval
+        while not self._stop.is_set():
+            started = self._clock.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_config()
+                interval = self.config.detector.interval
+            try:
+                await asyncio.wait_for(self._tick(), timeout=self._tick_budget())
+            except asyncio.TimeoutError:
+                self._xapi_failed("a tick took longer than its budget", started)
+            self._report()
+            elapsed = self._clock.monotonic() - started
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=max(0.05, interval - elapsed))
+
+    def _tick_budget(self) -> float:
+        # One snapshot (with its retries) and one round of probes, in the worst case.
+        x = self.config.xapi
+        return x.timeout * 2 + self.config.detector.probe_timeout + self.config.detector.interval
+
+    async def _shutdown(self) -> None:
+        self._notify.stopping("stopping: parking incidents in the journal")
+        for host, runner in list(self._runners.items()):
+            await runner.park()
+            task = self._runner_tasks.pop(host, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._xapi is not None:
+            await self._xapi.close()
+        log.info("daemon.stopped", open_incidents=len(self._runners))
+
+    # -- one tick ----------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        now = self._clock.monotonic()
+        try:
+            xapi = await self._connected()
+            view = await monitor.snapshot(
+                xapi, protection_key=self.config.recovery.protection_key, now=now
+            )
+        except (XapiUnreachable, XapiError, XenhadError) as exc:
+            self._xapi_failed(str(exc), now)
+            return
+        if self._health.xapi_failing_since is not None:
+            log.info("xapi.reachable", after_s=round(now - self._health.xapi_failing_since, 1))
+        self._health.snapshot_ok = True
+        self._health.xapi_error = ""
+        self._health.xapi_failing_since = None
+        self._view = view
+        if self._me not in view.hosts:
+            self._passive(f"this host {self._me} is not in the pool database; check host.uuid")
+            return
+        if view.ha_enabled:
+            self._passive("native HA is enabled on this pool (pool.ha_enabled): xenhad stays "
+                          "passive; disable one of the two")
+            return
+        self._passive("")
+        if view.master != self._me:
+            # Only the master's daemon acts on dead slaves; others watch.
+            self._health.quorate = True
+            self._health.up = sum(1 for h in view.hosts.values() if h.live)
+            self._health.down = []
+            return
+        if self._pending_resume:
+            self._resume_incidents()
+        await self._observe(view, now)
+
+    async def _observe(self, view: PoolView, now: float) -> None:
+        others = [h for h in view.hosts.values() if h.uuid != self._me]
+        answers = await asyncio.gather(*(self._probe(h) for h in others))
+        observations = {
+            h.uuid: Observation(xapi_live=h.live, answered=answered, enabled=h.enabled)
+            for h, answered in zip(others, answers)
+        }
+        seen = 1 + sum(1 for a in answers if a)
+        quorate = seen * 2 > len(view.hosts)
+        if quorate != self._health.quorate:
+            (log.info if quorate else log.error)(
+                "quorum.gained" if quorate else "quorum.lost",
+                sees=seen, pool=len(view.hosts),
+                why=None if quorate else "this node sees no majority of the pool: it will "
+                "not recover anything until it does",
+            )
+        self._health.quorate = quorate
+        verdicts = self._detector.observe(now, observations, quorate=quorate)
+        for verdict in verdicts:
+            self._on_verdict(view, verdict)
+        wall = self._clock.wall()
+        for runner in self._runners.values():
+            runner.observe(view, wall)
+        self._health.up = sum(1 for a in answers if a) + 1
+        self._health.down = sorted(
+            view.hosts[h].name for h in observations
+            if self._detector.state(h) in (HostState.DOWN, HostState.RETURNING)
+        )
+
+    async def _probe(self, host: HostView) -> bool:
+        url = self.config.detector.probe_url.format(address=host.address)
+        result = await probe(
+            url,
+            source_address=self.config.xapi.source_address or None,
+            timeout=self.config.detector.probe_timeout,
+        )
+        return result.answered
+
+    # -- verdicts and incidents --------------------------------------------------------
+
+    def _on_verdict(self, view: PoolView, verdict: Verdict) -> None:
+        kind = verdict.kind
+        host_id = verdict.host
+        host = view.hosts.get(host_id)
+        name = host.name if host else host_id
+        facts = {"host": name, "misses": verdict.misses, "reason": verdict.reason}
+        if kind is VerdictKind.SUSPECT:
+            log.warning("host.suspect", **facts)
+        elif kind is VerdictKind.CLEARED:
+            log.info("host.cleared", **facts)
+        elif kind is VerdictKind.DOWN:
+            log.error("host.down", **facts)
+            if host is not None:
+                self._open_incident(view, host)
+        elif kind is VerdictKind.BACK:
+            log.warning("host.back", **facts)
+            self._history.episode_end(host_id)
+            runner = self._runners.get(host_id)
+            if runner is not None:
+                runner.feed(ev.HostReturned(self._clock.wall()))
+
+    def _open_incident(self, view: PoolView, host: HostView) -> None:
+        if host.uuid in self._runners:
+            log.info("incident.already_open", host=host.name)  # single flight
+            return
+        wall = self._clock.wall()
+        incident_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall)) + f"-{host.name}"
+        vms = tuple(
+            _snapshot_vm(vm) for vm in view.vms_on(host.uuid) if vm.running
+        )
+        opened = ev.Opened(
+            incident=incident_id,
+            host=host.uuid,
+            host_name=host.name,
+            now=wall,
+            vms=vms,
+            unsafe=self.config.fencing.mode is FencingMode.TRUST_LIVENESS,
+        )
+        runner = IncidentRunner.open(opened, self._runner_deps())
+        self._start_runner(runner)
+
+    def _runner_deps(self) -> RunnerDeps:
+        return RunnerDeps(
+            executor=self._executor(),
+            history=self._history,
+            settings=_recovery_settings(self.config),
+            host_names=self._host_names,
+            wall=self._clock.wall,
+        )
+
+    def _start_runner(self, runner: IncidentRunner) -> None:
+        host = runner.incident.host
+        self._runners[host] = runner
+        task = asyncio.get_running_loop().create_task(runner.run())
+        self._runner_tasks[host] = task
+
+        def finished(_: object) -> None:
+            self._runners.pop(host, None)
+            self._runner_tasks.pop(host, None)
+
+        task.add_done_callback(finished)
+
+    def _executor(self) -> Executor:
+        assert self._xapi is not None
+        return Executor(
+            self._xapi,
+            build_fencer(self.config, clock=self._clock),
+            view=self._current_view,
+            targets=self._placement_targets,
+            now=self._clock.wall,
+            concurrency=self.config.recovery.concurrency,
+        )
+
+    def _current_view(self) -> PoolView:
+        assert self._view is not None
+        return self._view
+
+    def _placement_targets(self) -> Sequence[HostView]:
+        view = self._current_view()
+        return [
+            h for h in view.hosts.values()
+            if h.live and h.enabled
+            and (h.uuid == self._me or self._detector.state(h.uuid) is HostState.UP)
+        ]
+
+    def _host_names(self) -> dict[str, str]:
+        view = self._view
+        return {h.uuid: h.name for h in view.hosts.values()} if view else {}
+
+    def _recover_journal(self) -> None:
+        recovered = self._history.recover(_recovery_settings(self.config))
+        for problem in recovered.skipped:
+            log.warning("journal.skipped", problem=problem)
+        for host, since in recovered.down_since.items():
+            self._detector.restore_down(host, since)
+        self._pending_resume = recovered.open
+        if recovered.open:
+            log.warning("incident.resuming", incidents=[i.id for i in recovered.open])
+
+    def _resume_incidents(self) -> None:
+        pending, self._pending_resume = self._pending_resume, []
+        for incident in pending:
+            runner = IncidentRunner(incident, self._runner_deps())
+            runner.feed(ev.Resumed(self._clock.wall()))
+            self._start_runner(runner)
+
+    # -- connection, health, reload ----------------------------------------------------
+
+    async def _connected(self) -> Xapi:
+        if self._xapi is None:
+            self._xapi = await open_xapi(self.config)
+        return self._xapi
+
+    def _xapi_failed(self, why: str, now: float) -> None:
+        first = self._health.xapi_failing_since is None
+        self._health.snapshot_ok = False
+        self._health.xapi_error = why
+        if first:
+            self._health.xapi_failing_since = now
+        if first or why != self._health.xapi_error:
+            log.error("xapi.unreachable", why=why,
+                      effect="no decisions while XAPI cannot be read; the loop keeps going")
+
+    def _passive(self, reason: str) -> None:
+        if reason and reason != self._health.passive_reason:
+            log.warning("daemon.passive", why=reason)
+        elif not reason and self._health.passive_reason:
+            log.info("daemon.active")
+        self._health.passive_reason = reason
+
+    def _report(self) -> None:
+        line = self._status_line()
+        if not self._ready and self._health.snapshot_ok:
+            self._ready = True
+            self._notify.ready(line)
+            log.info("daemon.ready", status=line)
+        else:
+            self._notify.status(line)
+        # WATCHDOG only from a loop that completed its tick: a wedged loop gets restarted.
+        self._notify.watchdog()
+
+    def _status_line(self) -> str:
+        h = self._health
+        if not h.snapshot_ok:
+            return f"XAPI unreachable: {h.xapi_error}"[:200]
+        view = self._view
+        assert view is not None
+        names = self._host_names()
+        master = names.get(view.master, view.master)
+        role = "master" if view.master == self._me else "slave"
+        if h.passive_reason:
+            return f"passive: {h.passive_reason}"[:200]
+        parts = [f"{role}; master {master}", f"hosts {h.up}/{len(view.hosts)} up"]
+        if h.down:
+            parts.append("down: " + ",".join(h.down))
+        if role == "master" and not h.quorate:
+            parts.append("NO QUORUM")
+        if self._runners:
+            parts.append("incidents: " + ", ".join(
+                f"{r.incident.host_name} {r.incident.phase.value}" for r in self._runners.values()
+            ))
+        return "; ".join(parts)
+
+    def _reload_config(self) -> None:
+        self._notify.reloading()
+        try:
+            new = configuration.load(self._path)
+        except XenhadError as exc:
+            log.error("config.reload_refused", error=str(exc), effect="the old config stays")
+            self._notify.ready(self._status_line())
+            return
+        old, self.config = self.config, new
+        logsetup.configure(fmt=new.daemon.log_format, level=new.daemon.log_level)
+        self._detector.settings = _detector_settings(new)
+        if new.xapi != old.xapi and self._xapi is not None:
+            xapi, self._xapi = self._xapi, None
+            asyncio.get_running_loop().create_task(xapi.close())
+        if new.daemon.state_dir != old.daemon.state_dir:
+            log.warning("config.restart_needed", key="daemon.state_dir",
+                        why="the journal stays where it is until the daemon restarts")
+        self._announce_mode()
+        log.info("config.reloaded", path=str(self._path))
+        self._notify.ready(self._status_line())
+
+    def _announce_mode(self) -> None:
+        if self.config.fencing.mode is FencingMode.TRUST_LIVENESS:
+            log.error(
+                "fencing.unsafe",
+                mode="trust-liveness",
+                why="VMs of a host XAPI calls dead are restarted without proof the host is "
+                "off; a host that is only cut off will run them twice. Configure fencing.",
+            )
+
+    def _check_watchdog_slack(self) -> None:
+        watchdog = self._notify.watchdog_seconds()
+        if watchdog is None:
+            return
+        worst = self._tick_budget() + self.config.detector.interval
+        if worst * 2 > watchdog:
+            log.error("systemd.watchdog_tight", watchdog_s=watchdog, worst_tick_s=worst,
+                      fix="raise WatchdogSec= or lower xapi.timeout/detector.interval")
+
+
+def _detector_settings(config: Config) -> DetectorSettings:
+    d = config.detector
+    return DetectorSettings(
+        confirm_misses=d.confirm_misses,
+        confirm_seconds=d.confirm_seconds,
+        recover_hold_seconds=d.recover_hold_seconds,
+    )
+
+
+def _recovery_settings(config: Config) -> Settings:
+    r = config.recovery
+    return Settings(
+        best_effort_attempts=r.best_effort_attempts,
+        retry_backoff=r.retry_backoff,
+        retry_backoff_max=r.retry_backoff_max,
+    )
+
+
+def _snapshot_vm(vm: VmView) -> VmSnapshot:
+    return VmSnapshot(uuid=vm.uuid, name=vm.name, protection=vm.protection, memory=vm.memory,
+                      affinity=vm.affinity, order=vm.order)
+
+
+def run(config_path: Path, *, clock: Clock | None = None) -> int:
+    """`xenhad run`: load the config (refusing a bad one), set up logs, run until stopped."""
+    config = configuration.load(config_path)
+    logsetup.configure(fmt=config.daemon.log_format, level=config.daemon.log_level)
+    log.info("daemon.starting", config=str(config_path))
+    daemon = Daemon(config_path, config, clock=clock)
+    return asyncio.run(daemon.run())
+
+

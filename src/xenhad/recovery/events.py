@@ -1,0 +1,216 @@
+"""What can happen to an incident (events) and what it asks the world to do (actions).
+
+Events are the journal's records: `encode` turns one into a JSON-ready dict and `decode`
+turns it back, so replaying the journal feeds the machine exactly what it saw before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+from xenhad.model import HostId, Protection, VmId
+from xenhad.recovery.incident import VmSnapshot
+
+
+class StartOutcome(enum.Enum):
+    STARTED = "started"
+    ALREADY_RUNNING = "already-running"
+    RETRY = "retry"
+    """A condition that may pass: no memory, host disabled or offline, an operation in progress."""
+    FAILED = "failed"
+    """A condition that will not pass by waiting: the VM cannot be started by us."""
+    UNKNOWN = "unknown"
+    """The call may have happened (timeout after sending): XAPI's next snapshot decides."""
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opened:
+    incident: str
+    host: HostId
+    host_name: str
+    now: float
+    vms: tuple[VmSnapshot, ...]
+    unsafe: bool
+
+
+@dataclass(frozen=True)
+class FenceDone:
+    now: float
+    off: bool
+    backend: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ResetDone:
+    now: float
+    vm: VmId
+    ok: bool
+    code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CapacityMeasured:
+    now: float
+    hosts: tuple[tuple[HostId, int], ...]
+    """(host uuid, free bytes) for each live, enabled host other than the dead one."""
+
+
+@dataclass(frozen=True)
+class StartDone:
+    now: float
+    vm: VmId
+    host: HostId
+    outcome: StartOutcome
+    code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class VmObserved:
+    """What XAPI says of one of the incident's VMs in a fresh snapshot."""
+
+    now: float
+    vm: VmId
+    running: bool
+    resident_on: HostId | None
+    busy: bool = False
+    """An operation (such as a start) is in progress on it."""
+
+
+@dataclass(frozen=True)
+class HostReturned:
+    now: float
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Time passed: retries whose time has come may go."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The daemon restarted with this incident open: whatever was in flight is in doubt."""
+
+    now: float
+
+
+Event = Union[
+    Opened, FenceDone, ResetDone, CapacityMeasured, StartDone, VmObserved, HostReturned, Wake,
+    Resumed,
+]
+
+# -- actions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FenceHost:
+    host: HostId
+
+
+@dataclass(frozen=True)
+class ResetVm:
+    vm: VmId
+
+
+@dataclass(frozen=True)
+class MeasureCapacity:
+    exclude: HostId
+
+
+@dataclass(frozen=True)
+class StartVm:
+    vm: VmId
+    host: HostId
+
+
+Action = Union[FenceHost, ResetVm, MeasureCapacity, StartVm]
+
+# -- journal codec -----------------------------------------------------------------------
+
+_EVENT_TYPES: dict[str, type[Any]] = {
+    "opened": Opened,
+    "fence-done": FenceDone,
+    "reset-done": ResetDone,
+    "capacity": CapacityMeasured,
+    "start-done": StartDone,
+    "vm-observed": VmObserved,
+    "host-returned": HostReturned,
+    "wake": Wake,
+    "resumed": Resumed,
+}
+_KIND_OF = {cls: kind for kind, cls in _EVENT_TYPES.items()}
+
+
+class CodecError(ValueError):
+    """A journal record that is not an event this version understands."""
+
+
+def encode(event: Event) -> dict[str, Any]:
+    record: dict[str, Any] = {"event": _KIND_OF[type(event)]}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        elif f.name == "vms":
+            value = [_encode_vm(vm) for vm in value]
+        elif f.name == "hosts":
+            value = [list(pair) for pair in value]
+        record[f.name] = value
+    return record
+
+
+def decode(record: Mapping[str, Any]) -> Event:
+    kind = record.get("event")
+    cls = _EVENT_TYPES.get(str(kind))
+    if cls is None:
+        raise CodecError(f"unknown event kind {kind!r}")
+    kwargs: dict[str, Any] = {}
+    try:
+        for f in dataclasses.fields(cls):
+            if f.name not in record:
+                continue
+            value = record[f.name]
+            if f.name == "vms":
+                value = tuple(_decode_vm(v) for v in value)
+            elif f.name == "hosts":
+                value = tuple((str(h), int(m)) for h, m in value)
+            elif f.name == "outcome":
+                value = StartOutcome(value)
+            kwargs[f.name] = value
+        event: Event = cls(**kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CodecError(f"malformed {kind} event: {exc}") from exc
+    return event
+
+
+def _encode_vm(vm: VmSnapshot) -> dict[str, Any]:
+    return {
+        "uuid": vm.uuid,
+        "name": vm.name,
+        "protection": vm.protection.value,
+        "memory": vm.memory,
+        "affinity": vm.affinity,
+        "order": vm.order,
+    }
+
+
+def _decode_vm(raw: Mapping[str, Any]) -> VmSnapshot:
+    return VmSnapshot(
+        uuid=str(raw["uuid"]),
+        name=str(raw["name"]),
+        protection=Protection(raw["protection"]),
+        memory=int(raw["memory"]),
+        affinity=raw.get("affinity"),
+        order=int(raw.get("order", 0)),
+    )

@@ -1,0 +1,147 @@
+"""Performs the recovery machine's actions against the world and reports each as an event.
+
+This is the thin I/O layer under machine.py: it decides nothing beyond translating XAPI's
+answers into the machine's vocabulary (which error means "retry", which means "give up").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from xenhad.model import HostView, PoolView
+from xenhad.recovery.events import (
+    Action,
+    CapacityMeasured,
+    Event,
+    FenceDone,
+    FenceHost,
+    MeasureCapacity,
+    ResetDone,
+    ResetVm,
+    StartDone,
+    StartOutcome,
+    StartVm,
+)
+from xenhad.xapi.client import Xapi
+from xenhad.xapi.errors import XapiError, XapiUnreachable
+
+# VM.start errors that may pass with time or on another host (xapi_vm_helpers.ml
+# assert_can_boot_here and friends): the machine retries them with backoff.
+_RETRY_CODES = frozenset(
+    {
+        "HOST_NOT_ENOUGH_FREE_MEMORY",
+        "NO_HOSTS_AVAILABLE",
+        "HOST_DISABLED",
+        "HOST_NOT_LIVE",
+        "HOST_OFFLINE",
+        "HOST_CANNOT_ATTACH_NETWORK",
+        "OTHER_OPERATION_IN_PROGRESS",
+        "CANNOT_CONTACT_HOST",
+        "SR_BACKEND_FAILURE_46",  # VDI still locked by the dead host's tapdisk lease
+        "VDI_IN_USE",
+        "HOST_STILL_BOOTING",
+    }
+)
+
+
+class Fencer(Protocol):
+    """Proves a host is off. Implementations: fencing backends, or trust-liveness."""
+
+    async def fence(self, host: HostView) -> FenceDone: ...
+
+
+class Executor:
+    def __init__(
+        self,
+        xapi: Xapi,
+        fencer: Fencer,
+        *,
+        view: Callable[[], PoolView],
+        targets: Callable[[], Sequence[HostView]],
+        now: Callable[[], float],
+        concurrency: int,
+    ) -> None:
+        self._xapi = xapi
+        self._fencer = fencer
+        self._view = view
+        self._targets = targets
+        self._now = now
+        self._starts = asyncio.Semaphore(concurrency)
+
+    async def perform(self, action: Action) -> Event:
+        if isinstance(action, FenceHost):
+            return await self._fence(action)
+        if isinstance(action, ResetVm):
+            return await self._reset(action)
+        if isinstance(action, MeasureCapacity):
+            return await self._capacity(action)
+        return await self._start(action)
+
+    async def _fence(self, action: FenceHost) -> FenceDone:
+        host = self._view().hosts.get(action.host)
+        if host is None:
+            return FenceDone(self._now(), False, "none", "host is no longer in the pool database")
+        return await self._fencer.fence(host)
+
+    async def _reset(self, action: ResetVm) -> ResetDone:
+        vm = self._view().vms.get(action.vm)
+        if vm is None:
+            # Gone from the database (destroyed): nothing left to reset.
+            return ResetDone(self._now(), action.vm, True, "", "VM no longer exists")
+        try:
+            await self._xapi.vm_power_state_reset(vm.ref)
+        except XapiError as exc:
+            return ResetDone(self._now(), action.vm, False, exc.code, " ".join(exc.params))
+        except XapiUnreachable as exc:
+            return ResetDone(self._now(), action.vm, False, "XAPI_UNREACHABLE", str(exc))
+        return ResetDone(self._now(), action.vm, True)
+
+    async def _capacity(self, action: MeasureCapacity) -> CapacityMeasured:
+        hosts = [h for h in self._targets() if h.uuid != action.exclude]
+        free = await asyncio.gather(
+            *(self._free_memory(h) for h in hosts), return_exceptions=False
+        )
+        measured = tuple((h.uuid, m) for h, m in zip(hosts, free) if m is not None)
+        return CapacityMeasured(self._now(), measured)
+
+    async def _free_memory(self, host: HostView) -> int | None:
+        try:
+            return await self._xapi.host_compute_free_memory(host.ref)
+        except (XapiError, XapiUnreachable):
+            return None
+
+    async def _start(self, action: StartVm) -> StartDone:
+        view = self._view()
+        vm = view.vms.get(action.vm)
+        host = view.hosts.get(action.host)
+        if vm is None:
+            return StartDone(self._now(), action.vm, action.host, StartOutcome.FAILED,
+                             "VM_GONE", "VM no longer exists")
+        if host is None:
+            return StartDone(self._now(), action.vm, action.host, StartOutcome.RETRY,
+                             "HOST_GONE", "target host left the pool")
+        async with self._starts:
+            try:
+                await self._xapi.vm_start_on(vm.ref, host.ref)
+            except XapiError as exc:
+                return StartDone(self._now(), action.vm, action.host, *_classify(exc))
+            except XapiUnreachable as exc:
+                outcome = StartOutcome.UNKNOWN if exc.sent else StartOutcome.RETRY
+                return StartDone(self._now(), action.vm, action.host, outcome,
+                                 "XAPI_UNREACHABLE", str(exc))
+        return StartDone(self._now(), action.vm, action.host, StartOutcome.STARTED)
+
+
+def _classify(exc: XapiError) -> tuple[StartOutcome, str, str]:
+    detail = " ".join(exc.params)
+    if exc.code == "VM_BAD_POWER_STATE":
+        # [vm, expected, actual] (api_errors.ml): "running"/"paused" means it runs already.
+        actual = exc.params[2].lower() if len(exc.params) > 2 else ""
+        if actual in ("running", "paused"):
+            return StartOutcome.ALREADY_RUNNING, exc.code, detail
+        return StartOutcome.RETRY, exc.code, detail
+    if exc.code in _RETRY_CODES:
+        return StartOutcome.RETRY, exc.code, detail
+    return StartOutcome.FAILED, exc.code, detail

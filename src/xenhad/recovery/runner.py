@@ -1,0 +1,205 @@
+"""Drives one incident: applies events in order, journals them, performs the actions.
+
+Single flight lives here and in the daemon: one runner per host, and inside a runner one
+event at a time, so the machine never sees two results race. Actions run as tasks whose
+results come back through the same queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from xenhad.model import PoolView
+from xenhad.recovery import events as ev
+from xenhad.recovery.executor import Executor
+from xenhad.recovery.history import History
+from xenhad.recovery.incident import Incident, Phase, Settings, VmStatus
+from xenhad.recovery.machine import Transition, open_incident, step, summary
+
+log = structlog.get_logger("xenhad.recovery")
+
+
+@dataclass(frozen=True)
+class RunnerDeps:
+    """What every incident needs from the daemon: the world, the journal, the knobs."""
+
+    executor: Executor
+    history: History
+    settings: Settings
+    host_names: Callable[[], dict[str, str]]
+    wall: Callable[[], float]
+
+
+class IncidentRunner:
+    def __init__(self, incident: Incident, deps: RunnerDeps) -> None:
+        self.incident = incident
+        self._wall = deps.wall
+        self._executor = deps.executor
+        self._history = deps.history
+        self._settings = deps.settings
+        self._host_names = deps.host_names
+        self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._first: tuple[ev.Action, ...] = ()
+
+    @classmethod
+    def open(cls, opened: ev.Opened, deps: RunnerDeps) -> IncidentRunner:
+        # Journaled (fsync) before the first action exists: a crash right after this line
+        # replays into an open incident that re-issues its fence.
+        deps.history.event(None, opened.host, opened)
+        transition = open_incident(opened)
+        runner = cls(transition.incident, deps)
+        protected = sum(1 for t in transition.incident.vms.values()
+                        if t.vm.protection.value != "off")
+        log.warning(
+            "incident.opened",
+            incident=opened.incident,
+            host=opened.host_name,
+            vms=len(opened.vms),
+            protected=protected,
+            mode="trust-liveness" if opened.unsafe else "fence-first",
+            phase=transition.incident.phase.value,
+        )
+        if opened.unsafe:
+            log.error(
+                "incident.unsafe",
+                incident=opened.incident,
+                host=opened.host_name,
+                why="fencing.mode = trust-liveness: restarting VMs without proof their host "
+                "is off; a host that is only cut off will run them twice",
+            )
+        runner._first = runner._record(transition)
+        return runner
+
+    def feed(self, event: ev.Event) -> None:
+        self._queue.put_nowait(event)
+
+    def observe(self, view: PoolView, now: float) -> None:
+        """Tell the incident what the latest snapshot says of its VMs, and that time passed."""
+        for uuid, task in self.incident.vms.items():
+            if task.status.final:
+                continue
+            vm = view.vms.get(uuid)
+            if vm is None:
+                continue
+            self.feed(ev.VmObserved(now, uuid, vm.running, vm.resident_on, vm.busy))
+        self.feed(ev.Wake(now))
+
+    async def run(self) -> Incident:
+        for action in self._first:
+            self._launch(action)
+        while not self.incident.phase.closed:
+            event = await self._queue.get()
+            for action in self._apply(event):
+                self._launch(action)
+        await self._cancel_in_flight()
+        self._log_closed()
+        return self.incident
+
+    async def park(self) -> None:
+        """Stop at a safe point: the journal already holds everything needed to resume."""
+        await self._cancel_in_flight()
+        log.info("incident.parked", incident=self.incident.id, phase=self.incident.phase.value)
+
+    def _apply(self, event: ev.Event) -> tuple[ev.Action, ...]:
+        transition = step(self.incident, event, self._settings)
+        if transition.incident == self.incident and not transition.actions:
+            return ()  # nothing changed: not worth a journal line
+        self._history.event(self.incident, self.incident.host, event)
+        return self._record(transition)
+
+    def _record(self, transition: Transition) -> tuple[ev.Action, ...]:
+        before, after = self.incident, transition.incident
+        self.incident = after
+        if before.phase is not after.phase:
+            log.info(
+                "incident.step",
+                incident=after.id,
+                host=after.host_name,
+                phase=after.phase.value,
+                note=after.note or None,
+            )
+        if after.phase is Phase.WAITING_FENCE and before.phase is not Phase.WAITING_FENCE:
+            log.error(
+                "incident.waiting_fence",
+                incident=after.id,
+                host=after.host_name,
+                attempt=after.fence_attempts,
+                retry_in_s=round(after.retry_at - self._wall(), 1),
+                why=after.note,
+                fix="no proof the host is off, so none of its VMs is touched; check its BMC "
+                "or fencing config",
+            )
+        self._log_vm_changes(before, after)
+        for action in transition.actions:
+            self._history.action(after, action)
+        return transition.actions
+
+    def _log_vm_changes(self, before: Incident, after: Incident) -> None:
+        names = self._host_names()
+        for uuid, task in after.vms.items():
+            old = before.vms.get(uuid)
+            if old is not None and old.status is task.status and old.attempts == task.attempts:
+                continue
+            if task.status is VmStatus.RUNNING:
+                log.info("vm.restarted", incident=after.id, vm=task.vm.name,
+                         host=names.get(task.host or "", task.host),
+                         after_s=round(self._wall() - after.opened_at, 1))
+            elif task.status is VmStatus.STARTING:
+                log.info("vm.starting", incident=after.id, vm=task.vm.name,
+                         host=names.get(task.host or "", task.host), attempt=task.attempts)
+            elif task.status is VmStatus.FAILED:
+                log.error("vm.failed", incident=after.id, vm=task.vm.name, why=task.last_error)
+            elif task.status is VmStatus.RESET and old is not None and task.last_error:
+                log.warning("vm.retry", incident=after.id, vm=task.vm.name,
+                            attempt=task.attempts, why=task.last_error)
+            elif task.status is VmStatus.UNKNOWN:
+                log.warning("vm.in_doubt", incident=after.id, vm=task.vm.name,
+                            why="start may or may not have happened; waiting for XAPI to say")
+
+    def _launch(self, action: ev.Action) -> None:
+        task = asyncio.get_running_loop().create_task(self._perform(action))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _perform(self, action: ev.Action) -> None:
+        try:
+            result = await self._executor.perform(action)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not wedge the incident: report, retry later
+            log.exception("incident.action_crashed", incident=self.incident.id,
+                          action=type(action).__name__)
+            result = _failure_event(action, exc, self._wall())
+        self.feed(result)
+
+    async def _cancel_in_flight(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _log_closed(self) -> None:
+        facts = summary(self.incident)
+        names = self._host_names()
+        restarted = facts["restarted"]
+        assert isinstance(restarted, dict)
+        facts = {**facts, "restarted": {vm: names.get(h or "", h) for vm, h in restarted.items()}}
+        level = log.info if self.incident.phase is Phase.DONE else log.error
+        level("incident.closed", incident=self.incident.id, host=self.incident.host_name, **facts)
+
+
+def _failure_event(action: ev.Action, exc: Exception, now: float) -> ev.Event:
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(action, ev.FenceHost):
+        return ev.FenceDone(now, False, "internal", detail)
+    if isinstance(action, ev.ResetVm):
+        return ev.ResetDone(now, action.vm, False, "INTERNAL_ERROR", detail)
+    if isinstance(action, ev.StartVm):
+        return ev.StartDone(now, action.vm, action.host, ev.StartOutcome.UNKNOWN,
+                            "INTERNAL_ERROR", detail)
+    return ev.CapacityMeasured(now, ())

@@ -1,0 +1,333 @@
+"""The recovery state machine, scenario by scenario, then exhaustively with random worlds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xenhad.model import Protection
+from xenhad.recovery import events as ev
+from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot, VmStatus
+from xenhad.recovery.machine import open_incident, replay, step, summary
+
+GiB = 1024**3
+SET = Settings(best_effort_attempts=2, retry_backoff=5.0, retry_backoff_max=40.0)
+
+
+def vm(name: str, protection: Protection = Protection.RESTART, *, order: int = 0,
+       memory: int = 2 * GiB, affinity: str | None = None) -> VmSnapshot:
+    return VmSnapshot(uuid=f"uuid-{name}", name=name, protection=protection, memory=memory,
+                      affinity=affinity, order=order)
+
+
+def opened(*vms: VmSnapshot, unsafe: bool = False, now: float = 100.0) -> ev.Opened:
+    return ev.Opened("inc-1", "dead", "host2", now, tuple(vms), unsafe)
+
+
+class Drive:
+    """Feeds events one by one, keeping every event and action, as the runner does."""
+
+    def __init__(self, first: ev.Opened) -> None:
+        t = open_incident(first)
+        self.incident: Incident = t.incident
+        self.events: list[ev.Event] = [first]
+        self.actions: list[ev.Action] = list(t.actions)
+        self.last: tuple[ev.Action, ...] = t.actions
+
+    def __call__(self, event: ev.Event) -> tuple[ev.Action, ...]:
+        t = step(self.incident, event, SET)
+        self.incident = t.incident
+        self.events.append(event)
+        self.actions.extend(t.actions)
+        self.last = t.actions
+        return t.actions
+
+    def status(self, name: str) -> VmStatus:
+        return self.incident.vms[f"uuid-{name}"].status
+
+
+ROOM = (("h1", 64 * GiB), ("h3", 64 * GiB))
+
+
+def test_fence_then_reset_then_restart_then_done() -> None:
+    d = Drive(opened(vm("a"), vm("b", Protection.BEST_EFFORT), vm("c", Protection.OFF)))
+    assert d.incident.phase is Phase.FENCING
+    assert d.last == (ev.FenceHost("dead"),)
+
+    actions = d(ev.FenceDone(101, True, "redfish", "PowerState Off"))
+    assert d.incident.phase is Phase.RESETTING
+    assert set(actions) == {ev.ResetVm("uuid-a"), ev.ResetVm("uuid-b"), ev.ResetVm("uuid-c")}
+
+    d(ev.ResetDone(102, "uuid-a", True))
+    d(ev.ResetDone(102, "uuid-c", True))
+    assert d.incident.phase is Phase.RESETTING
+    actions = d(ev.ResetDone(102, "uuid-b", True))
+    assert d.incident.phase is Phase.RESTARTING
+    assert actions == (ev.MeasureCapacity(exclude="dead"),)
+    assert d.status("c") is VmStatus.LEFT
+
+    actions = d(ev.CapacityMeasured(103, ROOM))
+    # RESTART before BEST_EFFORT: placement puts them in separate waves.
+    started = [a for a in actions if isinstance(a, ev.StartVm)]
+    assert [a.vm for a in started] == ["uuid-a"]
+    d(ev.StartDone(110, "uuid-a", started[0].host, ev.StartOutcome.STARTED))
+    assert d.last == (ev.MeasureCapacity(exclude="dead"),)
+    actions = d(ev.CapacityMeasured(111, ROOM))
+    (start_b,) = actions
+    assert isinstance(start_b, ev.StartVm) and start_b.vm == "uuid-b"
+    d(ev.StartDone(115, "uuid-b", start_b.host, ev.StartOutcome.STARTED))
+    assert d.incident.phase is Phase.DONE
+    facts = summary(d.incident)
+    assert set(facts["restarted"]) == {"a", "b"}  # type: ignore[arg-type]
+    assert facts["not_protected"] == ["c"]
+    assert facts["took_s"] == 15.0
+
+
+def test_no_proof_of_power_off_touches_nothing_and_retries_with_backoff() -> None:
+    d = Drive(opened(vm("a")))
+    d(ev.FenceDone(101, False, "redfish", "BMC 10.0.0.12 unreachable"))
+    assert d.incident.phase is Phase.WAITING_FENCE
+    assert d.incident.retry_at == 106
+    assert d(ev.Wake(105)) == ()
+    assert d(ev.Wake(106)) == (ev.FenceHost("dead"),)
+    d(ev.FenceDone(107, False, "redfish", "still unreachable"))
+    assert d.incident.retry_at == 107 + 10  # doubled
+    assert not any(isinstance(a, (ev.ResetVm, ev.StartVm)) for a in d.actions)
+
+
+def test_host_back_while_waiting_for_a_fence_aborts_untouched() -> None:
+    d = Drive(opened(vm("a")))
+    d(ev.FenceDone(101, False, "ipmi", "auth failed"))
+    d(ev.HostReturned(130))
+    assert d.incident.phase is Phase.ABORTED
+    assert d(ev.Wake(1000)) == ()
+    assert not any(isinstance(a, (ev.ResetVm, ev.StartVm)) for a in d.actions)
+
+
+def test_host_back_during_a_fence_that_then_powers_it_off_goes_on() -> None:
+    d = Drive(opened(vm("a")))
+    d(ev.HostReturned(101))
+    d(ev.FenceDone(102, True, "redfish", "off"))
+    assert d.incident.phase is Phase.RESETTING
+
+
+def test_host_back_during_a_fence_that_fails_aborts() -> None:
+    d = Drive(opened(vm("a")))
+    d(ev.HostReturned(101))
+    d(ev.FenceDone(102, False, "redfish", "timeout"))
+    assert d.incident.phase is Phase.ABORTED
+
+
+def test_trust_liveness_resets_at_once() -> None:
+    d = Drive(opened(vm("a"), unsafe=True))
+    assert d.incident.phase is Phase.RESETTING
+    assert d.incident.fenced_by == "trust-liveness"
+    assert d.last == (ev.ResetVm("uuid-a"),)
+
+
+def test_xapi_reaching_the_host_during_reset_aborts_before_any_start() -> None:
+    d = Drive(opened(vm("a"), vm("b"), unsafe=True))
+    d(ev.ResetDone(101, "uuid-a", True))
+    d(ev.ResetDone(101, "uuid-b", False, "HOST_IS_LIVE", "OpaqueRef:h2"))
+    assert d.incident.phase is Phase.ABORTED
+    assert "not dead" in d.incident.note
+    assert not any(isinstance(a, ev.StartVm) for a in d.actions)
+
+
+def test_already_halted_counts_as_reset_and_failed_reset_is_retried() -> None:
+    d = Drive(opened(vm("a"), vm("b"), unsafe=True))
+    d(ev.ResetDone(101, "uuid-a", False, "VM_BAD_POWER_STATE", "x running halted"))
+    assert d.status("a") is VmStatus.RESET
+    d(ev.ResetDone(101, "uuid-b", False, "XAPI_UNREACHABLE", "timed out"))
+    assert d.status("b") is VmStatus.PENDING
+    assert d(ev.Wake(103)) == ()
+    assert d(ev.Wake(106)) == (ev.ResetVm("uuid-b"),)
+    assert d(ev.Wake(200)) == ()  # in flight: not re-issued
+    d(ev.ResetDone(201, "uuid-b", True))
+    assert d.incident.phase is Phase.RESTARTING
+
+
+def test_orders_form_waves_started_one_after_another() -> None:
+    d = Drive(opened(vm("late", order=2), vm("first", order=0), vm("also", order=0), unsafe=True))
+    for name in ("late", "first", "also"):
+        d(ev.ResetDone(101, f"uuid-{name}", True))
+    first_wave = d(ev.CapacityMeasured(102, ROOM))
+    assert sorted(a.vm for a in first_wave if isinstance(a, ev.StartVm)) == [
+        "uuid-also", "uuid-first"]
+    d(ev.StartDone(103, "uuid-first", "h1", ev.StartOutcome.STARTED))
+    assert d.last == ()  # the wave is not finished
+    d(ev.StartDone(104, "uuid-also", "h3", ev.StartOutcome.STARTED))
+    assert d.last == (ev.MeasureCapacity(exclude="dead"),)
+    (late,) = d(ev.CapacityMeasured(105, ROOM))
+    assert isinstance(late, ev.StartVm) and late.vm == "uuid-late"
+
+
+def test_best_effort_gives_up_after_its_attempts_restart_keeps_trying() -> None:
+    d = Drive(opened(vm("gold"), vm("bronze", Protection.BEST_EFFORT), unsafe=True))
+    d(ev.ResetDone(101, "uuid-gold", True))
+    d(ev.ResetDone(101, "uuid-bronze", True))
+    now = 102.0
+    for _ in range(6):
+        actions = d(ev.CapacityMeasured(now, ()))  # no room anywhere
+        assert not any(isinstance(a, ev.StartVm) for a in actions)
+        now = max(t.retry_at for t in d.incident.vms.values() if not t.status.final)
+        d(ev.Wake(now))
+    assert d.status("bronze") is VmStatus.FAILED
+    assert d.status("gold") is VmStatus.RESET
+    assert d.incident.phase is Phase.RESTARTING
+    assert d.incident.vms["uuid-gold"].retry_at - now <= SET.retry_backoff_max
+
+
+def test_start_in_doubt_is_settled_by_what_xapi_says() -> None:
+    d = Drive(opened(vm("a"), vm("b"), unsafe=True))
+    d(ev.ResetDone(101, "uuid-a", True))
+    d(ev.ResetDone(101, "uuid-b", True))
+    starts = d(ev.CapacityMeasured(102, ROOM))
+    host_a = next(a.host for a in starts if isinstance(a, ev.StartVm) and a.vm == "uuid-a")
+    d(ev.StartDone(112, "uuid-a", host_a, ev.StartOutcome.UNKNOWN, "XAPI_UNREACHABLE"))
+    d(ev.StartDone(112, "uuid-b", "h3", ev.StartOutcome.UNKNOWN, "XAPI_UNREACHABLE"))
+    assert d.status("a") is VmStatus.UNKNOWN
+    # a did start; b did not.
+    d(ev.VmObserved(113, "uuid-a", True, host_a))
+    assert d.status("a") is VmStatus.RUNNING
+    d(ev.VmObserved(113, "uuid-b", False, None, busy=True))
+    assert d.status("b") is VmStatus.UNKNOWN  # an operation is still going on: wait
+    d(ev.VmObserved(114, "uuid-b", False, None))
+    assert d.status("b") is VmStatus.RESET
+
+
+def test_a_vm_someone_else_started_is_never_started_again() -> None:
+    d = Drive(opened(vm("a"), unsafe=True))
+    d(ev.VmObserved(101, "uuid-a", True, "h3"))
+    assert d.status("a") is VmStatus.RUNNING
+    d(ev.ResetDone(101, "uuid-a", True))
+    assert d.incident.phase is Phase.DONE
+    assert not any(isinstance(a, ev.StartVm) for a in d.actions)
+
+
+def test_already_running_answer_counts_as_running() -> None:
+    d = Drive(opened(vm("a"), unsafe=True))
+    d(ev.ResetDone(101, "uuid-a", True))
+    d(ev.CapacityMeasured(102, ROOM))
+    d(ev.StartDone(103, "uuid-a", "h1", ev.StartOutcome.ALREADY_RUNNING, "VM_BAD_POWER_STATE"))
+    assert d.incident.phase is Phase.DONE
+
+
+def test_resumed_reissues_what_was_in_flight() -> None:
+    d = Drive(opened(vm("a"), vm("b")))
+    assert step(d.incident, ev.Resumed(150), SET).actions == (ev.FenceHost("dead"),)
+    d(ev.FenceDone(101, True, "redfish", "off"))
+    d(ev.ResetDone(102, "uuid-a", True))
+    resumed = step(d.incident, ev.Resumed(150), SET)
+    assert resumed.actions == (ev.ResetVm("uuid-b"),)
+    d(ev.ResetDone(103, "uuid-b", True))
+    starts = d(ev.CapacityMeasured(104, ROOM))
+    assert len(starts) == 2
+    t = step(d.incident, ev.Resumed(150), SET)
+    assert {x.status for x in t.incident.vms.values()} == {VmStatus.UNKNOWN}
+    assert not any(isinstance(a, ev.StartVm) for a in t.actions)
+
+
+def test_journal_codec_round_trips_every_event() -> None:
+    samples: list[ev.Event] = [
+        opened(vm("a", affinity="h1", order=3), vm("b", Protection.BEST_EFFORT)),
+        ev.FenceDone(1, True, "redfish", "off"),
+        ev.ResetDone(2, "v", False, "HOST_IS_LIVE", "x"),
+        ev.CapacityMeasured(3, (("h1", 5), ("h2", 7))),
+        ev.StartDone(4, "v", "h", ev.StartOutcome.UNKNOWN, "C", "d"),
+        ev.VmObserved(5, "v", True, "h", busy=True),
+        ev.HostReturned(6),
+        ev.Wake(7),
+        ev.Resumed(8),
+    ]
+    import json
+
+    for sample in samples:
+        assert ev.decode(json.loads(json.dumps(ev.encode(sample)))) == sample
+
+
+# -- exhaustive: random worlds -----------------------------------------------------------
+
+
+@dataclass
+class World:
+    """A random but consistent world answering the machine's actions."""
+
+    unsafe: bool
+    outstanding: list[ev.Action] = field(default_factory=list)
+    now: float = 100.0
+    running_on: dict[str, str] = field(default_factory=dict)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    n_vms=st.integers(min_value=0, max_value=4),
+    unsafe=st.booleans(),
+    choices=st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=80),
+)
+def test_invariants_hold_in_any_world(n_vms: int, unsafe: bool, choices: list[int]) -> None:
+    prots = [Protection.RESTART, Protection.BEST_EFFORT, Protection.OFF]
+    vms = [vm(f"v{i}", prots[i % 3], order=i % 2) for i in range(n_vms)]
+    d = Drive(opened(*vms, unsafe=unsafe))
+    world = World(unsafe=unsafe, outstanding=list(d.last))
+    fenced = unsafe
+    reset_done: set[str] = set()
+    starts_in_flight: set[str] = set()
+
+    for choice in choices:
+        world.now += choice % 7
+        kind = choice % 5
+        event: ev.Event
+        if kind in (0, 1) and world.outstanding:
+            action = world.outstanding.pop(choice % len(world.outstanding))
+            if isinstance(action, ev.FenceHost):
+                event = ev.FenceDone(world.now, choice % 3 != 0, "b", "")
+            elif isinstance(action, ev.ResetVm):
+                code = ["", "VM_BAD_POWER_STATE", "XAPI_UNREACHABLE", "HOST_IS_LIVE"][choice % 4]
+                event = ev.ResetDone(world.now, action.vm, code == "", code)
+            elif isinstance(action, ev.MeasureCapacity):
+                event = ev.CapacityMeasured(world.now, ROOM if choice % 3 else ())
+            else:
+                outcome = list(ev.StartOutcome)[choice % len(ev.StartOutcome)]
+                starts_in_flight.discard(action.vm)
+                if outcome in (ev.StartOutcome.STARTED, ev.StartOutcome.ALREADY_RUNNING):
+                    world.running_on[action.vm] = action.host
+                event = ev.StartDone(world.now, action.vm, action.host, outcome)
+        elif kind == 2 and vms:
+            target = vms[choice % len(vms)].uuid
+            host = world.running_on.get(target)
+            event = ev.VmObserved(world.now, target, host is not None, host)
+        elif kind == 3:
+            event = ev.HostReturned(world.now)
+        else:
+            event = ev.Wake(world.now)
+
+        if isinstance(event, ev.FenceDone) and event.off and d.incident.phase is Phase.FENCING:
+            fenced = True
+        if isinstance(event, ev.ResetDone) and (event.ok or event.code == "VM_BAD_POWER_STATE"):
+            reset_done.add(event.vm)
+        before = d.incident
+        actions = d(event)
+        world.outstanding.extend(actions)
+
+        if before.phase.closed:
+            assert actions == ()
+        for a in actions:
+            if isinstance(a, (ev.ResetVm, ev.StartVm)):
+                assert fenced, "touched a VM of a host not proven off"
+            if isinstance(a, ev.StartVm):
+                assert a.vm in reset_done, "started a VM whose power state was never reset"
+                assert a.vm not in starts_in_flight, "two starts of one VM in flight"
+                assert a.vm not in world.running_on, "started a VM that already runs"
+                assert a.host != "dead"
+                starts_in_flight.add(a.vm)
+                protection = d.incident.vms[a.vm].vm.protection
+                assert protection is not Protection.OFF
+        for uuid in world.running_on:
+            task = d.incident.vms[uuid]
+            assert task.status is not VmStatus.STARTING or uuid in starts_in_flight
+
+    # Replaying the journal (the events) gives the very same state.
+    assert replay(d.events, SET) == d.incident
