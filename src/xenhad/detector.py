@@ -1,0 +1,338 @@
+"""Pure host-failure detection: each tick's observations and the time in, verdicts out.
+
+A host *misses* a tick when XAPI says it is not live (host_metrics.live, which the master
+only clears after host_assumed_dead_interval, up to ~10 minutes late) or when its own xapi
+did not answer our probe. Neither signal alone is trusted to say "up": a stale `live` on a
+dead host and an answering xapi on a host the master has already given up on both count as
+misses.
+
+Life of one host::
+
+    UP --miss--> SUSPECT --(enough misses, long enough, quorate, enabled)--> DOWN
+    SUSPECT --answers--> UP          (CLEARED: the run of misses starts again from zero)
+    DOWN --answers--> RETURNING --answers for recover_hold_seconds--> UP   (BACK)
+    RETURNING --miss--> DOWN         (the hold starts again at the next answer)
+
+Rules that keep a wrong DOWN from ever being emitted:
+
+- DOWN needs both `confirm_misses` consecutive misses and `confirm_seconds` since the first
+  of them, so neither a burst of fast ticks nor one slow tick confirms on its own.
+- No DOWN while this node is not quorate: the misses still count, and the DOWN is emitted
+  on the first quorate tick that still misses (a node cut off from the majority would
+  otherwise "see" every other host die).
+- No DOWN for a disabled host (host.enabled false: maintenance, or a host that is still
+  starting up). Its run of misses is kept for the record, but when the host is re-enabled
+  while still missing the run restarts at that tick: confirmation then needs the full
+  `confirm_misses` and `confirm_seconds` from the re-enable, so an operator ending a
+  maintenance window on a host that is mid-reboot does not trigger a recovery at once.
+- One DOWN per episode: a DOWN host stays DOWN (no second verdict) until it has answered,
+  with XAPI calling it live, for `recover_hold_seconds` without a single miss; then BACK.
+- A host that answers before confirmation is CLEARED and its run starts over, so a host
+  that only ever misses short blips never completes a confirmation.
+
+When thresholds are met but a DOWN is held (no quorum, or disabled), a SUSPECT verdict
+says so once per cause, with the cause in `reason`, so the daemon logs why nothing happens.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from xenhad.model import HostId
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    confirm_misses: int = 3
+    confirm_seconds: float = 10.0
+    recover_hold_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.confirm_misses < 1:
+            raise ValueError(
+                f"confirm_misses = {self.confirm_misses} is invalid: expected an integer >= 1"
+            )
+        if self.confirm_seconds < 0:
+            raise ValueError(
+                f"confirm_seconds = {self.confirm_seconds} is invalid: expected seconds >= 0"
+            )
+        if self.recover_hold_seconds < 0:
+            raise ValueError(
+                f"recover_hold_seconds = {self.recover_hold_seconds} is invalid: "
+                "expected seconds >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one tick saw of one host."""
+
+    xapi_live: bool
+    """host_metrics.live from the master's database (slow: up to 600 s stale)."""
+    answered: bool
+    """The host's own xapi answered our probe this tick."""
+    enabled: bool
+    """host.enabled: false means maintenance (or a host still starting up)."""
+
+    @property
+    def missed(self) -> bool:
+        return not self.xapi_live or not self.answered
+
+
+class HostState(enum.Enum):
+    UP = "up"
+    SUSPECT = "suspect"
+    DOWN = "down"
+    RETURNING = "returning"
+    """Was DOWN, answers again, and is serving its recover hold before BACK."""
+
+
+class VerdictKind(enum.Enum):
+    SUSPECT = "suspect"
+    """First miss of a run, or a confirmation held back (the reason says why)."""
+    CLEARED = "cleared"
+    """A suspect host answered again before it was confirmed: its run is over."""
+    DOWN = "down"
+    """Confirmed dead: emitted once per episode."""
+    BACK = "back"
+    """A DOWN host answered continuously for recover_hold_seconds."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: VerdictKind
+    host: HostId
+    since: float
+    """When the run of misses behind this verdict began (monotonic seconds)."""
+    misses: int
+    """Consecutive misses in that run (for BACK: misses of the whole down episode)."""
+    reason: str
+    """A short phrase for the log: what was seen, and why a confirmation is held if it is."""
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """One host's detector state, for the status line and `xenhad status`."""
+
+    host: HostId
+    state: HostState
+    since: float | None
+    """Start of the current run of misses (SUSPECT, DOWN, RETURNING), None when UP."""
+    misses: int
+    held: str
+    """Why a due confirmation is held ("no quorum", "disabled"), or "" if none is."""
+    returning_since: float | None
+    """RETURNING only: when the host began answering again."""
+    reason: str
+    """What the last observation of the host said."""
+
+
+class _Hold(enum.Enum):
+    NONE = ""
+    NO_QUORUM = "no quorum"
+    DISABLED = "disabled"
+
+
+_HOLD_WHY = {
+    _Hold.NO_QUORUM: "held: this node has no quorum, so it confirms nothing",
+    _Hold.DISABLED: "held: host is disabled (maintenance), so it is never confirmed down",
+}
+
+
+@dataclass
+class _Track:
+    state: HostState = HostState.UP
+    since: float = 0.0
+    misses: int = 0
+    hold: _Hold = _Hold.NONE
+    returning_since: float = 0.0
+    enabled: bool = True
+    reason: str = ""
+
+
+def describe(obs: Observation) -> str:
+    """The observation as the phrase a log line carries."""
+    said = "xapi answering" if obs.answered else "xapi not answering"
+    live = "XAPI says live" if obs.xapi_live else "XAPI says not live"
+    return f"{said}, {live}"
+
+
+class Detector:
+    """Keeps one track per host; `observe` is called once per tick with every host.
+
+    `settings` may be replaced between ticks (config reload); it applies from the next tick.
+    """
+
+    def __init__(self, settings: DetectorSettings) -> None:
+        self.settings = settings
+        self._tracks: dict[HostId, _Track] = {}
+        self._last_now: float | None = None
+
+    # -- queries -----------------------------------------------------------------------
+
+    def state(self, host: HostId) -> HostState:
+        """A host never observed (or forgotten) is UP: it has given no reason for doubt."""
+        track = self._tracks.get(host)
+        return track.state if track else HostState.UP
+
+    def snapshot(self) -> dict[HostId, HostStatus]:
+        return {host: self._status(host, t) for host, t in sorted(self._tracks.items())}
+
+    @staticmethod
+    def _status(host: HostId, t: _Track) -> HostStatus:
+        up = t.state is HostState.UP
+        return HostStatus(
+            host=host,
+            state=t.state,
+            since=None if up else t.since,
+            misses=t.misses,
+            held=t.hold.value,
+            returning_since=t.returning_since if t.state is HostState.RETURNING else None,
+            reason=t.reason,
+        )
+
+    # -- restart -----------------------------------------------------------------------
+
+    def restore_down(self, host: HostId, since: float) -> None:
+        """Mark a host DOWN without a verdict: a restarted daemon replayed an open episode.
+
+        `since` is informational only (it may be a wall-clock time from the journal, not a
+        monotonic one): no decision reads it. The host leaves DOWN only through BACK.
+        """
+        track = self._tracks.setdefault(host, _Track())
+        track.state = HostState.DOWN
+        track.since = since
+        track.misses = max(track.misses, self.settings.confirm_misses)
+        track.hold = _Hold.NONE
+        track.reason = "down before this daemon started (from the journal)"
+
+    # -- one tick ----------------------------------------------------------------------
+
+    def observe(
+        self, now: float, observations: Mapping[HostId, Observation], *, quorate: bool
+    ) -> list[Verdict]:
+        """Fold one tick into every host's track; return what changed, sorted by host.
+
+        Hosts absent from `observations` (removed from the pool) are forgotten.
+        """
+        if self._last_now is not None and now < self._last_now:
+            raise ValueError(
+                f"detector time went backwards ({now} < {self._last_now}): "
+                "pass monotonic seconds"
+            )
+        self._last_now = now
+        for gone in [h for h in self._tracks if h not in observations]:
+            del self._tracks[gone]
+        verdicts: list[Verdict] = []
+        for host in sorted(observations):
+            track = self._tracks.get(host)
+            if track is None:
+                track = self._tracks[host] = _Track(enabled=observations[host].enabled)
+            self._step(host, track, observations[host], now, quorate, verdicts)
+        return verdicts
+
+    def _step(
+        self,
+        host: HostId,
+        t: _Track,
+        obs: Observation,
+        now: float,
+        quorate: bool,
+        out: list[Verdict],
+    ) -> None:
+        re_enabled = obs.enabled and not t.enabled
+        t.enabled = obs.enabled
+        seen = describe(obs)
+        t.reason = seen
+        missed = obs.missed
+
+        if t.state is HostState.UP:
+            if missed:
+                self._start_run(t, now)
+                note = "" if obs.enabled else "; host is disabled (maintenance)"
+                out.append(Verdict(VerdictKind.SUSPECT, host, t.since, t.misses, seen + note))
+                self._maybe_confirm(host, t, obs, now, quorate, out)
+        elif t.state is HostState.SUSPECT:
+            if not missed:
+                out.append(Verdict(VerdictKind.CLEARED, host, t.since, t.misses, seen))
+                self._reset(t)
+            elif re_enabled:
+                # Maintenance ended mid-run: confirmation needs its full thresholds from now.
+                self._start_run(t, now)
+                out.append(Verdict(
+                    VerdictKind.SUSPECT, host, t.since, t.misses,
+                    seen + "; re-enabled while missing: confirmation starts over",
+                ))
+                self._maybe_confirm(host, t, obs, now, quorate, out)
+            else:
+                t.misses += 1
+                self._maybe_confirm(host, t, obs, now, quorate, out)
+        elif t.state is HostState.DOWN:
+            if missed:
+                t.misses += 1
+            else:
+                t.state = HostState.RETURNING
+                t.returning_since = now
+                self._maybe_back(host, t, now, seen, out)
+        else:  # RETURNING
+            if missed:
+                # Any miss during the hold: the host is not back, and the hold restarts at
+                # its next answer.
+                t.state = HostState.DOWN
+                t.misses += 1
+            else:
+                self._maybe_back(host, t, now, seen, out)
+
+    def _maybe_confirm(
+        self,
+        host: HostId,
+        t: _Track,
+        obs: Observation,
+        now: float,
+        quorate: bool,
+        out: list[Verdict],
+    ) -> None:
+        s = self.settings
+        if t.misses < s.confirm_misses or now - t.since < s.confirm_seconds:
+            return
+        hold = _Hold.DISABLED if not obs.enabled else _Hold.NONE if quorate else _Hold.NO_QUORUM
+        if hold is _Hold.NONE:
+            t.state = HostState.DOWN
+            t.hold = _Hold.NONE
+            out.append(Verdict(VerdictKind.DOWN, host, t.since, t.misses, t.reason))
+            return
+        if hold is not t.hold:
+            # Said once per cause, not every tick: the daemon logs it as a warning.
+            t.hold = hold
+            out.append(Verdict(
+                VerdictKind.SUSPECT, host, t.since, t.misses, f"{t.reason}; {_HOLD_WHY[hold]}"
+            ))
+
+    def _maybe_back(
+        self, host: HostId, t: _Track, now: float, seen: str, out: list[Verdict]
+    ) -> None:
+        if now - t.returning_since < self.settings.recover_hold_seconds:
+            return
+        held_for = now - t.returning_since
+        out.append(Verdict(
+            VerdictKind.BACK, host, t.since, t.misses,
+            f"{seen} for {held_for:g} s",
+        ))
+        self._reset(t)
+
+    @staticmethod
+    def _start_run(t: _Track, now: float) -> None:
+        t.state = HostState.SUSPECT
+        t.since = now
+        t.misses = 1
+        t.hold = _Hold.NONE
+
+    @staticmethod
+    def _reset(t: _Track) -> None:
+        t.state = HostState.UP
+        t.since = 0.0
+        t.misses = 0
+        t.hold = _Hold.NONE
+        t.returning_since = 0.0
