@@ -1,0 +1,138 @@
+"""The transports against sockets that misbehave the way a dying host does.
+
+A listening socket that never accepts is a black hole: the TCP handshake completes in the
+kernel, our request is buffered, and no answer ever comes. A closed port refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import XenAPI
+
+from xenhad.xapi import Xapi, XapiUnreachable
+from xenhad.xapi.transport import TcpTransport, UnixTransport
+
+
+@pytest.fixture
+def black_hole() -> Iterator[tuple[str, int]]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    try:
+        yield s.getsockname()
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _login(url: str, transport: TcpTransport | UnixTransport) -> None:
+    XenAPI.Session(url, transport=transport).login_with_password("root", "", "1.0", "t")
+
+
+@pytest.mark.timeout(10)
+def test_a_black_holed_xapi_costs_the_timeout_and_the_request_counts_as_sent(
+    black_hole: tuple[str, int],
+) -> None:
+    host, port = black_hole
+    transport = TcpTransport(https=False, timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(XapiUnreachable) as caught:
+        _login(f"http://{host}:{port}/", transport)
+    assert time.monotonic() - started < 1.0
+    # The connection was accepted (by the kernel) and the request written: xapi may have
+    # read it, so this failure is ambiguous.
+    assert caught.value.sent is True
+    assert "timed out" in str(caught.value)
+
+
+@pytest.mark.timeout(10)
+def test_a_refused_connection_surely_did_not_send_anything(closed_port: int) -> None:
+    with pytest.raises(XapiUnreachable) as caught:
+        _login(f"http://127.0.0.1:{closed_port}/", TcpTransport(https=False, timeout=1))
+    assert caught.value.sent is False
+    assert "before sending" in str(caught.value)
+
+
+@pytest.mark.timeout(10)
+def test_a_tls_handshake_that_never_completes_did_not_send_the_request(
+    black_hole: tuple[str, int],
+) -> None:
+    host, port = black_hole
+    with pytest.raises(XapiUnreachable) as caught:
+        _login(f"https://{host}:{port}/", TcpTransport(https=True, timeout=0.3))
+    assert caught.value.sent is False
+
+
+@pytest.mark.timeout(10)
+def test_the_unix_transport_reaches_any_path_and_times_out(tmp_path: object) -> None:
+    # Underscores in the path: XenAPI's own UDSTransport would turn them into '/'.
+    path = f"{tmp_path}/xapi_sock_with_underscores"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    try:
+        with pytest.raises(XapiUnreachable) as caught:
+            _login("http://localhost/", UnixTransport(path, timeout=0.3))
+        assert caught.value.sent is True
+        assert caught.value.endpoint == path
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(10)
+def test_a_missing_socket_file_is_refused_before_sending(tmp_path: object) -> None:
+    with pytest.raises(XapiUnreachable) as caught:
+        _login("http://localhost/", UnixTransport(f"{tmp_path}/nothing", timeout=1))
+    assert caught.value.sent is False
+
+
+@pytest.mark.timeout(20)
+def test_the_event_loop_keeps_ticking_while_a_call_hangs(black_hole: tuple[str, int]) -> None:
+    host, port = black_hole
+
+    async def scenario() -> tuple[int, float, XapiUnreachable]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        xapi = Xapi(
+            f"http://{host}:{port}",
+            password="x",
+            timeout=0.5,
+            retry_attempts=2,
+            retry_backoff=0.0,
+        )
+        task = asyncio.create_task(ticker())
+        started = time.monotonic()
+        try:
+            with pytest.raises(XapiUnreachable) as caught:
+                await xapi.login()
+        finally:
+            stop.set()
+            await task
+            await xapi.close()
+        return ticks, time.monotonic() - started, caught.value
+
+    ticks, elapsed, error = asyncio.run(scenario())
+    # Two attempts of 0.5 s each (login is safe to repeat), nothing more.
+    assert 1.0 <= elapsed < 2.0
+    assert ticks > 40
+    assert error.sent is True
