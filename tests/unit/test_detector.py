@@ -47,7 +47,7 @@ class Tick:
 
 def run(ticks: Iterable[Tick], s: DetectorSettings = DEFAULT) -> list[tuple[float, Verdict]]:
     d = Detector(s)
-    out = []
+    out: list[tuple[float, Verdict]] = []
     for t in ticks:
         out.extend((t.at, v) for v in d.observe(t.at, {H: t.obs}, quorate=t.quorate))
     return out
@@ -313,7 +313,7 @@ class Trace:
 def simulate(s: DetectorSettings, steps: list[tuple[float, Observation, bool]]) -> list[Trace]:
     d = Detector(s)
     now = 0.0
-    out = []
+    out: list[Trace] = []
     for dt, obs, quorate in steps:
         now += dt
         out.append(Trace(now, obs, quorate, d.observe(now, {H: obs}, quorate=quorate)))
