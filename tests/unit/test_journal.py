@@ -304,43 +304,72 @@ def test_failed_compaction_is_an_error_and_the_journal_keeps_working(
 
 
 CHILD = textwrap.dedent("""
-    import sys
+    import os, signal, sys
     from pathlib import Path
     from xenhad.journal import Journal
 
+    delay = float(sys.argv[2])
+    if delay:
+        # SIGKILL from a timer lands between any two steps of append or compact.
+        signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGKILL))
+        signal.setitimer(signal.ITIMER_REAL, delay)
     j = Journal(Path(sys.argv[1]))
     n = max(r["i"] for r in j.replay().records) + 1
     while True:
-        j.append({"i": n, "pad": "x" * 200})
+        j.append({"i": n, "pad": "x" * 20000})
         n += 1
         j.compact(lambda r: r["i"] > n - 50)
         print(n, flush=True)
 """)
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("round_", range(4))
-def test_kill_9_at_any_instant_leaves_a_whole_journal(path: Path, round_: int) -> None:
-    """A real process appending and compacting in a loop is killed mid-way; the journal
-    it leaves holds a contiguous run of whole records (at most a torn last line)."""
+def killed_writer(path: Path, *, after_lines: int = 0, timer: float = 0.0) -> None:
+    """Run CHILD on `path` and kill -9 it: after it printed `after_lines` loops, or when
+    its own timer fires. Returns once it is dead."""
     filled(path, 10).close()
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", CHILD, str(path), str(timer)],
+        stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(Path(journal_module.__file__).parents[1])},
     )
     assert child.stdout is not None
-    for _ in range(20 + 7 * round_):
-        assert child.stdout.readline(), "the child died on its own"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    child.stdout.close()
+    try:
+        if not timer:
+            for _ in range(after_lines):
+                assert child.stdout.readline(), "the child died on its own"
+            child.send_signal(signal.SIGKILL)
+        else:
+            child.stdout.read()  # until the timer kills it
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.stdout.close()
 
+
+def assert_whole(path: Path) -> None:
     report = Journal(path).replay()
     assert all(p.kind is ProblemKind.TORN for p in report.problems)
     numbers = [r["i"] for r in report.records]
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
     assert 1 <= len(numbers) <= 51
+    # A compaction cut short left its temporary file; reopening removed it.
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loops", [1, 20, 33])
+def test_kill_9_from_outside_leaves_a_whole_journal(path: Path, loops: int) -> None:
+    """A real process appending and compacting in a loop is killed mid-way; the journal
+    it leaves holds a contiguous run of whole records (at most a torn last line)."""
+    killed_writer(path, after_lines=loops)
+    assert_whole(path)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timer", [0.15, 0.2, 0.25, 0.3, 0.35, 0.4])
+def test_kill_9_between_any_two_steps_leaves_a_whole_journal(path: Path, timer: float) -> None:
+    killed_writer(path, timer=timer)
+    assert_whole(path)
 
 
 # -- permissions ------------------------------------------------------------------------
