@@ -1,0 +1,690 @@
+"""The XAPI methods the simulator answers, with xapi's checks and error codes.
+
+`call(pool, host, channel, source, method, params)` runs one request that reached `host`
+over `channel` ("tcp" or "unix") from `source` (a host, or None for the outside). It returns
+the value or raises XapiFailure; `Blackhole` means the request must never be answered
+(a slave forwarding to an unreachable master, a hung or cut-off host on the way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from xenhad.sim.model import (
+    I32,
+    NULL_REF,
+    Db,
+    Record,
+    XapiFailure,
+    host_free_memory,
+    render,
+    vm_memory,
+)
+from xenhad.sim.pool import HostState, Route, SimPool
+
+
+class Blackhole(Exception):
+    """The request is held and never answered."""
+
+
+@dataclass
+class Ctx:
+    pool: SimPool
+    host: HostState
+    """The host whose xapi received the request."""
+    served: HostState
+    """The host whose database answers: the receiving host or the master it forwards to."""
+    channel: str
+    source: HostState | None
+    method: str
+    session: str = ""
+
+    @property
+    def db(self) -> Db:
+        return self.served.db
+
+
+Handler = Callable[..., Any]
+_METHODS: dict[str, tuple[Handler, int, int, str]] = {}
+"""wire name -> (handler, min params, max params (excluding the session), kind)."""
+
+LOCAL = "local"      # handled by the receiving host itself (emergency calls, datamodel.ml)
+MASTER = "master"    # handled on the master's database (forwarded by a slave)
+LOGIN = "login"
+
+
+def method(name: str, nparams: int, kind: str = MASTER, max_params: int | None = None,
+           ) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _METHODS[name] = (fn, nparams, nparams if max_params is None else max_params, kind)
+        return fn
+
+    return register
+
+
+def known_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+# ---- dispatch -------------------------------------------------------------------------
+
+
+def call(pool: SimPool, host: HostState, channel: str, source: HostState | None,
+         name: str, params: list[Any]) -> Any:
+    entry = _METHODS.get(name)
+    if entry is None:
+        raise XapiFailure("MESSAGE_METHOD_UNKNOWN", [name])
+    fn, low, high, kind = entry
+    with_session = kind != LOGIN
+    given = len(params) - (1 if with_session else 0)
+    if not low <= given <= high:
+        # server_helpers.ml: MESSAGE_PARAMETER_COUNT_MISMATCH [method; expected; received]
+        raise XapiFailure("MESSAGE_PARAMETER_COUNT_MISMATCH",
+                          [name, str(high + (1 if with_session else 0)), str(len(params))])
+    for p in params:
+        _check_wire_value(name, p)
+    ctx = Ctx(pool, host, host, channel, source, name)
+    if host.emergency and kind != LOCAL:
+        # api_server.ml: a slave in emergency mode refuses all but the emergency calls.
+        raise XapiFailure("HOST_STILL_BOOTING", [])
+    if kind == LOGIN:
+        return fn(ctx, *params)
+    ctx.session = str(params[0])
+    if kind == LOCAL:
+        _check_local_session(ctx)
+        return fn(ctx, *params[1:])
+    if not host.is_master:
+        ctx.served = _forward_target(pool, host)
+    _check_session(ctx)
+    return fn(ctx, *params[1:])
+
+
+def _check_wire_value(name: str, value: Any) -> None:
+    if isinstance(value, (dict, list)):
+        items = value.values() if isinstance(value, dict) else value
+        for v in items:
+            _check_wire_value(name, v)
+
+
+def _forward_target(pool: SimPool, host: HostState) -> HostState:
+    """A slave's database calls go to the master it believes in; when that master cannot be
+    reached master_connection.ml retries for ever: the request hangs."""
+    m = pool.master_of(host)
+    if m is None or not m.is_master or pool.route(host, m) != Route.OK or m.xapi != "up":
+        raise Blackhole()
+    return m
+
+
+def _check_session(ctx: Ctx) -> None:
+    if ctx.session in ctx.db.sessions:
+        return
+    if ctx.served is ctx.host and ctx.session in ctx.host.local_sessions:
+        return
+    raise XapiFailure("SESSION_INVALID", [ctx.session])
+
+
+def _check_local_session(ctx: Ctx) -> None:
+    if ctx.session in ctx.host.local_sessions or ctx.session in ctx.host.db.sessions:
+        return
+    m = ctx.pool.master_of(ctx.host)
+    if m is not None and m.powered and ctx.session in m.db.sessions:
+        return
+    raise XapiFailure("SESSION_INVALID", [ctx.session])
+
+
+def _new_ref(pool: SimPool) -> str:
+    import uuid
+
+    return f"OpaqueRef:{uuid.uuid4()}"
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise XapiFailure("FIELD_TYPE_ERROR", [what])
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise XapiFailure("FIELD_TYPE_ERROR", [what])
+
+
+# ---- session --------------------------------------------------------------------------
+
+
+def _password_ok(ctx: Ctx, uname: str, pwd: str) -> None:
+    # xapi_session.ml do_local_auth: only the local superuser, checked against its password.
+    if uname != "root" or pwd != ctx.pool.spec.root_password:
+        raise XapiFailure("SESSION_AUTHENTICATION_FAILED",
+                          [uname, "Authentication failure"])
+
+
+@method("session.login_with_password", 2, LOGIN, max_params=4)
+def login_with_password(ctx: Ctx, uname: Any, pwd: Any, *_: Any) -> str:
+    uname, pwd = _str(uname, "uname"), _str(pwd, "pwd")
+    if ctx.host.emergency:
+        raise XapiFailure("HOST_STILL_BOOTING", [])
+    if ctx.channel == "unix":
+        # Pre-authenticated as root (xapi_session.ml, Context.preauth); the session lives in
+        # the pool database, so on a slave creating it needs the master: it hangs when the
+        # master cannot be reached (master_connection.ml retries for ever).
+        served = ctx.host if ctx.host.is_master else _forward_target(ctx.pool, ctx.host)
+    else:
+        if not ctx.host.is_master:
+            # xapi_session.ml login_with_password: raised before any authentication.
+            raise XapiFailure("HOST_IS_SLAVE", [ctx.host.conf_master])
+        _password_ok(ctx, uname, pwd)
+        served = ctx.host
+    ref = _new_ref(ctx.pool)
+    served.db.sessions[ref] = {"this_host": served.ref, "this_user": uname,
+                               "last_active": ctx.pool.now()}
+    return ref
+
+
+@method("session.slave_local_login_with_password", 2, LOGIN)
+def slave_local_login_with_password(ctx: Ctx, uname: Any, pwd: Any) -> str:
+    uname, pwd = _str(uname, "uname"), _str(pwd, "pwd")
+    if ctx.channel != "unix":
+        _password_ok(ctx, uname, pwd)
+    # xapi_local_session.ml: kept in this host's memory only, gone when xapi restarts.
+    ref = _new_ref(ctx.pool)
+    ctx.host.local_sessions.add(ref)
+    return ref
+
+
+@method("session.local_logout", 0, LOCAL)
+def local_logout(ctx: Ctx) -> str:
+    ctx.host.local_sessions.discard(ctx.session)
+    return ""
+
+
+@method("session.logout", 0)
+def logout(ctx: Ctx) -> str:
+    ctx.db.sessions.pop(ctx.session, None)
+    ctx.host.local_sessions.discard(ctx.session)
+    return ""
+
+
+@method("session.get_this_host", 1)
+def session_get_this_host(ctx: Ctx, sess: Any) -> str:
+    s = ctx.db.sessions.get(str(sess))
+    if s is None:
+        raise XapiFailure("SESSION_INVALID", [str(sess)])
+    return str(s["this_host"])
+
+
+# ---- generic class methods ------------------------------------------------------------
+
+
+def _visible(cls: str, db: Db) -> list[str]:
+    return list(db.tables[cls])
+
+
+def _register_class(cls: str, fields: list[str]) -> None:
+    def get_all(ctx: Ctx) -> list[str]:
+        return _visible(cls, ctx.db)
+
+    def get_all_records(ctx: Ctx) -> dict[str, Record]:
+        return {ref: render(ctx.db, cls, ref) for ref in _visible(cls, ctx.db)}
+
+    def get_record(ctx: Ctx, ref: Any) -> Record:
+        return render(ctx.db, cls, str(ref))
+
+    def get_by_uuid(ctx: Ctx, uuid: Any) -> str:
+        return ctx.db.by_uuid(cls, str(uuid))
+
+    method(f"{cls}.get_all", 0)(get_all)
+    method(f"{cls}.get_all_records", 0)(get_all_records)
+    method(f"{cls}.get_record", 1)(get_record)
+    method(f"{cls}.get_by_uuid", 1)(get_by_uuid)
+    if "name_label" in fields:
+        def get_by_name_label(ctx: Ctx, label: Any) -> list[str]:
+            return [r for r, rec in ctx.db.tables[cls].items() if rec["name_label"] == label]
+
+        method(f"{cls}.get_by_name_label", 1)(get_by_name_label)
+    for f in fields:
+        def getter(ctx: Ctx, ref: Any, _f: str = f) -> Any:
+            return render(ctx.db, cls, str(ref))[_f]
+
+        method(f"{cls}.get_{f}", 1)(getter)
+    if "other_config" in fields:
+        def add_to(ctx: Ctx, ref: Any, key: Any, value: Any) -> str:
+            rec = ctx.db.get(cls, str(ref))
+            key, value = _str(key, "key"), _str(value, "value")
+            if key in rec["other_config"]:
+                # db_actions: MAP_DUPLICATE_KEY [table; field; ref; key], an atomic test
+                # on the master's database (what xenhad's pool lock relies on).
+                raise XapiFailure("MAP_DUPLICATE_KEY", [cls, "other_config", str(ref), key])
+            new = dict(rec["other_config"])
+            new[key] = value
+            ctx.db.set(str(ref), "other_config", new)
+            return ""
+
+        def remove_from(ctx: Ctx, ref: Any, key: Any) -> str:
+            rec = ctx.db.get(cls, str(ref))
+            new = dict(rec["other_config"])
+            if new.pop(_str(key, "key"), None) is not None:
+                ctx.db.set(str(ref), "other_config", new)
+            return ""
+
+        method(f"{cls}.add_to_other_config", 3)(add_to)
+        method(f"{cls}.remove_from_other_config", 2)(remove_from)
+
+
+def register_classes(sample: Db) -> None:
+    if "VM.get_all" in _METHODS:
+        return
+    for cls in ("pool", "host", "host_metrics", "VM"):
+        some = next(iter(sample.tables[cls]))
+        fields = list(render(sample, cls, some))
+        _register_class(cls, fields)
+
+
+# ---- pool -----------------------------------------------------------------------------
+
+
+@method("pool.sync_database", 0)
+def pool_sync_database(ctx: Ctx) -> str:
+    ctx.pool.sync_database_from(ctx.served)
+    return ""
+
+
+@method("pool.emergency_transition_to_master", 0, LOCAL)
+def emergency_transition_to_master(ctx: Ctx) -> str:
+    h = ctx.host
+    # xapi_pool.ml emergency_transition_to_master: refused while HA is armed; otherwise
+    # pool.conf says master and xapi restarts after the fuse (Xapi_fuse), on this host's
+    # local copy of the database. There is no "already master" check.
+    if h.db.pool()["ha_enabled"]:
+        raise XapiFailure("HA_IS_ENABLED", [])
+    epoch = h.epoch
+
+    def fuse() -> None:
+        if h.epoch == epoch and h.powered:
+            ctx.pool.become_master(h)
+
+    h.conf_master = h.address
+    ctx.pool.after(ctx.pool.spec.fuse_seconds, fuse)
+    return ""
+
+
+@method("pool.emergency_reset_master", 1, LOCAL)
+def emergency_reset_master(ctx: Ctx, master_address: Any) -> str:
+    # xapi_pool.ml emergency_reset_master: rewrite pool.conf, restart xapi as a slave.
+    address = _str(master_address, "master_address")
+    if ctx.host.db.pool()["ha_enabled"]:
+        raise XapiFailure("HA_IS_ENABLED", [])
+    ctx.pool.reset_master(ctx.host, address, ctx.pool.spec.xapi_restart_seconds)
+    return ""
+
+
+@method("pool.recover_slaves", 0)
+def recover_slaves(ctx: Ctx) -> list[str]:
+    # xapi_pool.ml recover_slaves: emergency_reset_master on every other host; those that
+    # fail are silently left out of the result.
+    m = ctx.served
+    if m.db.pool()["ha_enabled"]:
+        raise XapiFailure("HA_IS_ENABLED", [])
+    done = []
+    for ref in list(m.db.tables["host"]):
+        if ref == m.ref:
+            continue
+        h = ctx.pool.host_by_ref(ref)
+        if h is None or ctx.pool.route(m, h) != Route.OK or h.xapi != "up":
+            continue
+        ctx.pool.reset_master(h, m.address, ctx.pool.spec.xapi_restart_seconds)
+        done.append(ref)
+    return done
+
+
+@method("pool.designate_new_master", 1)
+def designate_new_master(ctx: Ctx, host: Any) -> str:
+    m = ctx.served
+    target_ref = str(host)
+    ctx.db.get("host", target_ref)
+    if target_ref == m.ref:
+        return ""
+    # xapi_pool.ml designate_new_master: a two-phase commit with every host; any host that
+    # cannot be contacted aborts it.
+    hosts = []
+    for ref in ctx.db.tables["host"]:
+        h = ctx.pool.host_by_ref(ref)
+        if h is None:
+            continue
+        if h is not m and (ctx.pool.route(m, h) != Route.OK or h.xapi != "up"):
+            raise XapiFailure("CANNOT_CONTACT_HOST", [ref])
+        hosts.append(h)
+    target = ctx.pool.host_by_ref(target_ref)
+    assert target is not None
+    target.db = m.db.copy()
+    target.conf_master = target.address
+    ctx.pool._start_xapi(target)
+    for h in hosts:
+        if h is not target:
+            h.conf_master = target.address
+            ctx.pool._start_xapi(h)
+    return ""
+
+
+# ---- host -----------------------------------------------------------------------------
+
+
+@method("host.disable", 1, max_params=2)
+def host_disable(ctx: Ctx, host: Any, auto_enable: Any = True) -> str:
+    ref = str(host)
+    ctx.db.get("host", ref)
+    # xapi_host.ml disable: auto_enable=false keeps it disabled across reboots.
+    h = ctx.pool.host_by_ref(ref)
+    if h is not None and not _bool(auto_enable, "auto_enable"):
+        h.auto_enable = False
+    ctx.db.set(ref, "enabled", False)
+    return ""
+
+
+@method("host.enable", 1)
+def host_enable(ctx: Ctx, host: Any) -> str:
+    ref = str(host)
+    ctx.db.get("host", ref)
+    h = ctx.pool.host_by_ref(ref)
+    if h is not None:
+        h.auto_enable = True
+    ctx.db.set(ref, "enabled", True)
+    return ""
+
+
+@method("host.compute_free_memory", 1)
+def host_compute_free_memory(ctx: Ctx, host: Any) -> int:
+    ctx.db.get("host", str(host))
+    return host_free_memory(ctx.db, str(host))
+
+
+def _ask_host(ctx: Ctx, ref: str) -> bool:
+    """xapi_host.ml is_host_alive: a host marked live is asked (Pool.is_slave); any error
+    means dead, but a black-holed request simply hangs (there is no timeout)."""
+    h = ctx.pool.host_by_ref(ref)
+    if h is None:
+        return False
+    metrics = ctx.db.tables["host"][ref]["metrics"]
+    if not ctx.db.tables["host_metrics"][metrics]["live"]:
+        return False
+    r = ctx.pool.route(ctx.served, h)
+    if r == Route.BLACKHOLE:
+        raise Blackhole()
+    return r == Route.OK
+
+
+@method("host.declare_dead", 1)
+def host_declare_dead(ctx: Ctx, host: Any) -> str:
+    ref = str(host)
+    ctx.db.get("host", ref)
+    # xapi_host.ml declare_dead: refused for the master itself or a host that answers;
+    # resets its VMs without touching any domain, disables it, leaves live alone.
+    if ref == ctx.served.ref or _ask_host_any(ctx, ref):
+        raise XapiFailure("HOST_IS_LIVE", [ref])
+    for vref, rec in ctx.db.tables["VM"].items():
+        if rec["resident_on"] == ref and not rec["is_control_domain"]:
+            _force_halted(ctx.db, vref)
+    ctx.db.set(ref, "enabled", False)
+    return ""
+
+
+def _ask_host_any(ctx: Ctx, ref: str) -> bool:
+    h = ctx.pool.host_by_ref(ref)
+    if h is None:
+        return False
+    r = ctx.pool.route(ctx.served, h)
+    if r == Route.BLACKHOLE:
+        raise Blackhole()
+    return r == Route.OK
+
+
+# ---- VM -------------------------------------------------------------------------------
+
+
+def _force_halted(db: Db, vref: str) -> None:
+    # xapi_vm_lifecycle.ml force_state_reset
+    db.set(vref, "power_state", "Halted")
+    db.set(vref, "resident_on", NULL_REF)
+    db.set(vref, "scheduled_to_be_resident_on", NULL_REF)
+    db.set(vref, "domid", -1)
+    db.set(vref, "current_operations", {})
+    db.set(vref, "memory_target", 0)
+
+
+@method("VM.power_state_reset", 1)
+def vm_power_state_reset(ctx: Ctx, vm: Any) -> str:
+    vref = str(vm)
+    rec = ctx.db.get("VM", vref)
+    # xapi_vm.ml power_state_reset: never a control domain; a running VM on a host that
+    # answers is refused; it changes the database only, never the real domain.
+    if rec["is_control_domain"]:
+        raise XapiFailure("CANNOT_RESET_CONTROL_DOMAIN", [vref])
+    if rec["power_state"] in ("Running", "Paused"):
+        resident = rec["resident_on"]
+        if resident == ctx.served.ref:
+            if ctx.pool.has_domain(rec["uuid"], ctx.served):
+                raise XapiFailure("DOMAIN_EXISTS", [vref])
+        elif resident != NULL_REF and _ask_host(ctx, resident):
+            raise XapiFailure("HOST_IS_LIVE", [resident])
+    _force_halted(ctx.db, vref)
+    return ""
+
+
+def _operation_checks(ctx: Ctx, vref: str, rec: Record, op: str, allowed: list[str]) -> None:
+    # xapi_vm_lifecycle.ml check_operation_error: power state first, then concurrent ops,
+    # then templates.
+    if rec["power_state"] not in allowed:
+        raise XapiFailure("VM_BAD_POWER_STATE", [vref, ", ".join(a.lower() for a in allowed),
+                                                 rec["power_state"].lower()])
+    ops = rec["current_operations"]
+    if ops:
+        task, cur = next(iter(ops.items()))
+        raise XapiFailure("OTHER_OPERATION_IN_PROGRESS", ["VM", vref, cur, task])
+    if rec["is_a_template"]:
+        raise XapiFailure("VM_IS_TEMPLATE", [vref, op])
+    if rec["is_a_snapshot"]:
+        raise XapiFailure("VM_IS_SNAPSHOT", [vref, op])
+    if rec["is_control_domain"]:
+        raise XapiFailure("OPERATION_NOT_ALLOWED", [f"{op} is not allowed on a control domain"])
+
+
+def _assert_can_boot_here(ctx: Ctx, rec: Record, host_ref: str) -> None:
+    # xapi_vm_helpers.ml assert_can_boot_here: enabled, live, enough free memory.
+    db = ctx.db
+    host = db.get("host", host_ref)
+    if not host["enabled"]:
+        raise XapiFailure("HOST_DISABLED", [host_ref])
+    if host_ref != ctx.served.ref and not db.tables["host_metrics"][host["metrics"]]["live"]:
+        raise XapiFailure("HOST_NOT_LIVE", [])
+    need, free = vm_memory(rec), host_free_memory(db, host_ref)
+    if free < need:
+        raise XapiFailure("HOST_NOT_ENOUGH_FREE_MEMORY", [str(need), str(free)])
+
+
+def _choose_host(ctx: Ctx, rec: Record) -> str:
+    # xapi_vm_helpers.ml choose_host_for_vm: the affinity host when the VM can boot there,
+    # else any host that can take it.
+    affinity = rec["affinity"]
+    if affinity in ctx.db.tables["host"]:
+        try:
+            _assert_can_boot_here(ctx, rec, affinity)
+            return str(affinity)
+        except XapiFailure:
+            pass
+    candidates = []
+    for href in ctx.db.tables["host"]:
+        try:
+            _assert_can_boot_here(ctx, rec, href)
+        except XapiFailure:
+            continue
+        candidates.append((-host_free_memory(ctx.db, href), href))
+    if not candidates:
+        raise XapiFailure("NO_HOSTS_AVAILABLE", [])
+    return min(candidates)[1]
+
+
+def _start(ctx: Ctx, vref: str, host_ref: str | None, paused: Any, force: Any) -> str:
+    start_paused = _bool(paused, "start_paused")
+    _bool(force, "force")
+    db = ctx.db
+    rec = db.get("VM", vref)
+    _operation_checks(ctx, vref, rec, "start", ["Halted"])
+    if host_ref is None:
+        host_ref = _choose_host(ctx, rec)
+    else:
+        _assert_can_boot_here(ctx, rec, host_ref)
+    pool = ctx.pool
+    target = pool.host_by_ref(host_ref)
+    if target is None:
+        raise XapiFailure("HANDLE_INVALID", ["host", host_ref])
+    if target is not ctx.served:
+        # message_forwarding.ml do_op_on: refused connection -> CANNOT_CONTACT_HOST;
+        # a black hole leaves the call hanging.
+        r = pool.route(ctx.served, target)
+        if r == Route.BLACKHOLE:
+            raise Blackhole()
+        if r == Route.REFUSED:
+            raise XapiFailure("CANNOT_CONTACT_HOST", [host_ref])
+    task = _new_ref(pool)
+    db.set(vref, "current_operations", {task: "start"})
+    db.set(vref, "scheduled_to_be_resident_on", host_ref)
+    epoch = target.epoch
+    pool.wait_sim(pool.spec.vm_start_seconds)
+    if not target.powered or target.epoch != epoch:
+        db.set(vref, "current_operations", {})
+        db.set(vref, "scheduled_to_be_resident_on", NULL_REF)
+        raise XapiFailure("CANNOT_CONTACT_HOST", [host_ref])
+    pool.add_domain(rec["uuid"], rec["name_label"], target)
+    db.set(vref, "power_state", "Paused" if start_paused else "Running")
+    db.set(vref, "resident_on", host_ref)
+    db.set(vref, "scheduled_to_be_resident_on", NULL_REF)
+    db.set(vref, "memory_target", vm_memory(rec))
+    db.set(vref, "domid", 100 + sum(1 for _ in pool.domains))
+    # xapi_vm.ml start / message_forwarding.ml start_on: Xapi_vm_helpers.start_delay sleeps
+    # start_delay seconds after the domain is up, still inside the start operation.
+    delay = int(rec.get("start_delay", 0) or 0)
+    if delay > 0:
+        pool.wait_sim(delay)
+    db.set(vref, "current_operations", {})
+    return ""
+
+
+@method("VM.start", 3)
+def vm_start(ctx: Ctx, vm: Any, start_paused: Any, force: Any) -> str:
+    return _start(ctx, str(vm), None, start_paused, force)
+
+
+@method("VM.start_on", 4)
+def vm_start_on(ctx: Ctx, vm: Any, host: Any, start_paused: Any, force: Any) -> str:
+    return _start(ctx, str(vm), str(host), start_paused, force)
+
+
+def _shutdown(ctx: Ctx, vm: Any) -> str:
+    vref = str(vm)
+    db = ctx.db
+    rec = db.get("VM", vref)
+    _operation_checks(ctx, vref, rec, "hard_shutdown", ["Running", "Paused", "Suspended"])
+    resident = rec["resident_on"]
+    h = ctx.pool.host_by_ref(resident)
+    if h is not None and h is not ctx.served:
+        # message_forwarding.ml check_live, then the call to the host itself.
+        metrics = db.tables["host"][resident]["metrics"]
+        if not db.tables["host_metrics"][metrics]["live"]:
+            raise XapiFailure("HOST_OFFLINE", [resident])
+        r = ctx.pool.route(ctx.served, h)
+        if r == Route.BLACKHOLE:
+            raise Blackhole()
+        if r == Route.REFUSED:
+            raise XapiFailure("CANNOT_CONTACT_HOST", [resident])
+    if h is not None:
+        ctx.pool.remove_domain(rec["uuid"], h)
+    _force_halted(db, vref)
+    return ""
+
+
+@method("VM.hard_shutdown", 1)
+def vm_hard_shutdown(ctx: Ctx, vm: Any) -> str:
+    return _shutdown(ctx, vm)
+
+
+@method("VM.clean_shutdown", 1)
+def vm_clean_shutdown(ctx: Ctx, vm: Any) -> str:
+    return _shutdown(ctx, vm)
+
+
+# ---- event ----------------------------------------------------------------------------
+
+
+def _parse_token(token: str) -> int:
+    # xapi_event.ml Token.of_string: "" or "<generation>,<message generation>".
+    if token == "":
+        return 0
+    parts = token.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0])
+    except ValueError:
+        raise XapiFailure("EVENT_FROM_TOKEN_PARSE_FAILURE", [token]) from None
+
+
+def _matches(classes: list[str], cls: str, ref: str) -> bool:
+    lower = cls.lower()
+    for c in classes:
+        if c == "*" or c.lower() == lower:
+            return True
+        if "/" in c:
+            k, r = c.split("/", 1)
+            if k.lower() == lower and r == ref:
+                return True
+    return False
+
+
+@method("event.from", 3)
+def event_from(ctx: Ctx, classes: Any, token: Any, timeout: Any) -> dict[str, Any]:
+    if not isinstance(classes, list):
+        raise XapiFailure("FIELD_TYPE_ERROR", ["classes"])
+    subs = [str(c) for c in classes]
+    since = _parse_token(_str(token, "token"))
+    try:
+        wait = float(timeout)
+    except (TypeError, ValueError):
+        raise XapiFailure("FIELD_TYPE_ERROR", ["timeout"]) from None
+    pool = ctx.pool
+    deadline = pool.clock.now() + max(0.0, wait)
+    db = ctx.db
+    while True:
+        events = _collect(db, subs, since)
+        if events or pool.clock.now() >= deadline or not pool.running:
+            break
+        pool.changed.wait(min(pool.clock.real_seconds(deadline - pool.clock.now()), 0.05))
+    return {
+        "events": events,
+        "valid_ref_counts": {cls.lower(): I32(len(t)) for cls, t in db.tables.items()},
+        # xapi_event.ml Token.to_string: zero-padded so tokens compare as strings.
+        "token": f"{db.generation:020d},{0:020d}",
+    }
+
+
+def _collect(db: Db, subs: list[str], since: int) -> list[Record]:
+    out: list[tuple[int, Record]] = []
+    for ref, gen in db.modified.items():
+        if gen <= since:
+            continue
+        cls = db.class_of[ref]
+        if not _matches(subs, cls, ref) or ref not in db.tables[cls]:
+            continue
+        op = "add" if db.created[ref] > since else "mod"
+        out.append((gen, {"id": str(gen), "timestamp": "0.0", "class": cls.lower(),
+                          "operation": op, "ref": ref, "snapshot": render(db, cls, ref)}))
+    for gen, cls, ref in db.deleted:
+        if gen > since and _matches(subs, cls, ref):
+            out.append((gen, {"id": str(gen), "timestamp": "0.0", "class": cls.lower(),
+                              "operation": "del", "ref": ref}))
+    out.sort(key=lambda e: e[0])
+    return [e for _, e in out]

@@ -1,0 +1,332 @@
+"""Every host's xapi endpoints: XML-RPC (POST / and /RPC2) and JSON-RPC (POST /jsonrpc)
+over TCP on the host's own loopback address and over its local UNIX socket.
+
+One acceptor thread watches every listening socket; each connection gets a thread. A
+crashed host's listeners are closed (connections refused) and its open connections reset;
+a black-holed request is held without an answer until the client gives up or the cap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import select
+import selectors
+import socket
+import struct
+import threading
+import time
+import xmlrpc.client
+from typing import Any
+
+from xenhad.sim import api
+from xenhad.sim.model import I32, XapiFailure
+from xenhad.sim.pool import HostState, SimPool
+
+_MAX_BODY = 16 * 1024 * 1024
+
+
+def to_xmlrpc(value: Any) -> Any:
+    """xapi's XML-RPC marshalling: int64 as decimal strings, int32 as <int>."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, I32):
+        return int(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): to_xmlrpc(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_xmlrpc(v) for v in value]
+    return value
+
+
+def to_json(value: Any) -> Any:
+    """JSON-RPC (ocaml-rpc Jsonrpc): ints stay numbers, datetimes are their strings."""
+    if isinstance(value, xmlrpc.client.DateTime):
+        return value.value
+    if isinstance(value, I32):
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
+
+
+def _from_wire(value: Any) -> Any:
+    if isinstance(value, xmlrpc.client.DateTime):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _from_wire(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_from_wire(v) for v in value]
+    return value
+
+
+class _Held(Exception):
+    pass
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "xapi"
+    sim: RpcServer
+    sim_host: HostState
+    sim_channel: str
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def address_string(self) -> str:
+        return self.sim_channel
+
+    def do_GET(self) -> None:
+        self._reply(404, b"not found", "text/plain")
+
+    def do_POST(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _MAX_BODY:
+            self._reply(400, b"bad Content-Length", "text/plain")
+            return
+        body = self.rfile.read(length)
+        path = self.path.split("?", 1)[0]
+        try:
+            if path in ("/", "/RPC2"):
+                self._xmlrpc(body)
+            elif path == "/jsonrpc":
+                self._jsonrpc(body)
+            else:
+                self._reply(404, b"not found", "text/plain")
+        except _Held:
+            self.close_connection = True
+
+    # ---- protocol ------------------------------------------------------------------
+
+    def _dispatch(self, name: str, params: list[Any]) -> Any:
+        """Run the call; returns ("ok", value) or ("fail", [code, params...])."""
+        sim = self.sim
+        pool = sim.pool
+        host = self.sim_host
+        source = None
+        if self.sim_channel == "tcp":
+            source = pool.host_by_address(self.client_address[0])
+        elif self.sim_channel == "unix":
+            source = host
+        with pool.lock:
+            if not host.powered:
+                raise _Held()
+            hold = pool.route(source, host) != "ok" and self.sim_channel == "tcp"
+            if host.xapi == "hung":
+                hold = True
+            delay = host.latency.get(name, host.latency.get("*", 0.0))
+        if hold:
+            self._hold()
+        if delay:
+            time.sleep(delay)
+        with pool.lock:
+            for err in host.errors:
+                if err.method == name and err.count != 0:
+                    err.count -= 1
+                    host.errors[:] = [e for e in host.errors if e.count != 0]
+                    return ("fail", [err.code, *err.params])
+            try:
+                return ("ok", api.call(pool, host, self.sim_channel, source, name, params))
+            except XapiFailure as e:
+                return ("fail", e.description())
+            except api.Blackhole:
+                pass
+            except Exception as e:  # the simulator never crashes on input
+                return ("fail", ["INTERNAL_ERROR", f"{type(e).__name__}: {e}"])
+        self._hold()
+        raise _Held()
+
+    def _xmlrpc(self, body: bytes) -> None:
+        try:
+            params, name = xmlrpc.client.loads(body, use_builtin_types=False)
+            if not isinstance(name, str):
+                raise ValueError("no methodName")
+        except Exception as e:
+            out = {"Status": "Failure",
+                   "ErrorDescription": ["XMLRPC_UNMARSHAL_FAILURE", str(body[:200], "utf-8",
+                                                                        "replace"), str(e)]}
+            self._reply(200, xmlrpc.client.dumps((out,), methodresponse=True).encode(),
+                        "text/xml")
+            return
+        kind, value = self._dispatch(name, [_from_wire(p) for p in params])
+        if kind == "ok":
+            out = {"Status": "Success", "Value": to_xmlrpc(value)}
+        else:
+            out = {"Status": "Failure", "ErrorDescription": value}
+        data = xmlrpc.client.dumps((out,), methodresponse=True, allow_none=True)
+        self._reply(200, data.encode("utf-8"), "text/xml")
+
+    def _jsonrpc(self, body: bytes) -> None:
+        # api_server.ml: v1 answers {result, error, id}; v2 answers errors as
+        # {code: 1, message: CODE, data: [params]} (api_server_common.ml).
+        try:
+            req = json.loads(body)
+            if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+                raise ValueError("a JSON-RPC request is an object with a method")
+            params = req.get("params", [])
+            if not isinstance(params, list):
+                raise ValueError("params must be a list")
+        except (ValueError, UnicodeDecodeError) as e:
+            err = ["JSONRPC_UNMARSHAL_FAILURE", str(e)]
+            reply: dict[str, Any] = {"jsonrpc": "2.0", "error": {
+                "code": 1, "message": err[0], "data": err[1:]}, "id": None}
+            self._reply(200, json.dumps(reply).encode(), "application/json")
+            return
+        v2 = req.get("jsonrpc") == "2.0"
+        rid = req.get("id")
+        kind, value = self._dispatch(req["method"], params)
+        if kind == "ok":
+            reply = {"result": to_json(value), "id": rid}
+            if v2:
+                reply["jsonrpc"] = "2.0"
+            else:
+                reply["error"] = None
+        elif v2:
+            reply = {"jsonrpc": "2.0", "error": {"code": 1, "message": value[0],
+                                                 "data": value[1:]}, "id": rid}
+        else:
+            reply = {"result": None, "error": value, "id": rid}
+        self._reply(200, json.dumps(reply).encode(), "application/json")
+
+    def _reply(self, status: int, data: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _hold(self) -> None:
+        """Never answer: wait until the client goes away, the cap passes, or we stop."""
+        end = time.monotonic() + self.sim.pool.spec.blackhole_cap_seconds
+        sock = self.connection
+        while time.monotonic() < end and self.sim.pool.running:
+            try:
+                ready, _, _ = select.select([sock], [], [], 0.1)
+                if ready and not sock.recv(1, socket.MSG_PEEK):
+                    break
+            except (OSError, ValueError):
+                break
+        raise _Held()
+
+
+class RpcServer:
+    def __init__(self, pool: SimPool) -> None:
+        self.pool = pool
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._listeners: dict[str, list[socket.socket]] = {}
+        self._conns: dict[str, set[socket.socket]] = {}
+        self._mutex = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="sim-accept", daemon=True)
+        self._closed = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def open(self, h: HostState) -> None:
+        """Start listening for the host (idempotent; same port as before after a reboot)."""
+        with self._mutex:
+            if self._listeners.get(h.uuid):
+                return
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((h.address, h.port))
+            tcp.listen(128)
+            tcp.setblocking(False)
+            h.port = tcp.getsockname()[1]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(h.socket_path)
+            uds = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            uds.bind(h.socket_path)
+            uds.listen(128)
+            uds.setblocking(False)
+            self._listeners[h.uuid] = [tcp, uds]
+            self._sel.register(tcp, selectors.EVENT_READ, (h, "tcp"))
+            self._sel.register(uds, selectors.EVENT_READ, (h, "unix"))
+        self._wake()
+
+    def close_host(self, h: HostState) -> None:
+        """Power loss: listeners closed, open connections reset."""
+        with self._mutex:
+            for s in self._listeners.pop(h.uuid, []):
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(s)
+                s.close()
+            conns = self._conns.pop(h.uuid, set())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(h.socket_path)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                # linger on, 0 s: the peer sees a reset, as when a host loses power
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.shutdown(socket.SHUT_RDWR)
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+        self._thread.join(timeout=5)
+        with self._mutex:
+            for uuid, socks in list(self._listeners.items()):
+                for s in socks:
+                    s.close()
+                del self._listeners[uuid]
+            conns = [c for cs in self._conns.values() for c in cs]
+            self._conns.clear()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        self._sel.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _loop(self) -> None:
+        while not self._closed:
+            try:
+                events = self._sel.select(timeout=0.5)
+            except (OSError, ValueError):
+                time.sleep(0.01)
+                continue
+            for key, _ in events:
+                if key.data is None:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                h, channel = key.data
+                try:
+                    conn, addr = key.fileobj.accept()  # type: ignore[union-attr]
+                except (BlockingIOError, OSError):
+                    continue
+                conn.setblocking(True)
+                with self._mutex:
+                    self._conns.setdefault(h.uuid, set()).add(conn)
+                threading.Thread(target=self._serve, args=(conn, addr, h, channel),
+                                 name=f"sim-{h.name}-{channel}", daemon=True).start()
+
+    def _serve(self, conn: socket.socket, addr: Any, h: HostState, channel: str) -> None:
+        handler = type("Handler", (_Handler,), {"sim": self, "sim_host": h,
+                                                "sim_channel": channel})
+        try:
+            handler(conn, addr if channel == "tcp" else ("unix", 0), None)
+        except Exception:  # a client that vanished mid-request is not our problem
+            pass
+        finally:
+            with self._mutex:
+                self._conns.get(h.uuid, set()).discard(conn)
+            with contextlib.suppress(OSError):
+                conn.close()

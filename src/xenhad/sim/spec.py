@@ -1,0 +1,73 @@
+"""PoolSpec: everything that decides what a simulated pool looks like and how it behaves."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    hosts: int = 3
+    vms: int = 8
+    seed: int = 1
+    time_scale: float = 1.0
+    base_address: str = "127.0.0.2"
+    """Host i (0-based) listens on base_address + i; 127.0.0.1 stays "the outside"."""
+    base_dir: str | None = None
+    """Where each host's UNIX socket lives (<base_dir>/hostN/xapi.sock); None: a temp dir."""
+    root_password: str = "xenroot"
+    pool_name: str = "simpool"
+    templates: int = 2
+    # xapi's intervals (xapi_globs.ml), in sim seconds.
+    host_heartbeat_interval: float = 30.0
+    host_assumed_dead_interval: float = 600.0
+    db_gc_interval: float = 30.0
+    pool_db_sync_interval: float = 300.0
+    fuse_seconds: float = 10.0
+    """Xapi_fuse: emergency_transition_to_master restarts xapi this long after the call."""
+    xapi_restart_seconds: float = 2.0
+    """How long after emergency_reset_master / recover_slaves a slave's xapi is back."""
+    boot_seconds: float = 60.0
+    enable_after_boot_seconds: float = 5.0
+    """A slave's Pool.hello sets enabled=false; consider_enabling_host re-enables it later."""
+    vm_start_seconds: float = 2.0
+    host_memory: int = 256 * GiB
+    dom0_memory: int = 4 * GiB
+    host_memory_overhead: int = 1 * GiB
+    ha_enabled: bool = False
+    blackhole_cap_seconds: float = 60.0
+    """Real seconds a black-holed request is held at most (it is never answered)."""
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message naming the field and the fix."""
+        if not 1 <= self.hosts <= 250:
+            raise ValueError(f"hosts={self.hosts}: a pool has 1 to 250 hosts")
+        if self.vms < 0:
+            raise ValueError(f"vms={self.vms}: give zero or more VMs")
+        if self.time_scale <= 0:
+            raise ValueError(f"time_scale={self.time_scale}: give a positive factor")
+        try:
+            base = ipaddress.IPv4Address(self.base_address)
+        except ValueError:
+            raise ValueError(
+                f"base_address={self.base_address!r}: give an IPv4 loopback address"
+            ) from None
+        last = ipaddress.IPv4Address(int(base) + self.hosts - 1)
+        if not (base.is_loopback and last.is_loopback):
+            raise ValueError(
+                f"base_address={self.base_address!r}: hosts must stay in 127.0.0.0/8"
+            )
+        for name in ("host_heartbeat_interval", "host_assumed_dead_interval", "db_gc_interval",
+                     "pool_db_sync_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: give a positive interval")
+        guest = self.host_memory - self.dom0_memory - self.host_memory_overhead
+        if guest <= 0:
+            raise ValueError("host_memory: must exceed dom0_memory + host_memory_overhead")
+
+    def address(self, index: int) -> str:
+        return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(self.base_address)) + index))
