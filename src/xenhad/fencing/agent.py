@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 from dataclasses import dataclass
@@ -110,11 +111,11 @@ class AgentBackend(FenceBackend):
         if run.returncode is None:
             raise FenceFailure(
                 FenceOutcome.NOT_CONFIRMED,
-                f"action=off did not finish within {self.settings.timeout:g}s: {run.output}",
+                f"action=off did not finish within {self.settings.timeout:g}s: {_short(run.output)}",
             )
         if run.returncode != 0:
             raise FenceFailure(
-                _classify(run.output), f"action=off exited {run.returncode}: {run.output}"
+                _classify(run.output), f"action=off exited {run.returncode}: {_short(run.output)}"
             )
         reads = await confirm_off(
             self._read_status,
@@ -136,7 +137,7 @@ class AgentBackend(FenceBackend):
                 f"action=status did not finish within {self.settings.timeout:g}s",
             )
         raise FenceFailure(
-            _classify(run.output), f"action=status exited {run.returncode}: {run.output}"
+            _classify(run.output), f"action=status exited {run.returncode}: {_short(run.output)}"
         )
 
     def _stdin(self, action: str) -> bytes:
@@ -216,13 +217,23 @@ def _classify(output: str) -> FenceOutcome:
     return FenceOutcome.ERROR
 
 
-def _summary(stdout: bytes, stderr: bytes, limit: int = 300) -> str:
+# fencing.py's log prefix, the usage hint it prints after most failures, and Python's
+# warnings about the agent's own imports: none of it tells the operator anything.
+_NOISE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ |ERROR: Please use '-h' for usage"
+    r"|\S+:\d+: DeprecationWarning: .*?(?= ERROR:|$)"
+)
+
+
+def _summary(stdout: bytes, stderr: bytes) -> str:
     text = " ".join(
         (stderr.decode(errors="replace") + " " + stdout.decode(errors="replace")).split()
     )
-    # fencing.py ends most failures with this usage hint; it tells the operator nothing.
-    text = text.replace("Please use '-h' for usage", "").strip()
-    return (text[: limit - 3] + "...") if len(text) > limit else (text or "no output")
+    return " ".join(_NOISE.sub(" ", text).split()) or "no output"
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return (text[: limit - 3] + "...") if len(text) > limit else text
 
 
 def _kill_group(pid: int) -> None:

@@ -80,10 +80,14 @@ class IpmiBackend(FenceBackend):
             raise FenceFailure(FenceOutcome.AUTH_FAILED, str(exc)) from None
         from pyghmi.ipmi import command as ipmi_command  # imported late: it starts no thread
 
+        # Credentials as bytes: pyghmi 1.6 files a session being set up under the
+        # credentials as given but removes it under their encoded form, so with str ones a
+        # later login with the same credentials is handed the stale, logged-out session
+        # (session.py, `initting_sessions`).
         return ipmi_command.Command(
             bmc=self.settings.address,
-            userid=self.settings.username,
-            password=password,
+            userid=self.settings.username.encode(),
+            password=password.encode(),
             port=self.settings.port,
         )
 
