@@ -118,6 +118,10 @@ class SimPool:
             if rec["power_state"] == "Running" and rec["resident_on"] != NULL_REF:
                 self.domains.setdefault(rec["uuid"], set()).add(self._host_by_ref(
                     rec["resident_on"]).uuid)
+        self._dom0: dict[str, tuple[str, str]] = {
+            rec["resident_on"]: (rec["uuid"], rec["name_label"])
+            for rec in db.tables["VM"].values() if rec["is_control_domain"]}
+        """host ref -> (uuid, name) of its control domain, which runs whenever it is powered."""
         self._double_runs: list[dict[str, Any]] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -309,6 +313,9 @@ class SimPool:
 
     def _schedule_boot(self, h: HostState) -> None:
         h.powered = True
+        dom0 = self._dom0.get(h.ref)
+        if dom0 is not None:
+            self.add_domain(dom0[0], dom0[1], h)
         epoch = h.epoch
 
         def up() -> None:
@@ -600,12 +607,23 @@ class SimPool:
     def truth(self) -> dict[str, Any]:
         with self.lock:
             names = {h.uuid: h.name for h in self.hosts}
-            vms: dict[str, Any] = {}
             master_db = self.master_db()
-            vm_names = {rec["uuid"]: rec["name_label"] for rec in master_db.tables["VM"].values()}
+            vms: list[dict[str, Any]] = []
+            seen: set[str] = set()
+            for rec in master_db.tables["VM"].values():
+                if rec["is_a_template"] or rec["is_a_snapshot"]:
+                    continue
+                where = self.domains.get(rec["uuid"], set())
+                seen.add(rec["uuid"])
+                vms.append({"uuid": rec["uuid"], "name": rec["name_label"],
+                            "control_domain": rec["is_control_domain"],
+                            "running_on": sorted(where),
+                            "hosts": sorted(names[u] for u in where)})
             for vm_uuid, where in sorted(self.domains.items()):
-                vms[vm_uuid] = {"name": vm_names.get(vm_uuid, ""),
-                                "hosts": sorted(names[u] for u in where)}
+                if vm_uuid not in seen:
+                    vms.append({"uuid": vm_uuid, "name": "", "control_domain": False,
+                                "running_on": sorted(where),
+                                "hosts": sorted(names[u] for u in where)})
             return {
                 "sim_time": self.clock.now(),
                 "hosts": {h.name: {
