@@ -111,7 +111,8 @@ class AgentBackend(FenceBackend):
         if run.returncode is None:
             raise FenceFailure(
                 FenceOutcome.NOT_CONFIRMED,
-                f"action=off did not finish within {self.settings.timeout:g}s: {_short(run.output)}",
+                f"action=off did not finish within {self.settings.timeout:g}s: "
+                f"{_short(run.output)}",
             )
         if run.returncode != 0:
             raise FenceFailure(
