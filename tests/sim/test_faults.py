@@ -47,7 +47,7 @@ def test_crash_refuses_connections_and_keeps_live_until_the_timeout(pool: SimPoo
 
 def test_power_state_reset_refused_while_the_host_answers(pool: SimPool) -> None:
     x = login(pool).xenapi
-    ref, uuid = guest_on(pool, "host2")
+    ref, _uuid = guest_on(pool, "host2")
     host2 = x.host.get_by_name_label("host2")[0]
     with pytest.raises(XenAPI.Failure) as e:
         x.VM.power_state_reset(ref)

@@ -83,8 +83,6 @@ def call(pool: SimPool, host: HostState, channel: str, source: HostState | None,
         # server_helpers.ml: MESSAGE_PARAMETER_COUNT_MISMATCH [method; expected; received]
         raise XapiFailure("MESSAGE_PARAMETER_COUNT_MISMATCH",
                           [name, str(high + (1 if with_session else 0)), str(len(params))])
-    for p in params:
-        _check_wire_value(name, p)
     ctx = Ctx(pool, host, host, channel, source, name)
     if host.emergency and kind != LOCAL:
         # api_server.ml: a slave in emergency mode refuses all but the emergency calls.
@@ -99,13 +97,6 @@ def call(pool: SimPool, host: HostState, channel: str, source: HostState | None,
         ctx.served = _forward_target(pool, host)
     _check_session(ctx)
     return fn(ctx, *params[1:])
-
-
-def _check_wire_value(name: str, value: Any) -> None:
-    if isinstance(value, (dict, list)):
-        items = value.values() if isinstance(value, dict) else value
-        for v in items:
-            _check_wire_value(name, v)
 
 
 def _forward_target(pool: SimPool, host: HostState) -> HostState:
