@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
+import xmlrpc.client
 from collections.abc import Iterator
 
 import pytest
@@ -136,3 +138,50 @@ def test_the_event_loop_keeps_ticking_while_a_call_hangs(black_hole: tuple[str, 
     assert 1.0 <= elapsed < 2.0
     assert ticks > 40
     assert error.sent is True
+
+
+def _one_shot_server(reply: bytes) -> tuple[int, threading.Thread]:
+    """Answers one HTTP request with `reply` (raw bytes), then closes."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while b"</methodCall>" not in data:
+                data += conn.recv(65536)
+            conn.sendall(reply)
+        server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server.getsockname()[1], thread
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("framing", ["length-then-close", "chunked"])
+def test_replies_are_read_whole_whatever_the_http_framing(framing: str) -> None:
+    # HTTP framing only: the XAPI semantics are tested against the simulator.
+    value = "OpaqueRef:" + "x" * 300_000
+    body = xmlrpc.client.dumps(
+        ({"Status": "Success", "Value": value},), methodresponse=True
+    ).encode()
+    if framing == "chunked":
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 70_000]), body[i : i + 70_000])
+            for i in range(0, len(body), 70_000)
+        )
+        reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    else:
+        reply = (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+    port, thread = _one_shot_server(reply)
+    session = XenAPI.Session(
+        f"http://127.0.0.1:{port}/", transport=TcpTransport(https=False, timeout=2)
+    )
+    session.login_with_password("root", "", "1.0", "t")
+    thread.join(timeout=2)
+    assert session.handle == value

@@ -136,15 +136,18 @@ def _read_body(
 ) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    while True:
+    # The response closes the socket itself once the body is complete (its fp is then
+    # None): touching the socket after that would fail with EBADF.
+    while not response.isclosed():
         sock.settimeout(deadline.left())
         chunk = response.read(_READ_CHUNK)
         if not chunk:
-            return b"".join(chunks)
+            break
         size += len(chunk)
         if size > MAX_REPLY_BYTES:
             raise XapiReplyError(f"xapi reply larger than {MAX_REPLY_BYTES} bytes: refused")
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_reply(body: bytes, endpoint: str) -> tuple[Any, ...]:
