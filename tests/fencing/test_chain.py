@@ -144,3 +144,24 @@ def test_reads_that_keep_failing_end_not_confirmed_with_the_last_reason() -> Non
         asyncio.run(confirm_off(read, clock=clock, deadline=3, interval=1))
     assert failure.value.outcome is FenceOutcome.NOT_CONFIRMED
     assert "timed out" in failure.value.reason
+
+
+def test_build_chain_keeps_the_configured_order() -> None:
+    from xenhad.fencing import build_chain, parse_fencing
+
+    config = parse_fencing(
+        {
+            "hosts": [
+                {
+                    "host": "host2",
+                    "chain": ["ipmi", "redfish"],
+                    "redfish": {"url": "https://x", "username": "a", "password_file": "/p"},
+                    "ipmi": {"address": "10.0.0.1", "username": "a", "password_file": "/p"},
+                }
+            ]
+        },
+        source="t.toml",
+    )
+    chain = build_chain(config.hosts[0], clock=ManualClock())
+    assert [b.name for b in chain.backends] == ["ipmi", "redfish"]
+    assert all(b.host == "host2" for b in chain.backends)

@@ -32,13 +32,16 @@ self_fence = { watchdog = "/dev/watchdog", timeout = 60, margin = 15 }
 [[fencing.hosts]]
 host = "host2"
 chain = ["redfish", "agent"]
-redfish = { url = "https://10.0.0.12", username = "admin", password_file = "/etc/xenhad/bmc-host2" }
-agent = { command = "fence_ipmilan", password_file = "/etc/xenhad/bmc-host2", options = { ip = "10.0.0.12", username = "admin", lanplus = "1" } }
+redfish = { url = "https://10.0.0.12", username = "admin", password_file = "/etc/xenhad/bmc" }
+[fencing.hosts.agent]
+command = "fence_ipmilan"
+password_file = "/etc/xenhad/bmc"
+options = { ip = "10.0.0.12", username = "admin", lanplus = "1" }
 
 [[fencing.hosts]]
 host = "3f1c2d9e-0000-4000-8000-000000000003"
 chain = ["ipmi"]
-ipmi = { address = "10.0.0.13", username = "admin", password_credential = "bmc-host3", off_timeout = 30 }
+ipmi = { address = "10.0.0.13", username = "admin", password_credential = "bmc-host3" }
 """
 
 
@@ -56,12 +59,12 @@ def test_the_documented_example_parses() -> None:
     assert host2 is not None
     redfish, agent = host2.chain
     assert isinstance(redfish, RedfishSettings) and redfish.verify_tls
-    assert redfish.password == Secret(file=Path("/etc/xenhad/bmc-host2"))
+    assert redfish.password == Secret(file=Path("/etc/xenhad/bmc"))
     assert isinstance(agent, AgentSettings) and agent.options["lanplus"] == "1"
     host3 = config.chain_for("nope", "3f1c2d9e-0000-4000-8000-000000000003")
     assert host3 is not None
     (ipmi,) = host3.chain
-    assert isinstance(ipmi, IpmiSettings) and ipmi.port == 623 and ipmi.off_timeout == 30
+    assert isinstance(ipmi, IpmiSettings) and ipmi.port == 623 and ipmi.off_timeout == 60
     assert ipmi.password == Secret(credential="bmc-host3")
 
 
