@@ -7,7 +7,10 @@ kernel, our request is buffered, and no answer ever comes. A closed port refuses
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import xmlrpc.client
@@ -185,3 +188,67 @@ def test_replies_are_read_whole_whatever_the_http_framing(framing: str) -> None:
     session.login_with_password("root", "", "1.0", "t")
     thread.join(timeout=2)
     assert session.handle == value
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _tls_one_shot_server(cert: str, key: str, reply: bytes) -> int:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+            with context.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                while b"</methodCall>" not in data:
+                    data += tls.recv(65536)
+                tls.sendall(reply)
+        except (OSError, ssl.SSLError):
+            pass  # the client refused our certificate
+        finally:
+            server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(server.getsockname()[1])
+
+
+@pytest.mark.timeout(10)
+def test_tls_is_verified_by_default_and_a_ca_file_makes_it_pass(
+    certificate: tuple[str, str],
+) -> None:
+    cert, key = certificate
+    body = xmlrpc.client.dumps(
+        ({"Status": "Success", "Value": "OpaqueRef:s"},), methodresponse=True
+    ).encode()
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    port = _tls_one_shot_server(cert, key, reply)
+    with pytest.raises(XapiUnreachable) as caught:
+        _login(f"https://127.0.0.1:{port}/", TcpTransport(https=True, timeout=2))
+    assert caught.value.sent is False
+    assert "certificate not verified" in str(caught.value)
+    assert "CA certificate" in str(caught.value)
+
+    port = _tls_one_shot_server(cert, key, reply)
+    session = XenAPI.Session(
+        f"https://127.0.0.1:{port}/", transport=TcpTransport(https=True, timeout=2, ca_file=cert)
+    )
+    session.login_with_password("root", "", "1.0", "t")
+    assert session.handle == "OpaqueRef:s"
