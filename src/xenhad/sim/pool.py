@@ -6,6 +6,7 @@ change state and release it while they wait (VM start, event.from, black holes).
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import os
@@ -155,13 +156,32 @@ class SimPool:
         self.server = RpcServer(self)
         for h in self.hosts:
             os.makedirs(os.path.dirname(h.socket_path), exist_ok=True)
-            self.server.open(h)
+        self._open_on_one_port()
         self.server.start()
         self.control = ControlServer(self)
         self.control_url = self.control.url
         self._ticker = threading.Thread(target=self._tick_loop, name="sim-ticker", daemon=True)
         self._ticker.start()
         self.started_real = time.monotonic() - t0
+
+    def _open_on_one_port(self) -> None:
+        """Every host listens on the same port of its own address, as every xapi of a real
+        pool listens on 443: a client that knows a host's address (host.address) reaches it.
+        The first host picks a free port; if another address has it taken, start over."""
+        for _ in range(50):
+            try:
+                for i, h in enumerate(self.hosts):
+                    if i > 0:
+                        h.port = self.hosts[0].port
+                    self.server.open(h)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                for h in self.hosts:
+                    self.server.close_host(h)
+                    h.port = 0
+        raise SimError("no port is free on every host address; stop other simulators")
 
     def stop(self) -> None:
         with self.lock:
