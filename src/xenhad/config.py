@@ -37,6 +37,8 @@ from urllib.parse import SplitResult, urlsplit
 
 from xenhad import credentials
 from xenhad.errors import ConfigError, CredentialError
+from xenhad.fencing.config import FencingConfig, parse_fencing
+from xenhad.fencing.config import FencingMode as FencingMode  # re-exported for callers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,14 +51,6 @@ LogFormat = Literal["kv", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("kv", "json")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
-
-
-class FencingMode(enum.Enum):
-    REQUIRED = "required"
-    """Restart a dead host's VMs only once a fencing backend proved the host off."""
-    TRUST_LIVENESS = "trust-liveness"
-    """UNSAFE: restart on XAPI's word that the host is dead. A partitioned host that is still
-    running its VMs gets them started a second time elsewhere: two writers, one disk."""
 
 
 # --------------------------------------------------------------------------- the schema
@@ -121,14 +115,6 @@ class RecoveryConfig:
     best_effort_attempts: int = 3
     retry_backoff: float = 5.0
     retry_backoff_max: float = 60.0
-
-
-@dataclass(frozen=True)
-class FencingConfig:
-    mode: FencingMode = FencingMode.REQUIRED
-    # ---- per-host backend chains go here (fencing engineer) --------------------------
-    # `[[fencing.hosts]]` tables will become a `hosts: tuple[FencedHost, ...] = ()` field,
-    # parsed in `_parse_fencing` with `table.array_of_tables("hosts")`.
 
 
 @dataclass(frozen=True)
@@ -727,12 +713,9 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
 
 
 def _parse_fencing(t: Table) -> FencingConfig:
-    d = FencingConfig()
-    mode = t.choice("mode", d.mode.value, [m.value for m in FencingMode])
-    # ---- per-host backend chains go here (fencing engineer) ------------------------------
-    # hosts = tuple(_parse_fenced_host(h) for h in t.array_of_tables("hosts", known=...))
-    # and add "hosts" to FencingConfig's fields (its fields are the section's known keys).
-    return FencingConfig(mode=FencingMode(mode))
+    # The fencing package owns its schema (per-host backend chains); it raises the same
+    # one-line ConfigErrors, naming keys such as fencing.hosts[1].redfish.url.
+    return parse_fencing(t.data, source=t.source)
 
 
 def _parse_daemon(t: Table) -> DaemonConfig:
