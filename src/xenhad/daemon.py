@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -21,7 +24,7 @@ from xenhad import config as configuration
 from xenhad import log as logsetup
 from xenhad import monitor
 from xenhad.clock import Clock, SystemClock
-from xenhad.config import Config, FencingMode
+from xenhad.config import Config
 from xenhad.detector import (
     Detector,
     DetectorSettings,
@@ -32,12 +35,13 @@ from xenhad.detector import (
 )
 from xenhad.errors import XenhadError
 from xenhad.fencer import build_fencer
+from xenhad.fencing.config import FencingMode
 from xenhad.journal import Journal
 from xenhad.model import HostId, HostView, PoolView, VmView
 from xenhad.notify import Notifier
 from xenhad.recovery import events as ev
 from xenhad.recovery.executor import Executor
-from xenhad.recovery.history import History
+from xenhad.recovery.history import History, Recovered
 from xenhad.recovery.incident import Incident, Settings, VmSnapshot
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
 from xenhad.xapi.client import Xapi
@@ -46,6 +50,9 @@ from xenhad.xapi.errors import XapiError, XapiUnreachable
 from xenhad.xapi.probe import probe
 
 log = structlog.get_logger("xenhad.daemon")
+
+HISTORY_SECONDS = 30 * 24 * 3600
+"""How long closed incidents stay in the journal (for `xenhad history`)."""
 
 
 @dataclass
@@ -88,6 +95,7 @@ class Daemon:
         self._journal = Journal(state_dir / "journal.jsonl")
         self._history = History(self._journal, self._clock.wall)
         self._pending_resume: list[Incident] = []
+        self._lock_fd = -1
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -97,6 +105,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         self._me = configuration.resolve_host_uuid(self.config)
+        self._lock_state_dir()
         self._announce_mode()
         self._check_watchdog_slack()
         self._recover_journal()
@@ -309,15 +318,49 @@ class Daemon:
         view = self._view
         return {h.uuid: h.name for h in view.hosts.values()} if view else {}
 
+    def _lock_state_dir(self) -> None:
+        # Two daemons sharing one journal would each resume the other's incidents.
+        state_dir = Path(self.config.daemon.state_dir)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise XenhadError(
+                f"another xenhad (pid {holder}) holds {state_dir}/lock: stop it first, or give "
+                "this one its own daemon.state_dir"
+            ) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+
     def _recover_journal(self) -> None:
         recovered = self._history.recover(_recovery_settings(self.config))
         for problem in recovered.skipped:
             log.warning("journal.skipped", problem=problem)
+        self._compact_journal(recovered)
         for host, since in recovered.down_since.items():
             self._detector.restore_down(host, since)
         self._pending_resume = recovered.open
         if recovered.open:
             log.warning("incident.resuming", incidents=[i.id for i in recovered.open])
+
+    def _compact_journal(self, recovered: Recovered) -> None:
+        """Keep what replay needs (open incidents, hosts still down) and a month of history."""
+        keep_incidents = {i.id for i in recovered.open}
+        keep_hosts = set(recovered.down_since)
+        horizon = self._clock.wall() - HISTORY_SECONDS
+
+        def keep(record: dict[str, Any]) -> bool:
+            return (
+                float(record.get("t", 0)) >= horizon
+                or record.get("incident") in keep_incidents
+                or (record.get("host") in keep_hosts and "incident" in record)
+            )
+
+        result = self._journal.compact(keep)
+        if result.dropped:
+            log.info("journal.compacted", kept=result.kept, dropped=result.dropped)
 
     def _resume_incidents(self) -> None:
         pending, self._pending_resume = self._pending_resume, []

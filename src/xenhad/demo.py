@@ -27,6 +27,11 @@ _TIMELINE = {
         f"{f.get('protected')} protected"
     ),
     "incident.step": lambda f: f"incident step: {f.get('phase')}",
+    "fence.off": lambda f: (
+        f"{f.get('host')} fenced: {f.get('backend')} says the power is off "
+        f"({f.get('elapsed_s')} s)"
+    ),
+    "fence.chain_failed": lambda f: f"could not prove {f.get('host')} off: {f.get('tried')}",
     "incident.waiting_fence": lambda f: f"waiting for proof {f.get('host')} is off: {f.get('why')}",
     "vm.restarted": lambda f: f"{f.get('vm')} running again on {f.get('host')}",
     "vm.failed": lambda f: f"{f.get('vm')} could not be restarted: {f.get('why')}",
@@ -103,10 +108,7 @@ def _all_ready(bed: Testbed) -> bool:
 
 
 def _protection(bed: Testbed) -> dict[str, str]:
-    result = {}
-    for vm in bed.truth()["vms"]:
-        result[vm["name"]] = str(vm.get("protection", ""))
-    return result
+    return {name: str(rec["protection"]) for name, rec in bed.vm_records().items()}
 
 
 def _victim(before: Mapping[str, list[str]], protection: Mapping[str, str], master: str) -> str:

@@ -24,8 +24,9 @@ from typing import Any
 
 from xenhad.log import LogLine, parse_line
 from xenhad.sim import PoolSpec, SimPool
+from xenhad.sim.bmc import BmcFarm
 
-DEFAULT_DAEMON = {
+DEFAULT_DAEMON: dict[str, dict[str, Any]] = {
     "detector": {
         "interval": 0.5,
         "confirm_misses": 3,
@@ -35,7 +36,6 @@ DEFAULT_DAEMON = {
     },
     "recovery": {"retry_backoff": 0.5, "retry_backoff_max": 4.0, "concurrency": 4},
     "xapi": {"timeout": 2.0},
-    "fencing": {"mode": "trust-liveness"},
     "daemon": {"log_format": "json", "log_level": "info"},
 }
 
@@ -87,18 +87,24 @@ class DaemonProcess:
 
 @dataclass
 class Testbed:
+    __test__ = False  # not a pytest test class, whatever its name says
+
     spec: PoolSpec
     workdir: Path
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     daemon_hosts: tuple[str, ...] | None = None
     """Hosts that run a daemon (default: all)."""
     env: Mapping[str, str] = field(default_factory=dict)
+    fencing: str = "redfish"
+    """How daemons fence: "redfish" (each host's simulated BMC, the safe default),
+    "none" (no backend: incidents wait), or "trust-liveness" (unsafe, XAPI's word)."""
     systemd: bool = False
     """Give each daemon a NOTIFY_SOCKET (and WATCHDOG_USEC) the way systemd would."""
     watchdog_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         self.pool = SimPool(self.spec)
+        self.bmcs: BmcFarm | None = None
         self.daemons: dict[str, DaemonProcess] = {}
         self._info: dict[str, Any] = {}
 
@@ -109,6 +115,11 @@ class Testbed:
         self.pool.__enter__()
         try:
             self._info = self.pool.info()
+            if self.fencing == "redfish":
+                self.bmcs = BmcFarm(self.pool)
+                secret = self.workdir / "bmc-password"
+                secret.write_text(self.bmcs.password + "\n")
+                secret.chmod(0o600)
             for host in self._info["hosts"]:
                 if self.daemon_hosts is None or host["name"] in self.daemon_hosts:
                     self.daemons[host["name"]] = self._prepare(host)
@@ -123,6 +134,8 @@ class Testbed:
             self.stop_daemon(name)
             if d.notify is not None:
                 d.notify.close()
+        if self.bmcs is not None:
+            self.bmcs.close()
         self.pool.__exit__(None, None, None)
 
     @property
@@ -146,6 +159,25 @@ class Testbed:
         port = host["url"].rsplit(":", 1)[1].rstrip("/")
         doc["detector"].setdefault("probe_url", f"http://{{address}}:{port}/")
         doc["daemon"]["state_dir"] = str(state)
+        fencing = doc.setdefault("fencing", {})
+        if self.fencing == "trust-liveness":
+            fencing.setdefault("mode", "trust-liveness")
+        elif self.fencing == "redfish" and self.bmcs is not None:
+            fencing.setdefault("hosts", [
+                {
+                    "host": h["name"],
+                    "chain": ["redfish"],
+                    "redfish": {
+                        "url": self.bmcs.url(h["name"]),
+                        "username": self.bmcs.username,
+                        "password_file": str(self.workdir / "bmc-password"),
+                        "request_timeout": 2.0,
+                        "off_timeout": 5.0,
+                        "poll_interval": 0.3,
+                    },
+                }
+                for h in self._info["hosts"]
+            ])
         return doc
 
     def _prepare(self, host: Mapping[str, Any]) -> DaemonProcess:
@@ -218,6 +250,16 @@ class Testbed:
         if name in self.daemons:
             self.kill_daemon(name)
 
+    def power_loss(self, name: str) -> None:
+        """Mains power gone: the host and its BMC go dark together."""
+        if self.bmcs is not None:
+            self.bmcs.set_mode(name, "down")
+        self.crash(name)
+
+    def bmc_mode(self, name: str, mode: str) -> None:
+        assert self.bmcs is not None, "this testbed has no BMCs (fencing != redfish)"
+        self.bmcs.set_mode(name, mode)
+
     def boot(self, name: str) -> None:
         self.pool.boot(name)
         if name in self.daemons:
@@ -249,13 +291,53 @@ class Testbed:
         return self.pool.truth()
 
     def vm_hosts(self) -> dict[str, list[str]]:
-        """VM name -> names of the hosts its domain really runs on (the physical truth)."""
-        truth = self.truth()
-        hosts_by_uuid = {h["uuid"]: h["name"] for h in self._info["hosts"]}
-        result: dict[str, list[str]] = {}
-        for vm in truth["vms"]:
-            result[vm["name"]] = sorted(hosts_by_uuid.get(h, h) for h in vm["running_on"])
-        return result
+        """Guest VM name -> names of the hosts its domain really runs on (physical truth)."""
+        return {
+            vm["name"]: sorted(vm["hosts"])
+            for vm in self.truth()["vms"]
+            if not vm.get("control_domain")
+        }
+
+    def xapi(self) -> Any:
+        """A XenAPI session to the current master, from the outside (no partition applies)."""
+        import XenAPI
+
+        info = self.pool.info()
+        master = next(h for h in info["hosts"] if h["uuid"] == info["master"])
+        session = XenAPI.Session(master["url"])
+        session.xenapi.login_with_password("root", info["root_password"], "1.0", "testbed")
+        return session
+
+    def vm_records(self) -> dict[str, dict[str, Any]]:
+        """Guest VM name -> what XAPI (the master's database) says of it."""
+        session = self.xapi()
+        try:
+            names = {ref: rec["name_label"]
+                     for ref, rec in session.xenapi.host.get_all_records().items()}
+            result = {}
+            for rec in session.xenapi.VM.get_all_records().values():
+                if rec["is_control_domain"] or rec["is_a_template"] or rec["is_a_snapshot"]:
+                    continue
+                result[rec["name_label"]] = {
+                    "power_state": rec["power_state"],
+                    "resident_on": names.get(rec["resident_on"]),
+                    "protection": rec["other_config"].get("xenhad")
+                    or rec["ha_restart_priority"] or "off",
+                }
+            return result
+        finally:
+            session.xenapi.session.logout()
+
+    def set_host_enabled(self, name: str, enabled: bool) -> None:
+        session = self.xapi()
+        try:
+            ref = session.xenapi.host.get_by_uuid(self.host(name)["uuid"])
+            if enabled:
+                session.xenapi.host.enable(ref)
+            else:
+                session.xenapi.host.disable(ref)
+        finally:
+            session.xenapi.session.logout()
 
     def wait_for(
         self, predicate: Callable[[], bool], timeout: float, *, what: str, step: float = 0.2
@@ -277,14 +359,26 @@ class Testbed:
 
 
 def to_toml(doc: Mapping[str, Mapping[str, Any]]) -> str:
-    """A config document as TOML (flat sections of strings, numbers and booleans)."""
+    """A config document as TOML: sections of scalars and inline tables, plus arrays of
+    tables (a list of dicts under a key, such as fencing.hosts)."""
     lines: list[str] = []
     for section, values in doc.items():
         lines.append(f"[{section}]")
+        arrays = {k: v for k, v in values.items() if _is_table_list(v)}
         for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+            if key not in arrays:
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
+        for key, tables in arrays.items():
+            for table in tables:
+                lines.append(f"[[{section}.{key}]]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+                lines.append("")
     return "\n".join(lines)
+
+
+def _is_table_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _toml_value(value: Any) -> str:
@@ -292,6 +386,10 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))
 
 

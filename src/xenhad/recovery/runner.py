@@ -115,6 +115,8 @@ class IncidentRunner:
     def _record(self, transition: Transition) -> tuple[ev.Action, ...]:
         before, after = self.incident, transition.incident
         self.incident = after
+        # What happened to VMs first, then the phase it led to: the log reads in order.
+        self._log_vm_changes(before, after)
         if before.phase is not after.phase:
             log.info(
                 "incident.step",
@@ -134,7 +136,6 @@ class IncidentRunner:
                 fix="no proof the host is off, so none of its VMs is touched; check its BMC "
                 "or fencing config",
             )
-        self._log_vm_changes(before, after)
         for action in transition.actions:
             self._history.action(after, action)
         return transition.actions
