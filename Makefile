@@ -28,7 +28,7 @@ test: test-deps lint
 	$(BIN)/pytest -q
 
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

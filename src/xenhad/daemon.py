@@ -96,6 +96,7 @@ class Daemon:
         self._history = History(self._journal, self._clock.wall)
         self._pending_resume: list[Incident] = []
         self._lock_fd = -1
+        self._warned: set[tuple[str, str, str]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -159,12 +160,19 @@ class Daemon:
         now = self._clock.monotonic()
         try:
             xapi = await self._connected()
-            view = await monitor.snapshot(
+            snap = await monitor.read_snapshot(
                 xapi, protection_key=self.config.recovery.protection_key, now=now
             )
         except (XapiUnreachable, XapiError, XenhadError) as exc:
             self._xapi_failed(str(exc), now)
             return
+        view = snap.view
+        for warning in snap.warnings:
+            # Once per VM and value, not every tick: the operator fixes it or it stays known.
+            key = (warning.vm, warning.field, warning.value)
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("vm.protection_unknown", vm=warning.name, why=warning.message)
         if self._health.xapi_failing_since is not None:
             log.info("xapi.reachable", after_s=round(now - self._health.xapi_failing_since, 1))
         self._health.snapshot_ok = True
