@@ -58,7 +58,7 @@ def test_fence_then_reset_then_restart_then_done() -> None:
 
     actions = d(ev.FenceDone(101, True, "redfish", "PowerState Off"))
     assert d.incident.phase is Phase.RESETTING
-    assert set(actions) == {ev.ResetVm("uuid-a"), ev.ResetVm("uuid-b"), ev.ResetVm("uuid-c")}
+    assert set(actions) == {ev.ResetVm(f"uuid-{n}", "dead") for n in "abc"}
 
     d(ev.ResetDone(102, "uuid-a", True))
     d(ev.ResetDone(102, "uuid-c", True))
@@ -124,7 +124,7 @@ def test_trust_liveness_resets_at_once() -> None:
     d = Drive(opened(vm("a"), unsafe=True))
     assert d.incident.phase is Phase.RESETTING
     assert d.incident.fenced_by == "trust-liveness"
-    assert d.last == (ev.ResetVm("uuid-a"),)
+    assert d.last == (ev.ResetVm("uuid-a", "dead"),)
 
 
 def test_xapi_reaching_the_host_during_reset_aborts_before_any_start() -> None:
@@ -143,7 +143,7 @@ def test_already_halted_counts_as_reset_and_failed_reset_is_retried() -> None:
     d(ev.ResetDone(101, "uuid-b", False, "XAPI_UNREACHABLE", "timed out"))
     assert d.status("b") is VmStatus.PENDING
     assert d(ev.Wake(103)) == ()
-    assert d(ev.Wake(106)) == (ev.ResetVm("uuid-b"),)
+    assert d(ev.Wake(106)) == (ev.ResetVm("uuid-b", "dead"),)
     assert d(ev.Wake(200)) == ()  # in flight: not re-issued
     d(ev.ResetDone(201, "uuid-b", True))
     assert d.incident.phase is Phase.RESTARTING
@@ -207,6 +207,16 @@ def test_a_vm_someone_else_started_is_never_started_again() -> None:
     assert not any(isinstance(a, ev.StartVm) for a in d.actions)
 
 
+def test_a_vm_seen_running_elsewhere_before_the_fence_is_not_reset() -> None:
+    d = Drive(opened(vm("a"), vm("b")))
+    d(ev.VmObserved(101, "uuid-a", True, "h3"))
+    actions = d(ev.FenceDone(102, True, "redfish", "off"))
+    assert actions == (ev.ResetVm("uuid-b", "dead"),)
+    d(ev.ResetDone(103, "uuid-b", True))
+    d(ev.CapacityMeasured(104, ROOM))
+    assert not any(isinstance(a, ev.StartVm) and a.vm == "uuid-a" for a in d.actions)
+
+
 def test_already_running_answer_counts_as_running() -> None:
     d = Drive(opened(vm("a"), unsafe=True))
     d(ev.ResetDone(101, "uuid-a", True))
@@ -221,7 +231,7 @@ def test_resumed_reissues_what_was_in_flight() -> None:
     d(ev.FenceDone(101, True, "redfish", "off"))
     d(ev.ResetDone(102, "uuid-a", True))
     resumed = step(d.incident, ev.Resumed(150), SET)
-    assert resumed.actions == (ev.ResetVm("uuid-b"),)
+    assert resumed.actions == (ev.ResetVm("uuid-b", "dead"),)
     d(ev.ResetDone(103, "uuid-b", True))
     starts = d(ev.CapacityMeasured(104, ROOM))
     assert len(starts) == 2

@@ -121,6 +121,8 @@ class FenceHost:
 @dataclass(frozen=True)
 class ResetVm:
     vm: VmId
+    host: HostId
+    """The dead host: a VM that XAPI now places anywhere else is not reset."""
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,9 @@ class Executor:
         if vm is None:
             # Gone from the database (destroyed): nothing left to reset.
             return ResetDone(self._now(), action.vm, True, "", "VM no longer exists")
+        if vm.resident_on not in (None, action.host):
+            # Started elsewhere meanwhile: resetting it would lie about a live domain.
+            return ResetDone(self._now(), action.vm, True, "", "resident on another host now")
         try:
             await self._xapi.vm_power_state_reset(vm.ref)
         except XapiError as exc:

@@ -148,8 +148,10 @@ def _begin_reset(incident: Incident, now: float) -> Transition:
     tasks = dict(incident.vms)
     actions: list[Action] = []
     for uuid, task in tasks.items():
+        if task.status is not VmStatus.PENDING:
+            continue  # seen running elsewhere meanwhile: its power state is not ours to reset
         tasks[uuid] = replace(task, attempts=0, retry_at=0.0, host=None)
-        actions.append(ResetVm(uuid))
+        actions.append(ResetVm(uuid, incident.host))
     resetting = replace(incident, phase=Phase.RESETTING, vms=tasks, retry_at=0.0)
     if not actions:
         return _settle(resetting, now, ())
@@ -295,7 +297,8 @@ def _wake(incident: Incident, now: float) -> Transition:
             for t in due:
                 tasks[t.vm.uuid] = replace(t, retry_at=float("inf"))
             return Transition(
-                replace(incident, vms=tasks), tuple(ResetVm(t.vm.uuid) for t in due)
+                replace(incident, vms=tasks),
+                tuple(ResetVm(t.vm.uuid, incident.host) for t in due),
             )
         return Transition(incident)
     return _settle(incident, now, ())
@@ -309,7 +312,9 @@ def _resumed(incident: Incident, now: float) -> Transition:
         tasks = dict(incident.vms)
         for t in pending:
             tasks[t.vm.uuid] = replace(t, retry_at=float("inf"))
-        return Transition(replace(incident, vms=tasks), tuple(ResetVm(t.vm.uuid) for t in pending))
+        return Transition(
+            replace(incident, vms=tasks), tuple(ResetVm(t.vm.uuid, incident.host) for t in pending)
+        )
     if incident.phase is Phase.RESTARTING:
         # A start that was in flight may or may not have happened: XAPI's snapshot decides.
         tasks = {
