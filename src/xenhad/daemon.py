@@ -97,6 +97,7 @@ class Daemon:
         self._pending_resume: list[Incident] = []
         self._lock_fd = -1
         self._warned: set[tuple[str, str, str]] = set()
+        self._xapi_logged_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -293,9 +294,15 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(runner.run())
         self._runner_tasks[host] = task
 
-        def finished(_: object) -> None:
+        def finished(done: asyncio.Task[object]) -> None:
             self._runners.pop(host, None)
             self._runner_tasks.pop(host, None)
+            if not done.cancelled() and done.exception() is not None:
+                # The journal still holds the incident open: a restart resumes it. Until
+                # then the host stays DOWN, so no second incident starts behind its back.
+                log.error("incident.crashed", host=runner.incident.host_name,
+                          error=repr(done.exception()),
+                          fix="restart xenhad to resume the incident from its journal")
 
         task.add_done_callback(finished)
 
@@ -386,11 +393,14 @@ class Daemon:
 
     def _xapi_failed(self, why: str, now: float) -> None:
         first = self._health.xapi_failing_since is None
+        changed = why != self._health.xapi_error
         self._health.snapshot_ok = False
         self._health.xapi_error = why
         if first:
             self._health.xapi_failing_since = now
-        if first or why != self._health.xapi_error:
+        # Said at once, then again only when the reason changes, at most twice a minute.
+        if first or (changed and now - self._xapi_logged_at >= 30.0):
+            self._xapi_logged_at = now
             log.error("xapi.unreachable", why=why,
                       effect="no decisions while XAPI cannot be read; the loop keeps going")
 
