@@ -35,13 +35,13 @@ from xenhad.detector import (
 )
 from xenhad.errors import XenhadError
 from xenhad.fencer import SelfFenceProof, build_fencer
+from xenhad.fencing.config import FencingMode
 from xenhad.fencing.watchdog import (
     Watchdog,
     WatchdogPlan,
     device_for,
     self_fence_deadline_passed,
 )
-from xenhad.fencing.config import FencingMode
 from xenhad.journal import Journal
 from xenhad.model import HostId, HostView, PoolView, VmView
 from xenhad.notify import Notifier
@@ -167,10 +167,17 @@ class Daemon:
             self._heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeats
-        if self._link is not None:
-            self._link.close()
         if self._watchdog is not None:
             await self._watchdog.disable()  # a clean stop must not reset the host
+        if self._link is not None:
+            if self._view is not None:
+                # Tell peers we hold no watchdog any more: from now on our silence proves
+                # nothing, and they must fence us by other means.
+                self._link.send(
+                    [Peer(h.uuid, h.address) for h in self._view.hosts.values()],
+                    master=self._view.master, quorate=False, armed=False,
+                )
+            self._link.close()
         if self._xapi is not None:
             await self._xapi.close()
         log.info("daemon.stopped", open_incidents=len(self._runners))
@@ -288,7 +295,8 @@ class Daemon:
                 link.send(
                     [Peer(h.uuid, h.address) for h in view.hosts.values()],
                     master=view.master,
-                    quorate=self._advertised_quorate(),
+                    quorate=self._health.quorate,
+                    armed=self._watchdog is not None and self._watchdog.is_running,
                 )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=interval)
@@ -317,12 +325,6 @@ class Daemon:
                 return
             self._watchdog = watchdog
         await self._watchdog.keepalive(healthy=True, quorate=self._health.quorate)
-
-    def _advertised_quorate(self) -> bool:
-        """What our heartbeats say: quorate, and (when self-fencing) feeding a watchdog."""
-        if self.config.fencing.self_fence is not None and self._watchdog is None:
-            return False
-        return self._health.quorate
 
     def _self_fence_proof(self, host: HostView) -> SelfFenceProof | None:
         """Whether `host`'s own watchdog must have reset it by now, from heartbeats."""

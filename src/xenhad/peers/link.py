@@ -53,8 +53,7 @@ class HeartbeatLink(asyncio.DatagramProtocol):
         self.sent = 0
         self.received = 0
         self.armed: set[HostId] = set()
-        """Peers that have said they are quorate: with self-fencing, that they feed a
-        watchdog (they say so only once it is armed)."""
+        """Peers whose latest heartbeat says they hold a running watchdog."""
 
     async def open(self, bind_address: str, listen_port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -69,7 +68,7 @@ class HeartbeatLink(asyncio.DatagramProtocol):
                 f"cannot listen for peer heartbeats on {bind_address or '0.0.0.0'}:"
                 f"{listen_port}: {exc.strerror}; free the port or change peers.listen_port"
             ) from None
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         log.info("peers.listening", address=bind_address or "0.0.0.0", port=listen_port)
 
     def close(self) -> None:
@@ -77,7 +76,9 @@ class HeartbeatLink(asyncio.DatagramProtocol):
             self._transport.close()
             self._transport = None
 
-    def send(self, peers: Iterable[Peer], *, master: HostId, quorate: bool) -> None:
+    def send(
+        self, peers: Iterable[Peer], *, master: HostId, quorate: bool, armed: bool = False
+    ) -> None:
         """One heartbeat to every peer: who we hear, who we think is master, our quorum."""
         if self._transport is None:
             return
@@ -92,6 +93,7 @@ class HeartbeatLink(asyncio.DatagramProtocol):
             master=master,
             heard=tuple(sorted(self._table.heard(now))),
             quorate=quorate,
+            armed=armed,
         )
         data = encode(hb, self._secret)
         for peer in peers:
@@ -112,8 +114,11 @@ class HeartbeatLink(asyncio.DatagramProtocol):
         verdict = self._table.receive(hb, self._clock.monotonic(), self._clock.wall())
         if verdict.accepted:
             self.received += 1
-            if hb.quorate:
+            if hb.armed:
                 self.armed.add(hb.sender)
+            else:
+                # Disarmed (a clean stop): its silence no longer proves it reset itself.
+                self.armed.discard(hb.sender)
         elif verdict.worth_logging:
             self._complain(addr[0], f"heartbeat from {hb.sender} refused: {verdict.value}")
 
