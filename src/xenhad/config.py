@@ -118,6 +118,24 @@ class RecoveryConfig:
 
 
 @dataclass(frozen=True)
+class PeersConfig:
+    secret_file: Path | None = None
+    """The pool secret that authenticates heartbeats (same on every host). None: off."""
+    secret_credential: str = ""
+    port: int = 7410
+    """UDP port heartbeats are sent to, on each host's XAPI address."""
+    listen_port: int = 0
+    """UDP port this daemon listens on; 0 means `port` (the simulator relays, so it differs)."""
+    interval: float = 1.0
+    window: float = 4.0
+    """A peer not heard from for this long is out of contact."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret_file is not None or bool(self.secret_credential)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path = Path("/var/lib/xenhad")
     log_format: LogFormat = "kv"
@@ -132,6 +150,7 @@ class Config:
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     fencing: FencingConfig = field(default_factory=FencingConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -141,6 +160,7 @@ SECTIONS: dict[str, type] = {
     "recovery": RecoveryConfig,
     "fencing": FencingConfig,
     "daemon": DaemonConfig,
+    "peers": PeersConfig,
 }
 """Section name -> its dataclass; a section's known keys are its dataclass's fields."""
 
@@ -195,6 +215,7 @@ def parse(
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(_syntax_error(source, e, text)) from None
     config = _parse_document(document, source)
+    _check_cross_sections(config, source)
     if check_files:
         _check_files(config, source, os.environ if env is None else env)
     return config
@@ -478,6 +499,7 @@ def _parse_document(document: Mapping[str, object], source: str) -> Config:
         recovery=_parse_recovery(table("recovery")),
         fencing=_parse_fencing(table("fencing")),
         daemon=_parse_daemon(table("daemon")),
+        peers=_parse_peers(table("peers")),
     )
 
 
@@ -758,6 +780,58 @@ def _check_files(config: Config, source: str, env: Mapping[str, str]) -> None:
             f"{source}: xapi.ca_file = {render_value(xapi.ca_file)} is invalid: expected an "
             f"existing PEM file (the pool's CA or the master's certificate)"
         )
+
+
+def _parse_peers(t: Table) -> PeersConfig:
+    d = PeersConfig()
+    secret_file = t.optional_path("secret_file", d.secret_file)
+    secret_credential = t.string(
+        "secret_credential",
+        d.secret_credential,
+        pattern=r"[A-Za-z0-9_.:@+-]{1,255}",
+        expected="expected a systemd credential name (letters, digits, _ . : @ + -)",
+    )
+    if secret_file is not None and secret_credential:
+        raise t.error("secret_credential", secret_credential,
+                      "expected only one of peers.secret_file and peers.secret_credential")
+    port = t.integer("port", d.port, minimum=1, maximum=65535)
+    listen_port = t.integer("listen_port", d.listen_port, minimum=0, maximum=65535)
+    interval = t.seconds("interval", d.interval)
+    window = t.seconds("window", d.window)
+    if window < 2 * interval:
+        # One lost datagram must not put a peer out of contact.
+        _blame_pair(t, "window", window, ">=", "interval", 2 * interval)
+    return PeersConfig(secret_file, secret_credential, port, listen_port, interval, window)
+
+
+def _check_cross_sections(config: Config, source: str) -> None:
+    self_fence = config.fencing.self_fence
+    if self_fence is not None and not config.peers.enabled:
+        raise ConfigError(
+            f"{source}: fencing.self_fence needs peer heartbeats: set peers.secret_file (the "
+            "same pool secret on every host), or remove fencing.self_fence"
+        )
+    if self_fence is not None and self_fence.timeout < 2 * config.detector.interval:
+        raise ConfigError(
+            f"{source}: fencing.self_fence.timeout = {self_fence.timeout} is invalid: expected "
+            f">= 2 x detector.interval ({2 * config.detector.interval:g}), or one slow tick "
+            "resets a healthy host"
+        )
+
+
+def read_peer_secret(config: Config, *, env: Mapping[str, str] | None = None) -> str:
+    """The pool secret for heartbeats; CredentialError (one line) when unreadable or short."""
+    peers = config.peers
+    if peers.secret_file is not None:
+        secret = credentials.read_secret(file=peers.secret_file)
+    else:
+        secret = credentials.read_secret(credential=peers.secret_credential, env=env)
+    if len(secret.strip()) < 16:
+        raise CredentialError(
+            "the pool secret for peer heartbeats is shorter than 16 characters: write a long "
+            "random one (e.g. `openssl rand -hex 32`) to the same file on every host"
+        )
+    return secret.strip()
 
 
 def read_xapi_password(config: Config, *, env: Mapping[str, str] | None = None) -> str:

@@ -34,11 +34,19 @@ from xenhad.detector import (
     VerdictKind,
 )
 from xenhad.errors import XenhadError
-from xenhad.fencer import build_fencer
+from xenhad.fencer import SelfFenceProof, build_fencer
 from xenhad.fencing.config import FencingMode
+from xenhad.fencing.watchdog import (
+    Watchdog,
+    WatchdogPlan,
+    device_for,
+    self_fence_deadline_passed,
+)
 from xenhad.journal import Journal
 from xenhad.model import HostId, HostView, PoolView, VmView
 from xenhad.notify import Notifier
+from xenhad.peers.link import HeartbeatLink, Peer
+from xenhad.peers.table import PeerTable
 from xenhad.recovery import events as ev
 from xenhad.recovery.executor import Executor
 from xenhad.recovery.history import History, Recovered
@@ -98,6 +106,11 @@ class Daemon:
         self._lock_fd = -1
         self._warned: set[tuple[str, str, str]] = set()
         self._xapi_logged_at = 0.0
+        self._peers: PeerTable | None = None
+        self._link: HeartbeatLink | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._peers_since = 0.0
+        self._watchdog: Watchdog | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -151,6 +164,21 @@ class Daemon:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeats
+        if self._watchdog is not None:
+            await self._watchdog.disable()  # a clean stop must not reset the host
+        if self._link is not None:
+            if self._view is not None:
+                # Tell peers we hold no watchdog any more: from now on our silence proves
+                # nothing, and they must fence us by other means.
+                self._link.send(
+                    [Peer(h.uuid, h.address) for h in self._view.hosts.values()],
+                    master=self._view.master, quorate=False, armed=False,
+                )
+            self._link.close()
         if self._xapi is not None:
             await self._xapi.close()
         log.info("daemon.stopped", open_incidents=len(self._runners))
@@ -159,6 +187,14 @@ class Daemon:
 
     async def _tick(self) -> None:
         now = self._clock.monotonic()
+        try:
+            await self._watch(now)
+        finally:
+            # Whatever XAPI did this tick, the loop is alive: quorum decides the feeding.
+            self._update_peer_quorum(now)
+            await self._feed_watchdog()
+
+    async def _watch(self, now: float) -> None:
         try:
             xapi = await self._connected()
             snap = await monitor.read_snapshot(
@@ -180,6 +216,7 @@ class Daemon:
         self._health.xapi_error = ""
         self._health.xapi_failing_since = None
         self._view = view
+        await self._open_peers(view)
         if self._me not in view.hosts:
             self._passive(f"this host {self._me} is not in the pool database; check host.uuid")
             return
@@ -190,7 +227,8 @@ class Daemon:
         self._passive("")
         if view.master != self._me:
             # Only the master's daemon acts on dead slaves; others watch.
-            self._health.quorate = True
+            if self._peers is None:
+                self._health.quorate = True
             self._health.up = sum(1 for h in view.hosts.values() if h.live)
             self._health.down = []
             return
@@ -201,20 +239,18 @@ class Daemon:
     async def _observe(self, view: PoolView, now: float) -> None:
         others = [h for h in view.hosts.values() if h.uuid != self._me]
         answers = await asyncio.gather(*(self._probe(h) for h in others))
+        # A host answers when its xapi does, or when its daemon's heartbeat reached us: a
+        # hung xapi with a live dom0 still runs its VMs, and is not dead.
+        heard = self._peers.heard(now) if self._peers is not None else frozenset()
+        answers = [a or h.uuid in heard for h, a in zip(others, answers)]
         observations = {
             h.uuid: Observation(xapi_live=h.live, answered=answered, enabled=h.enabled)
             for h, answered in zip(others, answers)
         }
-        seen = 1 + sum(1 for a in answers if a)
-        quorate = seen * 2 > len(view.hosts)
-        if quorate != self._health.quorate:
-            (log.info if quorate else log.error)(
-                "quorum.gained" if quorate else "quorum.lost",
-                sees=seen, pool=len(view.hosts),
-                why=None if quorate else "this node sees no majority of the pool: it will "
-                "not recover anything until it does",
-            )
-        self._health.quorate = quorate
+        if self._peers is None:
+            seen = 1 + sum(1 for a in answers if a)
+            self._set_quorate(seen * 2 > len(view.hosts), seen, len(view.hosts))
+        quorate = self._health.quorate
         verdicts = self._detector.observe(now, observations, quorate=quorate)
         for verdict in verdicts:
             self._on_verdict(view, verdict)
@@ -226,6 +262,95 @@ class Daemon:
             view.hosts[h].name for h in observations
             if self._detector.state(h) in (HostState.DOWN, HostState.RETURNING)
         )
+
+    def _set_quorate(self, quorate: bool, sees: int, pool: int) -> None:
+        if quorate != self._health.quorate:
+            (log.info if quorate else log.error)(
+                "quorum.gained" if quorate else "quorum.lost",
+                sees=sees, pool=pool,
+                why=None if quorate else "this node is in contact with no majority of the "
+                "pool: it recovers nothing, and stops feeding its watchdog if it holds one",
+            )
+        self._health.quorate = quorate
+
+    async def _open_peers(self, view: PoolView) -> None:
+        cfg = self.config.peers
+        if self._link is not None or not cfg.enabled:
+            return
+        secret = configuration.read_peer_secret(self.config).encode()
+        self._peers = PeerTable(self._me, view.pool_uuid, window=cfg.window)
+        link = HeartbeatLink(
+            me=self._me, pool=view.pool_uuid, secret=secret, table=self._peers,
+            clock=self._clock, peer_port=cfg.port,
+        )
+        await link.open(self.config.xapi.source_address, cfg.listen_port or cfg.port)
+        self._link = link
+        self._peers_since = self._clock.monotonic()
+        self._heartbeats = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.peers.interval
+        while not self._stop.is_set():
+            view, link = self._view, self._link
+            if view is not None and link is not None:
+                link.send(
+                    [Peer(h.uuid, h.address) for h in view.hosts.values()],
+                    master=view.master,
+                    quorate=self._health.quorate,
+                    armed=self._watchdog is not None and self._watchdog.is_running,
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+
+    def _update_peer_quorum(self, now: float) -> None:
+        if self._peers is None or self._view is None:
+            return
+        members = set(self._view.hosts)
+        mutual = self._peers.mutual(now) & members
+        self._set_quorate(self._peers.quorate(now, members), 1 + len(mutual), len(members))
+
+    async def _feed_watchdog(self) -> None:
+        settings = self.config.fencing.self_fence
+        if settings is None:
+            return
+        if self._watchdog is None:
+            if not self._health.quorate:
+                return
+            # Armed at the first quorum, not at start: a host booting into a pool that is
+            # not up yet must not reset itself in a loop. Until armed it never says it is
+            # quorate in its heartbeats, so no peer ever takes its silence as proof it is off.
+            device = device_for(settings, host=self._me)
+            plan = WatchdogPlan(settings.mode, settings.timeout, self.config.detector.interval)
+            watchdog = Watchdog(device, plan)
+            if not await watchdog.activate():
+                return
+            self._watchdog = watchdog
+        await self._watchdog.keepalive(healthy=True, quorate=self._health.quorate)
+
+    def _self_fence_proof(self, host: HostView) -> SelfFenceProof | None:
+        """Whether `host`'s own watchdog must have reset it by now, from heartbeats."""
+        settings = self.config.fencing.self_fence
+        if settings is None or self._peers is None:
+            return None
+        link = self._link
+        if link is None or host.uuid not in link.armed:
+            # Never heard it say it holds a fed watchdog (since this daemon started): its
+            # silence proves nothing.
+            return SelfFenceProof(False, f"{host.name} was never seen holding a watchdog")
+        now = self._clock.monotonic()
+        evidence = self._peers.evidence(host.uuid, now)
+        vouched = evidence if evidence is not None else self._peers_since
+        # A host vouched for at `vouched` may stay quorate (and feed) one window and one
+        # heartbeat interval longer before its own table lapses.
+        last_feed = vouched + self.config.peers.window + self.config.peers.interval
+        passed = self_fence_deadline_passed(last_feed, now, settings.timeout, settings.margin)
+        due = last_feed + settings.timeout + settings.margin - now
+        detail = (
+            f"no heartbeat has vouched for {host.name} for {now - vouched:.1f}s; its watchdog "
+            f"({settings.timeout}s) must have reset it" if passed else
+            f"self-fence deadline of {host.name} in {due:.1f}s"
+        )
+        return SelfFenceProof(passed, detail)
 
     async def _probe(self, host: HostView) -> bool:
         url = self.config.detector.probe_url.format(address=host.address)
@@ -310,7 +435,7 @@ class Daemon:
         assert self._xapi is not None
         return Executor(
             self._xapi,
-            build_fencer(self.config, clock=self._clock),
+            build_fencer(self.config, clock=self._clock, self_fence=self._self_fence_proof),
             view=self._current_view,
             targets=self._placement_targets,
             now=self._clock.wall,

@@ -1,11 +1,17 @@
 """How the recovery machine gets its proof that a host is off, per fencing config.
 
 Each [[fencing.hosts]] entry becomes a chain of backends tried in order; the first that
-reads the power back as off is the proof. A host without an entry has no proof to give,
-and its incident waits (touching nothing) until the operator configures one.
+reads the power back as off is the proof. When no backend can give it (a total power loss
+takes the BMC down with its host), the self-fence deadline can: every daemon feeds its
+host's watchdog only while quorate, so a host no quorum member has heard from for longer
+than the watchdog timeout (plus margins) has been reset. Without either proof the incident
+waits, touching nothing.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from xenhad.clock import Clock
 from xenhad.config import Config
@@ -14,27 +20,42 @@ from xenhad.model import HostView
 from xenhad.recovery.events import FenceDone
 
 
+@dataclass(frozen=True)
+class SelfFenceProof:
+    passed: bool
+    detail: str
+
+
+SelfFenceCheck = Callable[[HostView], "SelfFenceProof | None"]
+
+
 class ChainFencer:
-    def __init__(self, config: Config, clock: Clock) -> None:
+    def __init__(
+        self, config: Config, clock: Clock, self_fence: SelfFenceCheck | None = None
+    ) -> None:
         self._fencing = config.fencing
         self._clock = clock
+        self._self_fence = self_fence
         self._chains: dict[str, FenceChain] = {}
 
     async def fence(self, host: HostView) -> FenceDone:
         chain = self._chain(host)
-        if chain is None:
-            return FenceDone(
-                self._clock.wall(),
-                False,
-                "none",
-                f"no fencing backend is configured for {host.name}; add a [[fencing.hosts]] "
-                f'entry for it, or accept the risk with fencing.mode = "trust-liveness"',
-            )
-        results = await chain.power_off()
+        results = await chain.power_off() if chain is not None else []
+        if chain_confirmed_off(results):
+            return FenceDone(self._clock.wall(), True, results[-1].backend,
+                             chain_summary(results))
+        if results:
+            why = chain_summary(results)
+        else:
+            why = (f"no fencing backend is configured for {host.name}; add a [[fencing.hosts]] "
+                   'entry for it, or accept the risk with fencing.mode = "trust-liveness"')
+        proof = self._self_fence(host) if self._self_fence is not None else None
+        if proof is not None and proof.passed:
+            return FenceDone(self._clock.wall(), True, "self-fence", f"{proof.detail} ({why})")
+        if proof is not None:
+            why = f"{why}; {proof.detail}"
         backend = results[-1].backend if results else "none"
-        return FenceDone(
-            self._clock.wall(), chain_confirmed_off(results), backend, chain_summary(results)
-        )
+        return FenceDone(self._clock.wall(), False, backend, why)
 
     def _chain(self, host: HostView) -> FenceChain | None:
         # One chain per host for the daemon's life: backends keep what they learnt (the
@@ -47,5 +68,7 @@ class ChainFencer:
         return self._chains[host.uuid]
 
 
-def build_fencer(config: Config, *, clock: Clock) -> ChainFencer:
-    return ChainFencer(config, clock)
+def build_fencer(
+    config: Config, *, clock: Clock, self_fence: SelfFenceCheck | None = None
+) -> ChainFencer:
+    return ChainFencer(config, clock, self_fence)

@@ -90,6 +90,7 @@ class PoolView:
     """Only guest VMs: control domains, templates and snapshots are filtered out."""
     other_config: Mapping[str, str] = field(default_factory=dict)
     taken_at: float = 0.0
+    pool_uuid: str = ""
 
     def vms_on(self, host: HostId) -> list[VmView]:
         return [vm for vm in self.vms.values() if vm.resident_on == host]

@@ -126,6 +126,7 @@ def build_snapshot(
     return Snapshot(
         PoolView(
             pool_ref=pool_ref,
+            pool_uuid=pool.uuid(),
             master=uuid_of[master_ref],
             ha_enabled=pool.flag("ha_enabled"),
             hosts=host_views,

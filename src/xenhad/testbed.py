@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 from xenhad.log import LogLine, parse_line
 from xenhad.sim import PoolSpec, SimPool
 from xenhad.sim.bmc import BmcFarm
+from xenhad.sim.relay import HeartbeatRelay
 
 DEFAULT_DAEMON: dict[str, dict[str, Any]] = {
     "detector": {
@@ -83,6 +85,8 @@ class DaemonProcess:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     notify: NotifyListener | None = None
+    wanted: bool = True
+    """The test wants this daemon running whenever its host is up (systemd would)."""
 
 
 @dataclass
@@ -98,6 +102,11 @@ class Testbed:
     fencing: str = "redfish"
     """How daemons fence: "redfish" (each host's simulated BMC, the safe default),
     "none" (no backend: incidents wait), or "trust-liveness" (unsafe, XAPI's word)."""
+    peers: bool = True
+    """Daemons exchange heartbeats through the simulator's relay (partitions apply)."""
+    self_fence: bool = False
+    """Each daemon holds its host's simulated watchdog; peers trust its deadline."""
+    watchdog_timeout: int = 6
     systemd: bool = False
     """Give each daemon a NOTIFY_SOCKET (and WATCHDOG_USEC) the way systemd would."""
     watchdog_seconds: float = 30.0
@@ -105,7 +114,10 @@ class Testbed:
     def __post_init__(self) -> None:
         self.pool = SimPool(self.spec)
         self.bmcs: BmcFarm | None = None
+        self.relay: HeartbeatRelay | None = None
         self.daemons: dict[str, DaemonProcess] = {}
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
         self._info: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -115,6 +127,13 @@ class Testbed:
         self.pool.__enter__()
         try:
             self._info = self.pool.info()
+            if self.peers:
+                addresses = [h["address"] for h in self._info["hosts"]]
+                self._listen_port = _free_udp_port(addresses)
+                self.relay = HeartbeatRelay(self.pool, listen_port=self._listen_port)
+                secret = self.workdir / "pool-secret"
+                secret.write_text(secrets.token_hex(32) + "\n")
+                secret.chmod(0o600)
             if self.fencing == "redfish":
                 self.bmcs = BmcFarm(self.pool)
                 secret = self.workdir / "bmc-password"
@@ -124,18 +143,26 @@ class Testbed:
                 if self.daemon_hosts is None or host["name"] in self.daemon_hosts:
                     self.daemons[host["name"]] = self._prepare(host)
                     self.start_daemon(host["name"])
+            self._watcher = threading.Thread(target=self._watch_power, name="testbed-power",
+                                             daemon=True)
+            self._watcher.start()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
         for name, d in list(self.daemons.items()):
             self.stop_daemon(name)
             if d.notify is not None:
                 d.notify.close()
         if self.bmcs is not None:
             self.bmcs.close()
+        if self.relay is not None:
+            self.relay.close()
         self.pool.__exit__(None, None, None)
 
     @property
@@ -159,7 +186,23 @@ class Testbed:
         port = host["url"].rsplit(":", 1)[1].rstrip("/")
         doc["detector"].setdefault("probe_url", f"http://{{address}}:{port}/")
         doc["daemon"]["state_dir"] = str(state)
+        if self.relay is not None:
+            doc.setdefault("peers", {}).update({
+                "secret_file": str(self.workdir / "pool-secret"),
+                "port": self.relay.port,
+                "listen_port": self._listen_port,
+                "interval": 0.5,
+                "window": 2.0,
+            })
         fencing = doc.setdefault("fencing", {})
+        if self.self_fence:
+            fencing.setdefault("self_fence", {
+                "watchdog": "sim",
+                "timeout": self.watchdog_timeout,
+                "margin": 2.0,
+                "mode": "required",
+                "sim_control_url": self._info["control_url"],
+            })
         if self.fencing == "trust-liveness":
             fencing.setdefault("mode", "trust-liveness")
         elif self.fencing == "redfish" and self.bmcs is not None:
@@ -196,6 +239,7 @@ class Testbed:
 
     def start_daemon(self, name: str) -> None:
         d = self.daemons[name]
+        d.wanted = True
         if d.proc is not None and d.proc.poll() is None:
             return
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -219,9 +263,10 @@ class Testbed:
         if proc is not None and proc.poll() is None:
             proc.send_signal(sig)
 
-    def kill_daemon(self, name: str) -> None:
+    def kill_daemon(self, name: str, *, respawn: bool = False) -> None:
         """SIGKILL: the daemon dies at whatever instant it is in."""
         d = self.daemons[name]
+        d.wanted = respawn
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(timeout=10)
@@ -230,6 +275,7 @@ class Testbed:
         d = self.daemons.get(name)
         if d is None or d.proc is None:
             return None
+        d.wanted = False
         if d.proc.poll() is None:
             d.proc.send_signal(signal.SIGTERM)
             try:
@@ -248,7 +294,25 @@ class Testbed:
     def crash(self, name: str) -> None:
         self.pool.crash(name)
         if name in self.daemons:
-            self.kill_daemon(name)
+            self.kill_daemon(name, respawn=True)
+
+    def _watch_power(self) -> None:
+        """A daemon lives in its host's dom0: it dies with the power (a BMC's ForceOff, a
+        watchdog reset) and comes back when the host has booted and its xapi is up."""
+        while not self._closing.wait(0.2):
+            try:
+                hosts = self.pool.truth()["hosts"]
+            except Exception:
+                continue
+            for name, d in self.daemons.items():
+                state = hosts.get(name, {})
+                alive = d.proc is not None and d.proc.poll() is None
+                if alive and not state.get("powered", True):
+                    d.proc.kill()  # type: ignore[union-attr]
+                    d.proc.wait(timeout=10)  # type: ignore[union-attr]
+                elif (not alive and d.wanted and state.get("powered")
+                      and state.get("xapi") == "up" and not self._closing.is_set()):
+                    self.start_daemon(name)
 
     def power_loss(self, name: str) -> None:
         """Mains power gone: the host and its BMC go dark together."""
@@ -261,9 +325,8 @@ class Testbed:
         self.bmcs.set_mode(name, mode)
 
     def boot(self, name: str) -> None:
+        """Power on; the daemon comes back once the host's xapi is up (see _watch_power)."""
         self.pool.boot(name)
-        if name in self.daemons:
-            self.start_daemon(name)
 
     # -- reading what happened ---------------------------------------------------------
 
@@ -356,6 +419,27 @@ class Testbed:
             with contextlib.suppress(OSError):
                 parts.append(f"===== {n} ({d.log})\n{d.log.read_text(errors='replace')[-20000:]}")
         return "\n".join(parts)
+
+
+def _free_udp_port(addresses: list[str]) -> int:
+    """A UDP port free on every one of these addresses (daemons listen on it)."""
+    for _ in range(50):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind((addresses[0], 0))
+        port = int(probe.getsockname()[1])
+        taken = [probe]
+        try:
+            for address in addresses[1:]:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                taken.append(s)
+                s.bind((address, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in taken:
+                s.close()
+    raise RuntimeError("no UDP port is free on every host address")
 
 
 def to_toml(doc: Mapping[str, Mapping[str, Any]]) -> str:

@@ -1,0 +1,1 @@
+"""Peer heartbeats: who is in mutual contact, quorum, and evidence for self-fencing."""

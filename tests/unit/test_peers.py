@@ -1,0 +1,87 @@
+"""Peer heartbeats: the codec refuses what it must, the table tells mutual contact apart."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xenhad.peers.heartbeat import Heartbeat, HeartbeatError, decode, encode
+from xenhad.peers.table import PeerTable, Verdict
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def hb(sender: str, seq: int = 1, *, heard: tuple[str, ...] = (), boot: str = "b1",
+       sent_at: float = 1000.0, pool: str = "pool", armed: bool = True) -> Heartbeat:
+    return Heartbeat(pool, sender, boot, seq, sent_at, "m", heard, True, armed)
+
+
+def test_a_heartbeat_round_trips_and_a_tampered_one_is_refused() -> None:
+    data = encode(hb("a", heard=("b", "c")), SECRET)
+    assert decode(data, SECRET) == hb("a", heard=("b", "c"))
+    with pytest.raises(HeartbeatError, match="bad MAC"):
+        decode(data.replace(b'"seq":1', b'"seq":9'), SECRET)
+    with pytest.raises(HeartbeatError, match="bad MAC"):
+        decode(data, b"another-secret-of-the-pool")
+    with pytest.raises(HeartbeatError, match="magic"):
+        decode(b"GET / HTTP/1.0\r\n", SECRET)
+    with pytest.raises(ValueError):
+        encode(hb("a"), b"short")
+
+
+@given(st.binary(max_size=300))
+def test_garbage_never_escapes_as_another_error(data: bytes) -> None:
+    for candidate in (data, b"XHB1" + data):
+        with pytest.raises(HeartbeatError):
+            decode(candidate, SECRET)
+
+
+def test_mutual_contact_needs_both_directions() -> None:
+    t = PeerTable("me", "pool", window=2.0)
+    assert t.receive(hb("a", heard=("me",)), 10.0, 1000.0) is Verdict.ACCEPTED
+    assert t.receive(hb("b"), 10.0, 1000.0) is Verdict.ACCEPTED  # b does not hear me
+    assert t.heard(10.0) == {"a", "b"}
+    assert t.mutual(10.0) == {"a"}
+    assert t.mutual(12.5) == frozenset()  # the window passed
+
+
+def test_quorum_is_a_strict_majority_in_mutual_contact() -> None:
+    t = PeerTable("me", "pool", window=2.0)
+    t.receive(hb("a", heard=("me",)), 10.0, 1000.0)
+    assert t.quorate(10.0, ["me", "a", "b"])
+    assert not t.quorate(10.0, ["me", "a", "b", "c"])  # 2 of 4 is no majority
+    t.receive(hb("b", heard=("me",)), 10.0, 1000.0)
+    assert t.quorate(10.0, ["me", "a", "b", "c"])
+
+
+def test_replays_and_stale_boots_are_refused() -> None:
+    t = PeerTable("me", "pool", window=2.0)
+    assert t.receive(hb("a", 5), 10.0, 1000.0) is Verdict.ACCEPTED
+    assert t.receive(hb("a", 5), 11.0, 1001.0) is Verdict.REPLAY
+    assert t.receive(hb("a", 4), 11.0, 1001.0) is Verdict.REPLAY
+    # A restarted daemon (new boot) is accepted when its clock is near ours...
+    assert t.receive(hb("a", 1, boot="b2", sent_at=1002.0), 12.0, 1002.0) is Verdict.ACCEPTED
+    # ...an old boot's message replayed long after is not.
+    old = hb("a", 9, boot="b1", sent_at=1000.0)
+    assert t.receive(old, 200.0, 1190.0) is Verdict.STALE
+    assert t.receive(hb("x", pool="other"), 10.0, 1000.0) is Verdict.FOREIGN
+    assert t.receive(hb("me"), 10.0, 1000.0) is Verdict.SELF
+
+
+def test_only_a_peer_in_mutual_contact_vouches_for_others() -> None:
+    t = PeerTable("me", "pool", window=2.0)
+    assert t.evidence("x", 10.0) is None
+    t.receive(hb("b", heard=("x",)), 10.0, 1000.0)  # b does not hear me: cannot vouch
+    assert t.evidence("x", 10.0) is None
+    t.receive(hb("a", heard=("me", "x")), 11.0, 1001.0)
+    assert t.evidence("x", 11.0) == 11.0
+    t.receive(hb("x", heard=()), 12.0, 1002.0)
+    assert t.evidence("x", 12.0) == 12.0
+
+
+def test_the_armed_flag_travels() -> None:
+    disarmed = dataclasses.replace(hb("a"), armed=False)
+    assert decode(encode(disarmed, SECRET), SECRET).armed is False
