@@ -10,8 +10,9 @@ the bad value and what is expected, e.g.
     xenhad.toml: detector.confirm_misses = 0 is invalid: expected an integer >= 1
 
 Each section has a parser function (`_parse_host`, `_parse_xapi`, ...) that reads its
-`Table` and returns the section's frozen dataclass; `_parse_document` calls them in turn.
-A new section or a richer one (the per-host fencing chains) is a new or extended function.
+`xenhad.schema.Table` and returns the section's frozen dataclass; `_parse_document` calls
+them in turn. [fencing] is parsed by xenhad.fencing.config through the same `Table`, so its
+messages read the same. A new section is a new function.
 
 The config holds no secret: passwords are named by file or systemd credential only, so the
 file may be world-readable and pasted into bug reports.
@@ -20,16 +21,13 @@ file may be world-readable and pasted into bug reports.
 from __future__ import annotations
 
 import difflib
-import enum
 import ipaddress
-import json
-import math
 import os
 import re
 import shlex
 import sys
 import uuid as uuidlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, cast
@@ -39,6 +37,8 @@ from xenhad import credentials
 from xenhad.errors import ConfigError, CredentialError
 from xenhad.fencing.config import FencingConfig, parse_fencing
 from xenhad.fencing.config import FencingMode as FencingMode  # re-exported for callers
+from xenhad.schema import Table as Table  # re-exported: section parsers elsewhere take one
+from xenhad.schema import render_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -291,173 +291,7 @@ def read_inventory(path: Path) -> dict[str, str]:
     return values
 
 
-# --------------------------------------------------------------------------- tables
-
-
-def render_value(value: object) -> str:
-    """A value as TOML spells it, kept short: the `= value` part of an error message."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, (int, float)):
-        text = repr(value)
-    elif isinstance(value, (str, Path)):
-        text = json.dumps(str(value), ensure_ascii=False)
-    elif isinstance(value, Mapping):
-        text = "{ " + ", ".join(f"{k} = {render_value(v)}" for k, v in value.items()) + " }"
-    elif isinstance(value, (list, tuple)):
-        text = "[" + ", ".join(render_value(v) for v in value) + "]"
-    elif isinstance(value, enum.Enum):
-        text = render_value(value.value)
-    else:
-        text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-class Table:
-    """One TOML table being validated: typed getters that raise one-line ConfigErrors.
-
-    Unknown keys are refused as soon as the table is opened, before any value is checked:
-    a misspelt key means the value the operator meant was silently not applied, which is
-    the first thing to tell them.
-    """
-
-    def __init__(
-        self, source: str, prefix: str, data: Mapping[str, object], known: Iterable[str]
-    ) -> None:
-        self.source = source
-        self.prefix = prefix
-        self.data = data
-        self.known = tuple(known)
-        for key, value in data.items():
-            if key not in self.known:
-                raise ConfigError(self._unknown_key_message(key, value))
-
-    def dotted(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def error(self, key: str, value: object, expected: str) -> ConfigError:
-        """`source: prefix.key = value is invalid: expected ...`"""
-        return ConfigError(
-            f"{self.source}: {self.dotted(key)} = {render_value(value)} is invalid: {expected}"
-        )
-
-    def _unknown_key_message(self, key: str, value: object) -> str:
-        where = f"{self.dotted(key)} = {render_value(value)}"
-        close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.6)
-        if close:
-            hint = f"did you mean {self.dotted(close[0])}?"
-        else:
-            elsewhere = [s for s in SECTIONS if key in known_keys(s)]
-            if elsewhere:
-                hint = f"it belongs in [{elsewhere[0]}]: did you mean {elsewhere[0]}.{key}?"
-            else:
-                hint = "known keys: " + ", ".join(self.known)
-        return f"{self.source}: {where} is not a known key: {hint}"
-
-    # -- getters: each returns the default when the key is absent ------------------------
-
-    def string(
-        self,
-        key: str,
-        default: str,
-        *,
-        pattern: str | None = None,
-        expected: str = "expected a string",
-    ) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str):
-            raise self.error(key, value, expected)
-        if pattern is not None and value and not re.fullmatch(pattern, value):
-            raise self.error(key, value, expected)
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, value, "expected true or false (no quotes)")
-        return value
-
-    def integer(
-        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
-        value = self.data.get(key, default)
-        expected = _range_words("an integer", minimum, maximum)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, value, expected)
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise self.error(key, value, expected)
-        return value
-
-    def seconds(self, key: str, default: float, *, allow_zero: bool = False) -> float:
-        """A duration in seconds: an integer or a float, finite, > 0 (>= 0 with allow_zero)."""
-        value = self.data.get(key, default)
-        expected = f"expected a number of seconds {'>= 0' if allow_zero else '> 0'}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, value, expected)
-        seconds = float(value)
-        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-            raise self.error(key, value, expected)
-        return seconds
-
-    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str) or value not in choices:
-            expected = "expected one of " + ", ".join(json.dumps(c) for c in choices)
-            if isinstance(value, str):
-                close = [c for c in choices if c == value.lower()]
-                close = close or difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-                if close:
-                    expected += f" (did you mean {json.dumps(close[0])}?)"
-            raise self.error(key, value, expected)
-        return value
-
-    def path(self, key: str, default: Path) -> Path:
-        found = self.optional_path(key, default)
-        if found is None:
-            raise self.error(key, "", "expected an absolute path")
-        return found
-
-    def optional_path(self, key: str, default: Path | None = None) -> Path | None:
-        """An absolute path, or None for "" (unset). Relative paths are refused: a daemon's
-        working directory is nobody's business, and guessing it is how files go missing."""
-        value = self.data.get(key, "" if default is None else str(default))
-        if not isinstance(value, str):
-            raise self.error(key, value, "expected a path as a string")
-        if not value:
-            return None
-        if not value.startswith("/"):
-            raise self.error(key, value, "expected an absolute path (starting with /)")
-        return Path(value)
-
-    def subtable(self, key: str, known: Iterable[str]) -> Table:
-        value = self.data.get(key, {})
-        if not isinstance(value, Mapping):
-            raise self.error(key, value, f"expected a table [{self.dotted(key)}]")
-        return Table(self.source, self.dotted(key), value, known)
-
-    def array_of_tables(self, key: str, known: Iterable[str]) -> list[Table]:
-        """`[[prefix.key]]` entries, each a Table whose dotted keys read `prefix.key[i].x`."""
-        value = self.data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
-            raise self.error(key, value, f"expected [[{self.dotted(key)}]] tables")
-        known = tuple(known)
-        return [
-            Table(self.source, f"{self.dotted(key)}[{i}]", item, known)
-            for i, item in enumerate(value)
-        ]
-
-
-def _range_words(noun: str, minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"expected {noun} from {minimum} to {maximum}"
-    if minimum is not None:
-        return f"expected {noun} >= {minimum}"
-    if maximum is not None:
-        return f"expected {noun} <= {maximum}"
-    return f"expected {noun}"
+# --------------------------------------------------------------------------- syntax
 
 
 def _syntax_error(source: str, error: Exception, text: str) -> str:
@@ -488,9 +322,13 @@ def _parse_document(document: Mapping[str, object], source: str) -> Config:
             )
         raise ConfigError(_unknown_top_level(source, key, value))
 
+    neighbours = {section: known_keys(section) for section in SECTIONS}
+
     def table(name: str) -> Table:
         data = document.get(name, {})
-        return Table(source, name, cast(Mapping[str, object], data), known_keys(name))
+        return Table(
+            source, name, cast(Mapping[str, object], data), known_keys(name), neighbours=neighbours
+        )
 
     return Config(
         host=_parse_host(table("host")),
@@ -674,11 +512,11 @@ def _parse_detector(t: Table) -> DetectorConfig:
     if confirm_seconds < interval:
         # A confirmation that spans less than one tick is a single observation: one lost
         # packet would fence a host.
-        _blame_pair(t, "confirm_seconds", confirm_seconds, ">=", "interval", interval)
+        t.blame_pair("confirm_seconds", confirm_seconds, ">=", "interval", interval)
     if probe_timeout >= interval:
         # Probes of one tick must have finished before the next tick starts, or slow
         # probes pile up and a tick's misses describe an older moment.
-        _blame_pair(t, "probe_timeout", probe_timeout, "<", "interval", interval)
+        t.blame_pair("probe_timeout", probe_timeout, "<", "interval", interval)
     return DetectorConfig(
         interval=interval,
         confirm_misses=confirm_misses,
@@ -687,24 +525,6 @@ def _parse_detector(t: Table) -> DetectorConfig:
         probe_timeout=probe_timeout,
         probe_url=probe_url,
     )
-
-
-def _blame_pair(t: Table, a: str, a_value: float, a_op: str, b: str, b_value: float) -> None:
-    """Raise for a broken rule `a a_op b` between two keys, naming the key the operator wrote.
-
-    When only `b` is in the file, `b` broke the rule against `a`'s default: the message
-    blames `b` and says the other value is a default, so the fix is obvious. Otherwise `a`
-    (the dependent key) is blamed.
-    """
-    flipped = {">=": "<=", "<=": ">=", "<": ">", ">": "<"}[a_op]
-    if t.has(b) and not t.has(a):
-        raise t.error(
-            b,
-            t.data[b],
-            f"expected {flipped} {t.dotted(a)} ({a_value!r}, the default): "
-            f"set {t.dotted(a)} too",
-        )
-    raise t.error(a, t.data.get(a, a_value), f"expected {a_op} {t.dotted(b)} ({b_value!r})")
 
 
 def _parse_recovery(t: Table) -> RecoveryConfig:
@@ -722,8 +542,8 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
     retry_backoff = t.seconds("retry_backoff", d.retry_backoff)
     retry_backoff_max = t.seconds("retry_backoff_max", d.retry_backoff_max)
     if retry_backoff_max < retry_backoff:
-        _blame_pair(
-            t, "retry_backoff_max", retry_backoff_max, ">=", "retry_backoff", retry_backoff
+        t.blame_pair(
+            "retry_backoff_max", retry_backoff_max, ">=", "retry_backoff", retry_backoff
         )
     return RecoveryConfig(
         protection_key=protection_key,
@@ -735,8 +555,8 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
 
 
 def _parse_fencing(t: Table) -> FencingConfig:
-    # The fencing package owns its schema (per-host backend chains); it raises the same
-    # one-line ConfigErrors, naming keys such as fencing.hosts[1].redfish.url.
+    # The fencing package owns its schema (per-host backend chains); it reads it through
+    # the same schema.Table, naming keys such as fencing.hosts[1].redfish.url.
     return parse_fencing(t.data, source=t.source)
 
 
@@ -800,7 +620,7 @@ def _parse_peers(t: Table) -> PeersConfig:
     window = t.seconds("window", d.window)
     if window < 2 * interval:
         # One lost datagram must not put a peer out of contact.
-        _blame_pair(t, "window", window, ">=", "interval", 2 * interval)
+        t.blame_pair("window", window, ">=", "interval", 2 * interval)
     return PeersConfig(secret_file, secret_credential, port, listen_port, interval, window)
 
 

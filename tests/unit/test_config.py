@@ -286,7 +286,7 @@ INVALID = [
     (
         '[fencing]\nmode = "trust_liveness"',
         'xenhad.toml: fencing.mode = "trust_liveness" is invalid: expected one of "required", '
-        '"trust-liveness"',
+        '"trust-liveness" (did you mean "trust-liveness"?)',
     ),
     (
         '[daemon]\nlog_level = "INFO"',
@@ -340,14 +340,21 @@ def test_a_password_in_the_url_is_refused_without_being_echoed() -> None:
             "did you mean detector.interval?",
         ),
         (
+            # A password typed into the config is not echoed into logs and bug reports.
             '[xapi]\npassword = "hunter2"',
-            'xenhad.toml: xapi.password = "hunter2" is not a known key: '
+            'xenhad.toml: xapi.password = "***" is not a known key: '
             "did you mean xapi.password_file?",
         ),
         (
             "[daemon]\nfoo = 1",
             "xenhad.toml: daemon.foo = 1 is not a known key: "
             "known keys: state_dir, log_format, log_level",
+        ),
+        (
+            # Inside [fencing], a key of another section is pointed to where it belongs.
+            "[fencing]\ninterval = 2",
+            "xenhad.toml: fencing.interval = 2 is not a known key: it belongs in [detector]: "
+            "did you mean detector.interval?",
         ),
         (
             "[detectr]\ninterval = 2",
@@ -361,8 +368,8 @@ def test_a_password_in_the_url_is_refused_without_being_echoed() -> None:
         (
             # A misspelt key inside a per-host fencing table is refused, not ignored.
             '[[fencing.hosts]]\nname = "host1"',
-            'xenhad.toml: fencing.hosts[0].name = "host1" is invalid: not a known key: '
-            "known keys are host, chain, redfish, ipmi, agent",
+            'xenhad.toml: fencing.hosts[0].name = "host1" is not a known key: '
+            "known keys: host, chain, redfish, ipmi, agent",
         ),
     ],
 )

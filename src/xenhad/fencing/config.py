@@ -17,15 +17,13 @@ the bad value and the fix. Passwords are never in the config: each backend names
     agent = { command = "fence_ipmilan", password_file = "/etc/xenhad/bmc-host2",
               options = { ip = "10.0.0.12", username = "admin", lanplus = "1" } }
 
-This module imports nothing from xenhad.config (which imports it), so it carries its own
-small typed getters.
+Tables are read through xenhad.schema.Table, as xenhad.config reads its sections, so the
+messages read the same; this module must not import xenhad.config (which imports it).
 """
 
 from __future__ import annotations
 
 import enum
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from typing import Union
 from urllib.parse import urlsplit
 
 from xenhad import credentials
-from xenhad.errors import ConfigError
+from xenhad.schema import Table, masked
 
 
 class FencingMode(enum.Enum):
@@ -148,26 +146,22 @@ class FencingConfig:
 
 def parse_fencing(table: Mapping[str, object], *, source: str) -> FencingConfig:
     """Validate the [fencing] table. `source` names the file in messages."""
-    t = _Table(source, "fencing", table, ("mode", "self_fence", "hosts"))
+    t = Table(source, "fencing", table, ("mode", "self_fence", "hosts"))
     mode = FencingMode(t.choice("mode", FencingMode.REQUIRED.value, [m.value for m in FencingMode]))
     self_fence = None
     if t.has("self_fence"):
-        self_fence = _parse_self_fence(t.sub("self_fence", _SELF_FENCE_KEYS))
+        self_fence = _parse_self_fence(t.subtable("self_fence", _SELF_FENCE_KEYS))
     hosts: list[HostFencing] = []
-    seen: dict[str, int] = {}
-    for index, raw in enumerate(t.array("hosts")):
-        key = f"hosts[{index}]"
-        if not isinstance(raw, Mapping):
-            raise t.error(key, raw, "expected a table: write it as [[fencing.hosts]]")
-        entry = _parse_host(_Table(source, t.dotted(key), raw, _HOST_KEYS))
+    seen: dict[str, str] = {}
+    for entry_table in t.array_of_tables("hosts", _HOST_KEYS):
+        entry = _parse_host(entry_table)
         if entry.host in seen:
-            raise t.error(
-                f"{key}.host",
+            raise entry_table.error(
+                "host",
                 entry.host,
-                f"host is already fenced by fencing.hosts[{seen[entry.host]}]: "
-                "merge the two entries",
+                f"{seen[entry.host]} fences this host already: merge the two entries",
             )
-        seen[entry.host] = index
+        seen[entry.host] = entry_table.prefix
         hosts.append(entry)
     return FencingConfig(mode=mode, self_fence=self_fence, hosts=tuple(hosts))
 
@@ -202,7 +196,7 @@ _AGENT_RESERVED = frozenset(
 _AGENT_OPTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
-def _parse_self_fence(t: _Table) -> SelfFenceSettings:
+def _parse_self_fence(t: Table) -> SelfFenceSettings:
     watchdog = t.string("watchdog", "")
     if watchdog not in ("sim", "none") and not watchdog.startswith("/"):
         raise t.error(
@@ -215,63 +209,74 @@ def _parse_self_fence(t: _Table) -> SelfFenceSettings:
     margin = t.seconds("margin", 15.0, allow_zero=True)
     url = t.string("sim_control_url", "")
     if watchdog == "sim":
+        if not url:
+            raise t.missing(
+                "sim_control_url",
+                'expected the simulator\'s control URL ("http://...") for watchdog = "sim"',
+            )
         _check_url(t, "sim_control_url", url, ("http",))
     elif url:
-        raise t.error("sim_control_url", url, 'only used with watchdog = "sim": remove it')
+        raise t.error(
+            "sim_control_url",
+            url,
+            f'{t.dotted("sim_control_url")} is only used with {t.dotted("watchdog")} = "sim": '
+            "remove it",
+        )
     return SelfFenceSettings(
         watchdog=watchdog, timeout=timeout, margin=margin, mode=mode, sim_control_url=url
     )
 
 
-def _parse_host(t: _Table) -> HostFencing:
+def _parse_host(t: Table) -> HostFencing:
     host = t.string("host", "")
     if not host.strip():
         raise t.error("host", host, 'expected the host\'s name_label or uuid, e.g. host = "host2"')
-    chain_raw = t.data.get("chain")
-    if not isinstance(chain_raw, list) or not chain_raw:
-        raise t.error(
-            "chain", chain_raw, 'expected a non-empty list of backends, e.g. ["redfish", "agent"]'
+    if not t.has("chain"):
+        raise t.missing(
+            "chain", 'expected the backends to try in order, e.g. chain = ["redfish", "agent"]'
         )
+    chain_names = t.array(
+        "chain",
+        str,
+        min_items=1,
+        choices=BACKEND_KINDS,
+        unique=True,
+        expected='expected a non-empty array of backends, e.g. ["redfish", "agent"]',
+    )
     chain: list[BackendSettings] = []
-    for name in chain_raw:
-        if name not in BACKEND_KINDS:
-            raise t.error(
-                "chain",
-                chain_raw,
-                f"{render(name)} is not a backend: use {', '.join(BACKEND_KINDS)}",
-            )
-        if chain_raw.count(name) > 1:
-            raise t.error("chain", chain_raw, f"{render(name)} is listed twice: list it once")
+    for name in chain_names:
         if not t.has(name):
-            raise t.error(
-                name,
-                None,
-                f"chain names {name} but the host has no {name} table: add "
-                f"{name} = {{ ... }} to this host",
+            raise t.missing(
+                name, f"{t.dotted('chain')} names {name}: add {name} = {{ ... }} to this host"
             )
         if name == "redfish":
-            chain.append(_parse_redfish(t.sub(name, _REDFISH_KEYS)))
+            chain.append(_parse_redfish(t.subtable(name, _REDFISH_KEYS)))
         elif name == "ipmi":
-            chain.append(_parse_ipmi(t.sub(name, _IPMI_KEYS)))
+            chain.append(_parse_ipmi(t.subtable(name, _IPMI_KEYS)))
         else:
-            chain.append(_parse_agent(t.sub(name, _AGENT_KEYS)))
+            chain.append(_parse_agent(t.subtable(name, _AGENT_KEYS)))
     for name in BACKEND_KINDS:
-        if t.has(name) and name not in chain_raw:
+        if t.has(name) and name not in chain_names:
             raise t.error(
                 name,
                 t.data[name],
-                f"{name} is configured but not in chain: add it to chain or remove the table",
+                f"{name} is not in {t.dotted('chain')}: add it to the chain or remove the table",
             )
     return HostFencing(host=host, chain=tuple(chain))
 
 
-def _parse_redfish(t: _Table) -> RedfishSettings:
+def _parse_redfish(t: Table) -> RedfishSettings:
     url = t.string("url", "")
     _check_url(t, "url", url, ("https", "http"))
     verify = t.boolean("verify_tls", True)
     ca_file = t.optional_path("ca_file")
     if ca_file is not None and not verify:
-        raise t.error("ca_file", str(ca_file), "verify_tls = false ignores it: remove one of them")
+        raise t.error(
+            "ca_file",
+            str(ca_file),
+            f"{t.dotted('ca_file')} is only used with {t.dotted('verify_tls')} = true: "
+            "remove one of them",
+        )
     system = t.string("system", "")
     if any(c.isspace() for c in system):
         raise t.error("system", system, "expected a system id or path without spaces")
@@ -289,7 +294,7 @@ def _parse_redfish(t: _Table) -> RedfishSettings:
     )
 
 
-def _parse_ipmi(t: _Table) -> IpmiSettings:
+def _parse_ipmi(t: Table) -> IpmiSettings:
     address = t.string("address", "")
     if not address or any(c.isspace() or c in "/@" for c in address):
         raise t.error("address", address, "expected the BMC's IP address or host name")
@@ -306,7 +311,7 @@ def _parse_ipmi(t: _Table) -> IpmiSettings:
     )
 
 
-def _parse_agent(t: _Table) -> AgentSettings:
+def _parse_agent(t: Table) -> AgentSettings:
     command = t.string("command", "")
     if not re.fullmatch(r"(/[^\s]+)|(fence_[A-Za-z0-9_]+)", command):
         raise t.error(
@@ -325,10 +330,10 @@ def _parse_agent(t: _Table) -> AgentSettings:
             fix = (
                 "remove it: xenhad sets the action itself"
                 if key in ("action", "option")
-                else "remove it and name the file with password_file (the agent gets the "
-                "password on stdin, never in the config or on its command line)"
+                else f"remove it and name the file with {t.dotted('password_file')} (the agent "
+                "gets the password on stdin, never in the config or on its command line)"
             )
-            raise t.error(dotted, "***" if "pass" in key else value, fix)
+            raise t.error(dotted, masked(key, value), fix)
         if not _AGENT_OPTION_NAME.match(key):
             raise t.error(dotted, value, "expected an option name of letters, digits, _ and -")
         if isinstance(value, bool):
@@ -351,170 +356,73 @@ def _parse_agent(t: _Table) -> AgentSettings:
     )
 
 
-def _timings(t: _Table) -> tuple[float, float, float]:
+def _timings(t: Table) -> tuple[float, float, float]:
     request_timeout = t.seconds("request_timeout", 10.0)
     off_timeout = t.seconds("off_timeout", 60.0)
     poll = t.seconds("poll_interval", 2.0)
     if poll > off_timeout:
-        raise t.error(
-            "poll_interval", poll, f"expected at most off_timeout ({off_timeout:g}s): lower it"
-        )
+        t.blame_pair("poll_interval", poll, "<=", "off_timeout", off_timeout)
     return request_timeout, off_timeout, poll
 
 
-def _username(t: _Table) -> str:
+def _username(t: Table) -> str:
     username = t.string("username", "")
     if not username or "\n" in username:
         raise t.error("username", username, 'expected the BMC user name, e.g. "admin"')
     return username
 
 
-def _secret(t: _Table, *, required: bool) -> Secret | None:
+def _secret(t: Table, *, required: bool) -> Secret | None:
     file = t.optional_path("password_file")
     credential = t.string("password_credential", "")
     if file is not None and credential:
         raise t.error(
-            "password_credential", credential, "password_file is set too: keep only one of them"
+            "password_credential",
+            credential,
+            f"expected only one of {t.dotted('password_file')} and "
+            f"{t.dotted('password_credential')}: remove one",
         )
     if credential:
         if not credentials.valid_credential_name(credential):
             raise t.error(
                 "password_credential",
                 credential,
-                "expected a systemd credential name (letters, digits and _ . : @ + -)",
+                "expected a systemd credential name (letters, digits, _ . : @ + -)",
             )
         return Secret(credential=credential)
     if file is not None:
         return Secret(file=file)
     if required:
-        raise t.error(
+        raise t.missing(
             "password_file",
-            None,
             "expected the path of a file holding the BMC password (chmod 600), or set "
-            "password_credential",
+            f"{t.dotted('password_credential')}",
         )
     return None
 
 
-def _check_url(t: _Table, key: str, url: str, schemes: tuple[str, ...]) -> None:
+def _check_url(t: Table, key: str, url: str, schemes: tuple[str, ...]) -> None:
     parts = urlsplit(url)
-    if parts.scheme not in schemes or not parts.hostname:
-        raise t.error(key, url, f"expected a URL such as {schemes[0]}://10.0.0.12")
-    if parts.username or parts.password:
+    if parts.username is not None or parts.password is not None:
+        # Checked first: any later message would print the url, and with it the password.
+        host = parts.netloc.rsplit("@", 1)[1]
         raise t.error(
             key,
-            f"{parts.scheme}://***@{parts.hostname}",
-            "remove the credentials from the URL: use username and password_file",
+            parts._replace(netloc=f"***@{host}").geturl(),
+            f"expected no user or password in the url: set {t.dotted('username')} and "
+            f"{t.dotted('password_file')} instead",
         )
+    if parts.scheme not in schemes or not parts.hostname:
+        raise t.error(key, url, f'expected a URL such as "{schemes[0]}://10.0.0.12"')
     if (parts.path.strip("/") or parts.query or parts.fragment) and key == "url":
         raise t.error(
             key,
             url,
             f"expected only {parts.scheme}://{parts.netloc}: the Redfish paths "
-            "are found from /redfish/v1 (set system for a specific ComputerSystem)",
+            f"are found from /redfish/v1 (set {t.dotted('system')} for a specific "
+            "ComputerSystem)",
         )
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise t.error(key, url, "the port is not a number between 0 and 65535") from None
-
-
-def render(value: object) -> str:
-    """A config value as the operator wrote it in TOML (close enough for a message)."""
-    if value is None:
-        return "(missing)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return json.dumps(value)
-    if isinstance(value, Mapping):
-        return "{...}"
-    if isinstance(value, list):
-        return "[" + ", ".join(render(v) for v in value) + "]"
-    return repr(value)
-
-
-class _Table:
-    """One TOML table under validation: getters that raise one-line ConfigErrors."""
-
-    def __init__(
-        self, source: str, prefix: str, data: Mapping[str, object], known: tuple[str, ...]
-    ) -> None:
-        self.source = source
-        self.prefix = prefix
-        self.data = data
-        for key, value in data.items():
-            if key not in known:
-                shown = "***" if "pass" in key.lower() else value
-                raise self.error(key, shown, f"not a known key: known keys are {', '.join(known)}")
-
-    def dotted(self, key: str) -> str:
-        return f"{self.prefix}.{key}"
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def error(self, key: str, value: object, fix: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self.dotted(key)} = {render(value)} is invalid: {fix}")
-
-    def sub(self, key: str, known: tuple[str, ...]) -> _Table:
-        value = self.data.get(key)
-        if not isinstance(value, Mapping):
-            raise self.error(key, value, "expected a table: { key = value, ... }")
-        return _Table(self.source, self.dotted(key), value, known)
-
-    def array(self, key: str) -> list[object]:
-        value = self.data.get(key, [])
-        if not isinstance(value, list):
-            raise self.error(key, value, "expected an array of tables: write [[fencing.hosts]]")
-        return value
-
-    def string(self, key: str, default: str) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str):
-            raise self.error(key, value, "expected a string (in quotes)")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, value, "expected true or false (no quotes)")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
-        value = self.data.get(key, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not (minimum <= value <= maximum)
-        ):
-            raise self.error(key, value, f"expected an integer from {minimum} to {maximum}")
-        return value
-
-    def seconds(self, key: str, default: float, *, allow_zero: bool = False) -> float:
-        value = self.data.get(key, default)
-        expected = f"expected a number of seconds {'>= 0' if allow_zero else '> 0'}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, value, expected)
-        seconds = float(value)
-        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-            raise self.error(key, value, expected)
-        return seconds
-
-    def choice(self, key: str, default: str, choices: list[str]) -> str:
-        value = self.data.get(key, default)
-        if value not in choices:
-            raise self.error(
-                key, value, "expected one of " + ", ".join(json.dumps(c) for c in choices)
-            )
-        return str(value)
-
-    def optional_path(self, key: str) -> Path | None:
-        value = self.data.get(key, "")
-        if not isinstance(value, str):
-            raise self.error(key, value, "expected an absolute path as a string")
-        if not value:
-            return None
-        if not value.startswith("/"):
-            raise self.error(key, value, "expected an absolute path (starting with /)")
-        return Path(value)
+        raise t.error(key, url, "expected a port number from 0 to 65535 after the host") from None
