@@ -338,11 +338,10 @@ class Daemon:
             # silence proves nothing.
             return SelfFenceProof(False, f"{host.name} was never seen holding a watchdog")
         now = self._clock.monotonic()
-        evidence = self._peers.evidence(host.uuid, now)
-        vouched = evidence if evidence is not None else self._peers_since
-        # A host vouched for at `vouched` may stay quorate (and feed) one window and one
-        # heartbeat interval longer before its own table lapses.
-        last_feed = vouched + self.config.peers.window + self.config.peers.interval
+        last_feed = self._peers.latest_feed(
+            host.uuid, now, since=self._peers_since, interval=self.config.peers.interval
+        )
+        vouched = last_feed - self.config.peers.window - self.config.peers.interval
         passed = self_fence_deadline_passed(last_feed, now, settings.timeout, settings.margin)
         due = last_feed + settings.timeout + settings.margin - now
         detail = (

@@ -85,3 +85,12 @@ class PeerTable:
         """The latest local time a heartbeat vouched for `host`: its own, or one from a
         peer in mutual contact with us that listed it as heard."""
         return self._vouched.get(host)
+
+    def latest_feed(self, host: HostId, now: float, *, since: float, interval: float) -> float:
+        """The latest local time `host` may still have fed its watchdog, going by what we
+        heard: vouched for at some time, it may stay quorate (and feed) one window and one
+        heartbeat interval longer before its own table lapses. `since` stands in for a host
+        never vouched for (when this table started listening)."""
+        evidence = self.evidence(host, now)
+        vouched = evidence if evidence is not None else since
+        return vouched + self.window + interval
