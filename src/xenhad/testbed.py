@@ -26,6 +26,7 @@ from typing import Any
 from xenhad.log import LogLine, parse_line
 from xenhad.sim import PoolSpec, SimPool
 from xenhad.sim.bmc import BmcFarm
+from xenhad.sim.ipmi_farm import IpmiFarm
 from xenhad.sim.relay import HeartbeatRelay
 
 DEFAULT_DAEMON: dict[str, dict[str, Any]] = {
@@ -100,8 +101,10 @@ class Testbed:
     """Hosts that run a daemon (default: all)."""
     env: Mapping[str, str] = field(default_factory=dict)
     fencing: str = "redfish"
-    """How daemons fence: "redfish" (each host's simulated BMC, the safe default),
-    "none" (no backend: incidents wait), or "trust-liveness" (unsafe, XAPI's word)."""
+    """How daemons fence: "redfish" (each host's simulated Redfish BMC, the default),
+    "ipmi" (each host's IPMI BMC, xenhad's own IPMI backend), "agent" (Debian's
+    fence_ipmilan against the same IPMI BMCs), "none" (no backend: incidents wait), or
+    "trust-liveness" (unsafe, XAPI's word)."""
     peers: bool = True
     """Daemons exchange heartbeats through the simulator's relay (partitions apply)."""
     self_fence: bool = False
@@ -114,6 +117,7 @@ class Testbed:
     def __post_init__(self) -> None:
         self.pool = SimPool(self.spec)
         self.bmcs: BmcFarm | None = None
+        self.ipmi: IpmiFarm | None = None
         self.relay: HeartbeatRelay | None = None
         self.daemons: dict[str, DaemonProcess] = {}
         self._watcher: threading.Thread | None = None
@@ -139,6 +143,8 @@ class Testbed:
                 secret = self.workdir / "bmc-password"
                 secret.write_text(self.bmcs.password + "\n")
                 secret.chmod(0o600)
+            if self.fencing in ("ipmi", "agent"):
+                self.ipmi = IpmiFarm(self.pool, self._info["control_url"], self.workdir)
             for host in self._info["hosts"]:
                 if self.daemon_hosts is None or host["name"] in self.daemon_hosts:
                     self.daemons[host["name"]] = self._prepare(host)
@@ -161,6 +167,8 @@ class Testbed:
                 d.notify.close()
         if self.bmcs is not None:
             self.bmcs.close()
+        if self.ipmi is not None:
+            self.ipmi.close()
         if self.relay is not None:
             self.relay.close()
         self.pool.__exit__(None, None, None)
@@ -221,7 +229,28 @@ class Testbed:
                 }
                 for h in self._info["hosts"]
             ])
+        elif self.fencing in ("ipmi", "agent") and self.ipmi is not None:
+            fencing.setdefault("hosts", [
+                self._ipmi_entry(h["name"]) for h in self._info["hosts"]
+            ])
         return doc
+
+    def _ipmi_entry(self, name: str) -> dict[str, Any]:
+        assert self.ipmi is not None
+        address, port = self.ipmi.address(name), self.ipmi.ports[name]
+        timings = {"off_timeout": 5.0, "poll_interval": 0.3}
+        if self.fencing == "ipmi":
+            return {"host": name, "chain": ["ipmi"], "ipmi": {
+                "address": address, "port": port, "username": self.ipmi.username,
+                "password_file": str(self.ipmi.password_file), "request_timeout": 2.0,
+                **timings,
+            }}
+        return {"host": name, "chain": ["agent"], "agent": {
+            "command": "fence_ipmilan",
+            "options": {"ip": address, "ipport": str(port), "username": self.ipmi.username,
+                        "lanplus": "1"},
+            "password_file": str(self.ipmi.password_file), "timeout": 20.0, **timings,
+        }}
 
     def _prepare(self, host: Mapping[str, Any]) -> DaemonProcess:
         hostdir = self.workdir / host["name"]
@@ -316,13 +345,18 @@ class Testbed:
 
     def power_loss(self, name: str) -> None:
         """Mains power gone: the host and its BMC go dark together."""
-        if self.bmcs is not None:
-            self.bmcs.set_mode(name, "down")
+        if self.bmcs is not None or self.ipmi is not None:
+            self.bmc_mode(name, "down")
         self.crash(name)
 
     def bmc_mode(self, name: str, mode: str) -> None:
-        assert self.bmcs is not None, "this testbed has no BMCs (fencing != redfish)"
-        self.bmcs.set_mode(name, mode)
+        """A fault of `name`'s BMC: "ok", "down", "ignore-off" (and "hang" for Redfish)."""
+        if self.bmcs is not None:
+            self.bmcs.set_mode(name, mode)
+        elif self.ipmi is not None:
+            self.ipmi.set_mode(name, mode)
+        else:
+            raise AssertionError(f"this testbed has no BMCs (fencing = {self.fencing})")
 
     def boot(self, name: str) -> None:
         """Power on; the daemon comes back once the host's xapi is up (see _watch_power)."""

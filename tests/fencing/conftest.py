@@ -2,7 +2,7 @@
 
 - `redfish_bmc` / `redfish_tls_bmc`: sushy-tools' Redfish emulator (fake driver), HTTP and
   HTTPS, one per test module, with one fake system per scenario so tests never share state.
-- `ipmi_bmc`: a factory for pyghmi-based IPMI 2.0 BMCs (tests/fencing/ipmi_bmc.py).
+- `ipmi_bmc`: a factory for pyghmi-based IPMI 2.0 BMCs (xenhad.sim.ipmi_bmc, standalone).
 - `dead_tcp_port` / `black_hole_tcp` / `black_hole_udp`: BMCs that do not answer.
 Everything binds 127.0.0.1 only.
 """
@@ -238,7 +238,8 @@ def ipmi_bmc(password_file: Path) -> Iterator[IpmiFactory]:
     def start(*, power: str = "on", stuck: bool = False) -> IpmiBmc:
         argv = [
             sys.executable,
-            str(HERE / "ipmi_bmc.py"),
+            "-m",
+            "xenhad.sim.ipmi_bmc",
             "--user",
             USER,
             "--password-file",

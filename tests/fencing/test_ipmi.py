@@ -1,4 +1,4 @@
-"""IPMI fencing against a pyghmi BMC on loopback (tests/fencing/ipmi_bmc.py), over lanplus."""
+"""IPMI fencing against a pyghmi BMC on loopback (xenhad.sim.ipmi_bmc), over lanplus."""
 
 from __future__ import annotations
 

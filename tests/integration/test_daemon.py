@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pool_checks import protected_on, running_again, unprotected_on, wait_all_logged
 
 from xenhad.sim import PoolSpec
 from xenhad.testbed import Testbed
@@ -14,28 +15,8 @@ from xenhad.testbed import Testbed
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-def protected_on(bed: Testbed, host: str) -> list[str]:
-    hosts, records = bed.vm_hosts(), bed.vm_records()
-    return sorted(vm for vm, rec in records.items()
-                  if hosts.get(vm) == [host] and rec["protection"] != "off")
-
-
-def unprotected_on(bed: Testbed, host: str) -> list[str]:
-    hosts, records = bed.vm_hosts(), bed.vm_records()
-    return sorted(vm for vm, rec in records.items()
-                  if hosts.get(vm) == [host] and rec["protection"] == "off")
-
-
 def wait_ready(bed: Testbed) -> None:
-    bed.wait_for(
-        lambda: {n for n, _ in bed.events_named("daemon.ready")} >= set(bed.daemons),
-        60, what="every daemon ready",
-    )
-
-
-def running_again(bed: Testbed, vms: list[str], dead: str) -> bool:
-    hosts = bed.vm_hosts()
-    return all(hosts.get(vm) and dead not in hosts[vm] for vm in vms)
+    wait_all_logged(bed, "daemon.ready")
 
 
 def test_slave_crash_brings_its_protected_vms_back_once(workdir: Path) -> None:

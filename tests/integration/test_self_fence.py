@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pool_checks import protected_on, running_again, wait_all_logged
 
 from xenhad.sim import PoolSpec
 from xenhad.testbed import Testbed
@@ -18,26 +19,9 @@ from xenhad.testbed import Testbed
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-def protected_on(bed: Testbed, host: str) -> list[str]:
-    hosts, records = bed.vm_hosts(), bed.vm_records()
-    return sorted(vm for vm, rec in records.items()
-                  if hosts.get(vm) == [host] and rec["protection"] != "off")
-
-
 def wait_ready(bed: Testbed) -> None:
-    bed.wait_for(
-        lambda: {n for n, _ in bed.events_named("watchdog.armed")} >= set(bed.daemons),
-        60, what="every daemon to arm its watchdog",
-    )
-    bed.wait_for(
-        lambda: {n for n, _ in bed.events_named("quorum.gained")} >= set(bed.daemons),
-        30, what="every daemon to be in contact with a majority",
-    )
-
-
-def running_again(bed: Testbed, vms: list[str], dead: str) -> bool:
-    hosts = bed.vm_hosts()
-    return all(hosts.get(vm) and dead not in hosts[vm] for vm in vms)
+    wait_all_logged(bed, "watchdog.armed")
+    wait_all_logged(bed, "quorum.gained", 30)
 
 
 def test_total_power_loss_recovers_after_the_self_fence_deadline(workdir: Path) -> None:
