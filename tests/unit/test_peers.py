@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import json
 
 import pytest
 from hypothesis import given
@@ -85,3 +88,16 @@ def test_only_a_peer_in_mutual_contact_vouches_for_others() -> None:
 def test_the_armed_flag_travels() -> None:
     disarmed = dataclasses.replace(hb("a"), armed=False)
     assert decode(encode(disarmed, SECRET), SECRET).armed is False
+
+
+def test_priority_and_vote_travel_and_older_heartbeats_still_decode() -> None:
+    hb = Heartbeat(pool="p", sender="a", boot="b1", seq=1, sent_at=1.0, master="m",
+                   heard=("m",), quorate=True, priority=5, vote=("m", "a"))
+    back = decode(encode(hb, SECRET), SECRET)
+    assert back.priority == 5 and back.vote == ("m", "a")
+    # A heartbeat without the fields (an older daemon) casts no vote, at priority 0.
+    payload = json.dumps({"pool": "p", "from": "a", "boot": "b", "seq": 1, "t": 1.0,
+                           "master": "m", "heard": [], "quorate": True}).encode()
+    data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+    old = decode(data, SECRET)
+    assert old.vote is None and old.priority == 0

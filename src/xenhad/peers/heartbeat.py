@@ -35,6 +35,10 @@ class Heartbeat:
     quorate: bool
     armed: bool = False
     """The sender holds a running watchdog (it stays true while the sender starves it)."""
+    priority: int = 0
+    """The sender's failover.priority: preference as the next master."""
+    vote: tuple[HostId, HostId] | None = None
+    """(dead master, candidate): whom the sender votes to replace its master with."""
 
 
 def _check_secret(secret: bytes) -> None:
@@ -48,7 +52,8 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
         {
             "pool": hb.pool, "from": hb.sender, "boot": hb.boot, "seq": hb.seq,
             "t": hb.sent_at, "master": hb.master, "heard": list(hb.heard),
-            "quorate": hb.quorate, "armed": hb.armed,
+            "quorate": hb.quorate, "armed": hb.armed, "prio": hb.priority,
+            "vote": list(hb.vote) if hb.vote else None,
         },
         separators=(",", ":"), sort_keys=True,
     ).encode()
@@ -80,7 +85,19 @@ def decode(data: bytes, secret: bytes) -> Heartbeat:
         heard=tuple(_strings(raw, "heard")),
         quorate=_field(raw, "quorate", bool),
         armed=_field({"armed": raw.get("armed", False)}, "armed", bool),
+        priority=_field({"prio": raw.get("prio", 0)}, "prio", int),
+        vote=_vote(raw.get("vote")),
     )
+
+
+def _vote(value: object) -> tuple[HostId, HostId] | None:
+    # Absent or null from a daemon that casts no vote (or predates votes).
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, str) for v in value)):
+        raise HeartbeatError("field 'vote' must be [dead master, candidate] or null")
+    return (value[0], value[1])
 
 
 def _field(raw: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

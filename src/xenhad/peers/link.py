@@ -77,7 +77,14 @@ class HeartbeatLink(asyncio.DatagramProtocol):
             self._transport = None
 
     def send(
-        self, peers: Iterable[Peer], *, master: HostId, quorate: bool, armed: bool = False
+        self,
+        peers: Iterable[Peer],
+        *,
+        master: HostId,
+        quorate: bool,
+        armed: bool = False,
+        priority: int = 0,
+        vote: tuple[HostId, HostId] | None = None,
     ) -> None:
         """One heartbeat to every peer: who we hear, who we think is master, our quorum."""
         if self._transport is None:
@@ -94,6 +101,8 @@ class HeartbeatLink(asyncio.DatagramProtocol):
             heard=tuple(sorted(self._table.heard(now))),
             quorate=quorate,
             armed=armed,
+            priority=priority,
+            vote=vote,
         )
         data = encode(hb, self._secret)
         for peer in peers:

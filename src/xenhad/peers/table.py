@@ -81,6 +81,11 @@ class PeerTable:
         others = (self.mutual(now) & set(members)) - {self.me}
         return (1 + len(others)) * 2 > len(members)
 
+    def latest(self, host: HostId) -> Heartbeat | None:
+        """The last heartbeat accepted from `host` (whatever its age)."""
+        last = self._last.get(host)
+        return last.hb if last is not None else None
+
     def evidence(self, host: HostId, now: float) -> float | None:
         """The latest local time a heartbeat vouched for `host`: its own, or one from a
         peer in mutual contact with us that listed it as heard."""
