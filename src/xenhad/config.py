@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import re
 import shlex
+import stat
 import sys
 import uuid as uuidlib
 from collections.abc import Mapping
@@ -136,6 +138,40 @@ class PeersConfig:
 
 
 @dataclass(frozen=True)
+class FailoverConfig:
+    enabled: bool = True
+    """Replace a dead master (needs peer heartbeats: the survivors vote through them)."""
+    priority: int = 0
+    """This host's preference as the next master: higher first, then the lowest uuid."""
+    sync_interval: float = 60.0
+    """Seconds between two pool.sync_database calls by the master (0: xapi's own 300 s)."""
+    recover_retry: float = 5.0
+    lock_ttl: float = 30.0
+    promote_timeout: float = 90.0
+    witness: Path | None = None
+    """A directory on storage every host mounts: its lease file breaks ties (2-host pools)."""
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    webhooks: tuple[str, ...] = ()
+    """http(s) URLs each incident transition is POSTed to as JSON."""
+    webhook_token_file: Path | None = None
+    """A root-only file whose content is sent as `Authorization: Bearer ...`."""
+    exec: Path | None = None
+    """An executable run per transition: argv [exec, event], the payload as JSON on stdin."""
+    timeout: float = 10.0
+    retries: int = 3
+    """Webhook attempts after the first, on connection errors, timeouts and 5xx answers."""
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhooks) or self.exec is not None
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path = Path("/var/lib/xenhad")
     log_format: LogFormat = "kv"
@@ -151,6 +187,8 @@ class Config:
     fencing: FencingConfig = field(default_factory=FencingConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -161,6 +199,8 @@ SECTIONS: dict[str, type] = {
     "fencing": FencingConfig,
     "daemon": DaemonConfig,
     "peers": PeersConfig,
+    "failover": FailoverConfig,
+    "alerts": AlertsConfig,
 }
 """Section name -> its dataclass; a section's known keys are its dataclass's fields."""
 
@@ -338,6 +378,8 @@ def _parse_document(document: Mapping[str, object], source: str) -> Config:
         fencing=_parse_fencing(table("fencing")),
         daemon=_parse_daemon(table("daemon")),
         peers=_parse_peers(table("peers")),
+        failover=_parse_failover(table("failover")),
+        alerts=_parse_alerts(table("alerts")),
     )
 
 
@@ -600,6 +642,48 @@ def _check_files(config: Config, source: str, env: Mapping[str, str]) -> None:
             f"{source}: xapi.ca_file = {render_value(xapi.ca_file)} is invalid: expected an "
             f"existing PEM file (the pool's CA or the master's certificate)"
         )
+    _check_alert_files(config.alerts, source)
+
+
+def _check_alert_files(alerts: AlertsConfig, source: str) -> None:
+    if alerts.webhook_token_file is not None:
+        try:
+            credentials.check_secret_file(alerts.webhook_token_file)
+        except CredentialError as e:
+            raise ConfigError(
+                f"{source}: alerts.webhook_token_file = "
+                f"{render_value(alerts.webhook_token_file)} is unusable: {e}"
+            ) from None
+    if alerts.ca_file is not None and not alerts.ca_file.is_file():
+        raise ConfigError(
+            f"{source}: alerts.ca_file = {render_value(alerts.ca_file)} is invalid: expected "
+            "an existing PEM file (the CA of the webhook servers' certificates)"
+        )
+    if alerts.exec is not None:
+        problem = _hook_problem(alerts.exec)
+        if problem:
+            raise ConfigError(
+                f"{source}: alerts.exec = {render_value(alerts.exec)} is invalid: {problem}"
+            )
+
+
+def _hook_problem(path: Path) -> str:
+    """Why the alert hook must not be run, or "". It runs as root, so a file someone else
+    could rewrite would hand them root."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        return f"cannot be used ({e.strerror}): expected an existing executable file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file: expected an executable file"
+    if not os.access(path, os.X_OK):
+        return f"is not executable: run chmod 755 {path}"
+    if st.st_mode & 0o022:
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): " \
+            f"run chmod go-w {path}"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"is owned by uid {st.st_uid}, not by root: run chown root {path}"
+    return ""
 
 
 def _parse_peers(t: Table) -> PeersConfig:
@@ -624,7 +708,93 @@ def _parse_peers(t: Table) -> PeersConfig:
     return PeersConfig(secret_file, secret_credential, port, listen_port, interval, window)
 
 
+def _parse_failover(t: Table) -> FailoverConfig:
+    d = FailoverConfig()
+    return FailoverConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        priority=t.integer("priority", d.priority, minimum=-1000, maximum=1000),
+        sync_interval=t.seconds("sync_interval", d.sync_interval, allow_zero=True),
+        recover_retry=t.seconds("recover_retry", d.recover_retry),
+        lock_ttl=t.seconds("lock_ttl", d.lock_ttl),
+        promote_timeout=t.seconds("promote_timeout", d.promote_timeout),
+        witness=t.optional_path("witness", d.witness),
+    )
+
+
+def _parse_alerts(t: Table) -> AlertsConfig:
+    d = AlertsConfig()
+    urls = t.array("webhooks", str, d.webhooks, unique=True,
+                   expected='expected an array of URLs, e.g. ["https://alerts.example.com/xenhad"]')
+    token_file = t.optional_path("webhook_token_file", d.webhook_token_file)
+    for url in urls:
+        _check_webhook(t, urls, url, token=token_file is not None)
+    if token_file is not None and not urls:
+        raise t.error("webhook_token_file", str(token_file),
+                      "alerts.webhook_token_file is only used with alerts.webhooks: add a "
+                      "webhook or remove it")
+    verify_tls = t.boolean("verify_tls", d.verify_tls)
+    ca_file = t.optional_path("ca_file", d.ca_file)
+    if ca_file is not None and not verify_tls:
+        raise t.error("ca_file", str(ca_file),
+                      "alerts.ca_file is only used with alerts.verify_tls = true: remove one "
+                      "of them")
+    return AlertsConfig(
+        webhooks=tuple(urls),
+        webhook_token_file=token_file,
+        exec=t.optional_path("exec", d.exec),
+        timeout=t.seconds("timeout", d.timeout),
+        retries=t.integer("retries", d.retries, minimum=0, maximum=10),
+        verify_tls=verify_tls,
+        ca_file=ca_file,
+    )
+
+
+def _check_webhook(t: Table, urls: list[str], url: str, *, token: bool) -> None:
+    def bad(why: str) -> ConfigError:
+        # The whole array is the value; a url with a password in it is masked, not echoed.
+        return t.error("webhooks", [_shown_url(u) for u in urls], why)
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
+    except ValueError:
+        raise bad(f'{json.dumps(url)} is not a URL: expected e.g. "https://alerts.example.com/"'
+                  ) from None
+    shown = json.dumps(_shown_url(url))
+    if parts.scheme.lower() not in ("http", "https"):
+        raise bad(f"{shown} is not an http:// or https:// URL")
+    if not parts.hostname:
+        raise bad(f'{shown} has no host name: expected e.g. "https://alerts.example.com/"')
+    if parts.username is not None or parts.password is not None:
+        raise bad(f"{shown} carries a user or password: keep credentials out of the config, "
+                  "put a token in alerts.webhook_token_file")
+    if token and parts.scheme.lower() == "http" and not _is_loopback(parts.hostname):
+        raise bad(f"{shown} would send the webhook token in clear: use https://, or remove "
+                  "alerts.webhook_token_file")
+
+
+def _shown_url(url: str) -> str:
+    try:
+        return _hide_userinfo(url, urlsplit(url))
+    except ValueError:
+        return url
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_cross_sections(config: Config, source: str) -> None:
+    if config.failover.witness is not None and not config.peers.enabled:
+        raise ConfigError(
+            f"{source}: failover.witness needs peer heartbeats: set peers.secret_file (the "
+            "same pool secret on every host), or remove failover.witness"
+        )
     self_fence = config.fencing.self_fence
     if self_fence is not None and not config.peers.enabled:
         raise ConfigError(

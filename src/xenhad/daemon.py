@@ -34,6 +34,10 @@ from xenhad.detector import (
     VerdictKind,
 )
 from xenhad.errors import XenhadError
+from xenhad.failover.actions import FailoverActions
+from xenhad.failover.coordinator import Contact, Failover, FailoverSettings, Joined
+from xenhad.failover.election import Vote
+from xenhad.failover.witness import Witness
 from xenhad.fencer import SelfFenceProof, build_fencer
 from xenhad.fencing.config import FencingMode
 from xenhad.fencing.watchdog import (
@@ -55,7 +59,7 @@ from xenhad.recovery.runner import IncidentRunner, RunnerDeps
 from xenhad.xapi.client import Xapi
 from xenhad.xapi.connect import open_xapi
 from xenhad.xapi.errors import XapiError, XapiUnreachable
-from xenhad.xapi.probe import probe
+from xenhad.xapi.probe import ProbeResult, probe
 
 log = structlog.get_logger("xenhad.daemon")
 
@@ -111,6 +115,11 @@ class Daemon:
         self._heartbeats: asyncio.Task[None] | None = None
         self._peers_since = 0.0
         self._watchdog: Watchdog | None = None
+        self._failover: Failover | None = None
+        self._witness: Witness | None = None
+        self._probes: dict[HostId, Joined] = {}
+        self._deferred: set[HostId] = set()
+        self._may_act = True
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -124,6 +133,8 @@ class Daemon:
         self._announce_mode()
         self._check_watchdog_slack()
         self._recover_journal()
+        self._failover = self._make_failover()
+        self._witness = self._make_witness()
         try:
             await self._loop()
         finally:
@@ -142,9 +153,9 @@ class Daemon:
                 self._reload_config()
                 interval = self.config.detector.interval
             try:
-                await asyncio.wait_for(self._tick(), timeout=self._tick_budget())
+                await asyncio.wait_for(self._tick(), timeout=2 * self._tick_budget())
             except asyncio.TimeoutError:
-                self._xapi_failed("a tick took longer than its budget", started)
+                self._xapi_failed("a tick took longer than twice its budget", started)
             self._report()
             elapsed = self._clock.monotonic() - started
             with contextlib.suppress(asyncio.TimeoutError):
@@ -153,7 +164,13 @@ class Daemon:
     def _tick_budget(self) -> float:
         # One snapshot (with its retries) and one round of probes, in the worst case.
         x = self.config.xapi
-        return x.timeout * 2 + self.config.detector.probe_timeout + self.config.detector.interval
+        budget = x.timeout * 2 + self.config.detector.probe_timeout + self.config.detector.interval
+        if self._failover is not None and self._failover.master_in_doubt:
+            # Our xapi forwards to a master that does not answer: a snapshot would only
+            # wait, and the master's watch needs its ticks on time. Short, but long enough
+            # to learn that a new master took us over.
+            return min(budget, max(1.0, 2 * self.config.detector.probe_timeout))
+        return budget
 
     async def _shutdown(self) -> None:
         self._notify.stopping("stopping: parking incidents in the journal")
@@ -187,8 +204,16 @@ class Daemon:
 
     async def _tick(self) -> None:
         now = self._clock.monotonic()
+        # The master first: if it does not answer, the snapshot (which our xapi forwards to
+        # it) gets a short budget, and the master's watch its ticks on time.
+        if self._witness is not None:
+            await self._witness.poll(self._clock.wall())
+        self._update_peer_quorum(now)
+        await self._watch_master(now)
         try:
-            await self._watch(now)
+            await asyncio.wait_for(self._watch(now), timeout=self._tick_budget())
+        except asyncio.TimeoutError:
+            self._xapi_failed("reading the pool took longer than its budget", now)
         finally:
             # Whatever XAPI did this tick, the loop is alive: quorum decides the feeding.
             self._update_peer_quorum(now)
@@ -232,17 +257,19 @@ class Daemon:
             self._health.up = sum(1 for h in view.hosts.values() if h.live)
             self._health.down = []
             return
-        if self._pending_resume:
-            self._resume_incidents()
         await self._observe(view, now)
 
     async def _observe(self, view: PoolView, now: float) -> None:
         others = [h for h in view.hosts.values() if h.uuid != self._me]
-        answers = await asyncio.gather(*(self._probe(h) for h in others))
+        results = await asyncio.gather(*(self._probe(h) for h in others))
+        self._probes = {
+            h.uuid: Joined(r.answered, r.master_address if r.is_slave else None)
+            for h, r in zip(others, results)
+        }
         # A host answers when its xapi does, or when its daemon's heartbeat reached us: a
         # hung xapi with a live dom0 still runs its VMs, and is not dead.
         heard = self._peers.heard(now) if self._peers is not None else frozenset()
-        answers = [a or h.uuid in heard for h, a in zip(others, answers)]
+        answers = [r.answered or h.uuid in heard for h, r in zip(others, results)]
         observations = {
             h.uuid: Observation(xapi_live=h.live, answered=answered, enabled=h.enabled)
             for h, answered in zip(others, answers)
@@ -252,8 +279,16 @@ class Daemon:
             self._set_quorate(seen * 2 > len(view.hosts), seen, len(view.hosts))
         quorate = self._health.quorate
         verdicts = self._detector.observe(now, observations, quorate=quorate)
+        self._may_act = await self._master_duties(view, now, quorate)
+        if self._may_act and self._pending_resume:
+            self._resume_incidents()
         for verdict in verdicts:
             self._on_verdict(view, verdict)
+        if self._may_act:
+            for host_id in sorted(self._deferred):
+                self._deferred.discard(host_id)
+                if self._detector.state(host_id) is HostState.DOWN and host_id in view.hosts:
+                    self._open_incident(view, view.hosts[host_id])
         wall = self._clock.wall()
         for runner in self._runners.values():
             runner.observe(view, wall)
@@ -298,16 +333,26 @@ class Daemon:
                     master=view.master,
                     quorate=self._health.quorate,
                     armed=self._watchdog is not None and self._watchdog.is_running,
+                    priority=self.config.failover.priority,
+                    vote=self._current_vote(),
                 )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=interval)
+
+    def _current_vote(self) -> tuple[HostId, HostId] | None:
+        vote = self._failover.vote if self._failover is not None else None
+        return (vote.old_master, vote.candidate) if vote is not None else None
 
     def _update_peer_quorum(self, now: float) -> None:
         if self._peers is None or self._view is None:
             return
         members = set(self._view.hosts)
         mutual = self._peers.mutual(now) & members
-        self._set_quorate(self._peers.quorate(now, members), 1 + len(mutual), len(members))
+        sees, pool = 1 + len(mutual), len(members)
+        if self._witness is not None:
+            # The witness is one more member; its vote is ours while we hold its lease.
+            sees, pool = sees + int(self._witness.held), pool + 1
+        self._set_quorate(sees * 2 > pool, sees, pool)
 
     async def _feed_watchdog(self) -> None:
         settings = self.config.fencing.self_fence
@@ -351,14 +396,82 @@ class Daemon:
         )
         return SelfFenceProof(passed, detail)
 
-    async def _probe(self, host: HostView) -> bool:
+    async def _probe(self, host: HostView) -> ProbeResult:
         url = self.config.detector.probe_url.format(address=host.address)
-        result = await probe(
+        return await probe(
             url,
             source_address=self.config.xapi.source_address or None,
             timeout=self.config.detector.probe_timeout,
         )
-        return result.answered
+
+    # -- master failover ---------------------------------------------------------------
+
+    def _make_failover(self) -> Failover | None:
+        cfg = self.config.failover
+        if not cfg.enabled or not self.config.peers.enabled:
+            log.warning("failover.off", why="failover.enabled is false" if not cfg.enabled
+                        else "peer heartbeats are off (peers.secret_file)",
+                        effect="a dead master is not replaced; run pool.emergency_transition_"
+                        "to_master by hand")
+            return None
+        return Failover(self._me, _failover_settings(self.config),
+                        _detector_settings(self.config), FailoverActions(self.config),
+                        wall=self._clock.wall)
+
+    def _make_witness(self) -> Witness | None:
+        directory = self.config.failover.witness
+        if directory is None or not self.config.peers.enabled:
+            return None
+        window = self.config.peers.window
+        return Witness(directory, self._me, ttl=max(10.0, 3 * window), skew=window,
+                       settle=self.config.peers.interval, timeout=max(2.0, window))
+
+    def _contact(self, now: float) -> Contact:
+        if self._peers is None:
+            return Contact(frozenset())
+        mutual = self._peers.mutual(now)
+        priorities: dict[HostId, int] = {}
+        ballots: dict[HostId, Vote | None] = {}
+        masters: dict[HostId, HostId] = {}
+        for peer in mutual:
+            hb = self._peers.latest(peer)
+            if hb is None:
+                continue
+            priorities[peer] = hb.priority
+            ballots[peer] = Vote(*hb.vote) if hb.vote else None
+            masters[peer] = hb.master
+        witness = self._witness.held if self._witness is not None else None
+        return Contact(mutual, priorities, ballots, masters, witness)
+
+    async def _master_duties(self, view: PoolView, now: float, quorate: bool) -> bool:
+        """Whether this master may open and run incidents now (see failover.coordinator)."""
+        if self._failover is None:
+            return True
+        down = frozenset(
+            h for h in view.hosts
+            if self._detector.state(h) in (HostState.DOWN, HostState.RETURNING)
+        )
+        xapi = await self._connected()
+        may_act = await self._failover.as_master(
+            xapi, view, now, contact=self._contact(now), probes=self._probes, down=down,
+            quorate=quorate,
+        )
+        if may_act:
+            may_act = await self._failover.check_reconciled(xapi, view, now, self._probes, down)
+        return may_act
+
+    async def _watch_master(self, now: float) -> None:
+        """As a slave: whether the master is dead, and if so, vote and maybe promote."""
+        view, failover = self._view, self._failover
+        if view is None or failover is None or view.master == self._me or view.ha_enabled:
+            return
+        master = view.hosts.get(view.master)
+        if master is None:
+            return
+        heard = self._peers.heard(now) if self._peers is not None else frozenset()
+        answered = master.uuid in heard or (await self._probe(master)).answered
+        await failover.watch_master(now, view, quorate=self._health.quorate,
+                                    answered=answered, contact=self._contact(now))
 
     # -- verdicts and incidents --------------------------------------------------------
 
@@ -374,7 +487,12 @@ class Daemon:
             log.info("host.cleared", **facts)
         elif kind is VerdictKind.DOWN:
             log.error("host.down", **facts)
-            if host is not None:
+            if host is not None and not self._may_act:
+                # Opened once this node may act (lock held, database reconciled).
+                self._deferred.add(host.uuid)
+                log.warning("incident.deferred", host=name,
+                            why="this master does not act yet: see the failover lines")
+            elif host is not None:
                 self._open_incident(view, host)
         elif kind is VerdictKind.BACK:
             log.warning("host.back", **facts)
@@ -606,6 +724,19 @@ class Daemon:
         if worst * 2 > watchdog:
             log.error("systemd.watchdog_tight", watchdog_s=watchdog, worst_tick_s=worst,
                       fix="raise WatchdogSec= or lower xapi.timeout/detector.interval")
+
+
+def _failover_settings(config: Config) -> FailoverSettings:
+    f = config.failover
+    return FailoverSettings(
+        priority=f.priority,
+        # A split vote is cast again after this long: a few confirmations' worth.
+        stall=max(3 * config.peers.window, 2 * config.detector.confirm_seconds),
+        recover_retry=f.recover_retry,
+        sync_interval=f.sync_interval,
+        lock_ttl=f.lock_ttl,
+        promote_timeout=f.promote_timeout,
+    )
 
 
 def _detector_settings(config: Config) -> DetectorSettings:

@@ -640,3 +640,23 @@ def test_section_parsers_get_dotted_names_for_arrays_of_tables() -> None:
     assert entry.seconds("timeout", 5.0) == 5.0
     with pytest.raises(ConfigError, match=r'^x: fencing.hosts = 3 is invalid: expected '):
         config.Table("x", "fencing", {"hosts": 3}, ["hosts"]).array_of_tables("hosts", [])
+
+
+# --------------------------------------------------------------------------- failover
+
+
+def test_failover_defaults_and_values() -> None:
+    assert parse("").failover.enabled and parse("").failover.witness is None
+    cfg = parse("[failover]\npriority = 10\nsync_interval = 0\n")
+    assert cfg.failover.priority == 10 and cfg.failover.sync_interval == 0
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[failover]\npriority = 1.5\n", "failover.priority = 1.5 is invalid"),
+    ("[failover]\npriority = 5000\n", "failover.priority = 5000"),
+    ("[failover]\nlock_ttl = 0\n", "failover.lock_ttl = 0 is invalid"),
+    ("[failover]\nwitnes = '/x'\n", "did you mean failover.witness"),
+    ("[failover]\nwitness = '/run/sr'\n", "failover.witness needs peer heartbeats"),
+])
+def test_failover_errors_name_the_key_and_the_fix(text: str, words: str) -> None:
+    assert words in error_of(text)

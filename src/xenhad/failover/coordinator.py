@@ -1,0 +1,434 @@
+"""Master failover, applied once per daemon tick.
+
+On a slave: watch the master (its xapi answering our probe, or its daemon's heartbeats);
+once it is confirmed down, by the same detector rules as any host and only while quorate,
+vote; if elected by a strict majority, promote this host with
+pool.emergency_transition_to_master through a local session.
+
+On the master: raise the pool's promotion epoch after a promotion, tell hosts that still
+follow another master to follow us (pool.recover_slaves, again until they do), keep the
+slaves' database copies fresh (pool.sync_database), hold the pool-wide incident lock, and
+hold back new incidents until every host has rejoined or is itself down: a promoted master
+starts from a database copy that may be minutes old, and only a host that has rejoined
+has told the master which VMs it really runs (xapi resyncs them at Pool.hello).
+
+A master that finds a majority following another master that answers as master steps
+down with pool.emergency_reset_master: an old master coming back must not stay a second one.
+
+Every rule here is a steady state, not a one-shot step: a daemon restarted in the middle
+of a failover finds the same facts and carries on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from xenhad.detector import Detector, DetectorSettings, HostState, Observation, VerdictKind
+from xenhad.errors import XenhadError
+from xenhad.failover import lock as pool_lock
+from xenhad.failover.actions import FailoverActions
+from xenhad.failover.election import Elector, Vote, elected
+from xenhad.failover.witness import WITNESS
+from xenhad.model import HostId, PoolView
+from xenhad.xapi.client import Xapi
+from xenhad.xapi.errors import XapiError, XapiUnreachable
+
+log = structlog.get_logger("xenhad.failover")
+
+RECONCILED_KEY = "xenhad_reconciled"
+"""pool.other_config: the promotion epoch whose new master saw every host rejoin."""
+
+
+@dataclass(frozen=True)
+class FailoverSettings:
+    priority: int = 0
+    stall: float = 15.0
+    recover_retry: float = 5.0
+    sync_interval: float = 60.0
+    lock_ttl: float = 30.0
+    promote_timeout: float = 90.0
+    """How long a transition may take before it is tried again."""
+    rejoin_grace: float = 60.0
+    """After our own promotion, how long we ignore a majority still naming the old master."""
+
+
+@dataclass(frozen=True)
+class Contact:
+    """What the heartbeats of hosts in mutual contact say, as of this tick."""
+
+    mutual: frozenset[HostId]
+    priorities: Mapping[HostId, int] = field(default_factory=dict)
+    ballots: Mapping[HostId, Vote | None] = field(default_factory=dict)
+    masters: Mapping[HostId, HostId] = field(default_factory=dict)
+    """Whom each peer's own xapi follows."""
+    witness: bool | None = None
+    """None: the pool has no witness; else whether this host holds its lease."""
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The master's last probe of one host: does its xapi follow us?"""
+
+    answered: bool
+    follows: str | None
+    """The master address it answered HOST_IS_SLAVE with (None: answered as a master)."""
+
+
+class Failover:
+    def __init__(
+        self,
+        me: HostId,
+        settings: FailoverSettings,
+        detector: DetectorSettings,
+        actions: FailoverActions,
+        *,
+        wall: Callable[[], float],
+    ) -> None:
+        self.me = me
+        self.settings = settings
+        self._actions = actions
+        self._wall = wall
+        self._watch = Detector(detector)
+        self._elector = Elector(me, stall=settings.stall)
+        self._watched: HostId | None = None
+        self._promoting_at: float | None = None
+        self._promoted_at: float | None = None
+        self._timeline: dict[str, float] = {}
+        self._last_recover = float("-inf")
+        self._last_sync: float | None = None
+        self._last_step_down = float("-inf")
+        self._lock_why = ""
+        self._waiting_for: list[str] = []
+        self._rejoin: tuple[HostId, int] | None = None
+
+    @property
+    def vote(self) -> Vote | None:
+        return self._elector.vote
+
+    @property
+    def master_in_doubt(self) -> bool:
+        """As a slave: our master is suspect or down (and we are not replacing it)."""
+        return (self._watched is not None and self._promoting_at is None
+                and self._watch.state(self._watched) is not HostState.UP)
+
+    @property
+    def promoting(self) -> bool:
+        return self._promoting_at is not None
+
+    def _mark(self, phase: str, now: float) -> None:
+        self._timeline.setdefault(phase, now)
+
+    # -- on a slave --------------------------------------------------------------------
+
+    async def watch_master(
+        self,
+        now: float,
+        view: PoolView,
+        *,
+        quorate: bool,
+        answered: bool,
+        contact: Contact,
+    ) -> None:
+        old = view.master
+        if old != self._watched:
+            self._watch = Detector(self._watch.settings)
+            self._watched = old
+            self._elector.withdraw()
+        name = view.hosts[old].name if old in view.hosts else old
+        obs = Observation(xapi_live=True, answered=answered, enabled=True)
+        for verdict in self._watch.observe(now, {old: obs}, quorate=quorate):
+            if verdict.kind is VerdictKind.DOWN:
+                self._timeline = {"detected": verdict.since, "confirmed": now}
+                log.error("failover.master_down", master=name, misses=verdict.misses,
+                          reason=verdict.reason)
+            elif verdict.kind is VerdictKind.SUSPECT:
+                log.warning("failover.master_suspect", master=name, reason=verdict.reason)
+            elif verdict.kind in (VerdictKind.CLEARED, VerdictKind.BACK):
+                log.info("failover.master_answers", master=name)
+        if self._watch.state(old) is not HostState.DOWN or not quorate:
+            if self._elector.vote is not None:
+                log.info("failover.vote_withdrawn", master=name,
+                         why="the master answers again" if quorate else "no quorum")
+                self._elector.withdraw()
+            return
+        if self._promoting_at is not None:
+            if now - self._promoting_at > self.settings.promote_timeout:
+                log.error("failover.promotion_stalled", after_s=round(now - self._promoting_at),
+                          why="this host's xapi did not come back as master; trying again")
+                self._promoting_at = None
+            return
+        members = set(view.hosts)
+        if contact.witness is not None:
+            members.add(WITNESS)
+        eligible = {self.me: self.settings.priority}
+        for peer in contact.mutual & members:
+            if peer != old:
+                eligible[peer] = contact.priorities.get(peer, 0)
+        before = self._elector.vote
+        vote = self._elector.choose(old, eligible, now)
+        if vote != before:
+            log.warning("failover.voted", master=name, candidate=_name(view, vote.candidate),
+                        among=sorted(_name(view, h) for h in eligible))
+        if vote.candidate != self.me:
+            return
+        ballots = {**contact.ballots, self.me: vote}
+        if contact.witness:
+            ballots[WITNESS] = vote  # the lease's vote goes with its holder
+        if not elected(vote, ballots, members):
+            return
+        self._mark("agreed", now)
+        log.warning("failover.agreed", master=name, candidate=_name(view, self.me),
+                    voters=sorted(_name(view, h) for h, b in ballots.items() if b == vote),
+                    pool=len(members))
+        self._promoting_at = now
+        try:
+            await self._actions.transition_to_master()
+        except (XapiError, XapiUnreachable, XenhadError) as exc:
+            log.error("failover.transition_failed", why=str(exc),
+                      fix="retried at the next tick while this host is still elected")
+            self._promoting_at = None
+            return
+        self._mark("promoting", now)
+        log.warning("failover.promoting", master=name,
+                    why="pool.emergency_transition_to_master called; xapi restarts as master")
+
+    # -- on the master -----------------------------------------------------------------
+
+    async def as_master(
+        self,
+        xapi: Xapi,
+        view: PoolView,
+        now: float,
+        *,
+        contact: Contact,
+        probes: Mapping[HostId, Joined],
+        down: frozenset[HostId],
+        quorate: bool,
+    ) -> bool:
+        """The master's duties; returns whether this node may open and run incidents."""
+        self._elector.withdraw()
+        if self._promoting_at is not None:
+            self._promoting_at = None
+            self._promoted_at = now
+            self._mark("promoted", now)
+            try:
+                await self._raise_epoch(xapi, view)
+            except (XapiError, XapiUnreachable, XenhadError) as exc:
+                # Without a new epoch, a lock resurrected from our old copy would keep us
+                # waiting until it expires: slower, not unsafe.
+                log.error("failover.epoch_failed", why=str(exc))
+            log.warning("failover.promoted", after_s=self._since("detected", now))
+            return False  # this view predates the new epoch: act from the next one
+        elif self._outvoted(view, now, contact, probes):
+            await self._step_down(view, now)
+            return False
+        if not quorate:
+            return False
+        await self._recover_strays(xapi, view, now, contact, probes, down)
+        await self._sync(xapi, now)
+        return await self._hold_lock(xapi, view)
+
+    async def check_reconciled(
+        self,
+        xapi: Xapi,
+        view: PoolView,
+        now: float,
+        probes: Mapping[HostId, Joined],
+        down: frozenset[HostId],
+    ) -> bool:
+        """Whether the database can be trusted about where VMs run: after a promotion, only
+        once every other host has rejoined us (or is itself down), and so resynced its VMs.
+        Recorded in pool.other_config, so a restarted daemon knows it too."""
+        epoch = pool_lock.current_epoch(dict(view.other_config))
+        if epoch == 0 or _int(view.other_config.get(RECONCILED_KEY)) >= epoch:
+            return True
+        me = view.hosts.get(self.me)
+        address = me.address if me is not None else ""
+        waiting = sorted(
+            h.name for h in view.hosts.values()
+            if h.uuid != self.me and h.uuid not in down
+            and not (h.uuid in probes and probes[h.uuid].follows == address)
+        )
+        if waiting:
+            if waiting != self._waiting_for:
+                log.warning("failover.reconcile_waiting", hosts=waiting,
+                            why="the database is a copy from before the promotion; no VM is "
+                            "reset until these hosts rejoin (and say what they run) or are "
+                            "confirmed down")
+            self._waiting_for = waiting
+            return False
+        self._waiting_for = []
+        try:
+            await _replace(xapi, view.pool_ref, RECONCILED_KEY, str(epoch),
+                           exists=RECONCILED_KEY in view.other_config)
+        except (XapiError, XapiUnreachable, XenhadError) as exc:
+            log.error("failover.reconcile_unrecorded", why=str(exc))
+            return False
+        self._mark("reconciled", now)
+        log.warning("failover.reconciled", epoch=epoch,
+                    timeline=self._timeline_since(now) or None)
+        return True
+
+    async def _raise_epoch(self, xapi: Xapi, view: PoolView) -> None:
+        epoch = pool_lock.current_epoch(dict(view.other_config)) + 1
+        await _replace(xapi, view.pool_ref, pool_lock.EPOCH_KEY, str(epoch),
+                       exists=pool_lock.EPOCH_KEY in view.other_config)
+        log.info("failover.epoch", epoch=epoch)
+
+    def _outvoted(
+        self, view: PoolView, now: float, contact: Contact, probes: Mapping[HostId, Joined]
+    ) -> bool:
+        """Whether a majority of the pool follows another master that answers as one; sets
+        the master to rejoin."""
+        self._rejoin = None
+        if self._promoted_at is not None and now - self._promoted_at < self.settings.rejoin_grace:
+            return False  # the slaves we are recovering still name the old master
+        followed: dict[HostId, int] = {}
+        for peer in contact.mutual:
+            master = contact.masters.get(peer)
+            if master is not None and master != self.me and master in view.hosts:
+                followed[master] = followed.get(master, 0) + 1
+        for master, count in followed.items():
+            probe = probes.get(master)
+            if count * 2 > len(view.hosts) and probe is not None and probe.answered \
+                    and probe.follows is None:
+                self._rejoin = (master, count)
+                return True
+        return False
+
+    async def _step_down(self, view: PoolView, now: float) -> None:
+        assert self._rejoin is not None
+        master, count = self._rejoin
+        if now - self._last_step_down < 30:
+            return  # our xapi is restarting as a slave: once is enough
+        self._last_step_down = now
+        log.error("failover.stepping_down", new_master=view.hosts[master].name,
+                  followers=count, pool=len(view.hosts),
+                  why="a majority follows another master: this host rejoins it with "
+                  "pool.emergency_reset_master, and acts on nothing meanwhile")
+        try:
+            await self._actions.reset_master(view.hosts[master].address)
+        except (XapiError, XapiUnreachable, XenhadError) as exc:
+            log.error("failover.step_down_failed", why=str(exc))
+
+    async def _recover_strays(
+        self,
+        xapi: Xapi,
+        view: PoolView,
+        now: float,
+        contact: Contact,
+        probes: Mapping[HostId, Joined],
+        down: frozenset[HostId],
+    ) -> None:
+        me = view.hosts.get(self.me)
+        address = me.address if me is not None else ""
+        strays = sorted(
+            h.uuid for h in view.hosts.values()
+            if h.uuid != self.me and h.uuid not in down and (
+                (h.uuid in probes and probes[h.uuid].answered
+                 and probes[h.uuid].follows != address)
+                or (h.uuid in contact.mutual and contact.masters.get(h.uuid) not in (None, self.me))
+            )
+        )
+        if not strays or now - self._last_recover < self.settings.recover_retry:
+            return
+        self._last_recover = now
+        names = [_name(view, h) for h in strays]
+        try:
+            refs = await xapi.pool_recover_slaves()
+        except (XapiError, XapiUnreachable, XenhadError) as exc:
+            log.error("failover.recover_slaves_failed", hosts=names, why=str(exc),
+                      fix=f"retried in {self.settings.recover_retry:g}s")
+            return
+        by_ref = {h.ref: h.name for h in view.hosts.values()}
+        told = sorted(by_ref.get(r, r) for r in refs)
+        self._mark("slaves_recovered", now)
+        log.warning("failover.slaves_recovered", told=told,
+                    not_reached=sorted(set(names) - set(told)) or None,
+                    after_s=self._since("detected", now))
+
+    async def _sync(self, xapi: Xapi, now: float) -> None:
+        interval = self.settings.sync_interval
+        if interval <= 0:
+            return
+        if self._last_sync is None:
+            self._last_sync = now  # the first push one interval after we start
+            return
+        if now - self._last_sync < interval:
+            return
+        self._last_sync = now
+        try:
+            await xapi.pool_sync_database()
+        except (XapiError, XapiUnreachable, XenhadError) as exc:
+            log.warning("failover.sync_failed", why=str(exc))
+
+    async def _hold_lock(self, xapi: Xapi, view: PoolView) -> bool:
+        wall = self._wall()
+        ttl = self.settings.lock_ttl
+        epoch = pool_lock.current_epoch(dict(view.other_config))
+        decision = pool_lock.decide(view.other_config.get(pool_lock.LOCK_KEY), me=self.me,
+                                    epoch=epoch, now=wall, ttl=ttl)
+        step = decision.step
+        if step is pool_lock.Step.HELD:
+            return self._lock_state(True, "")
+        if step is pool_lock.Step.WAIT:
+            return self._lock_state(False, decision.why)
+        mine = pool_lock.Lock(self.me, epoch, wall + ttl).encode()
+        try:
+            if step is not pool_lock.Step.TAKE:
+                await xapi.pool_remove_from_other_config(view.pool_ref, pool_lock.LOCK_KEY)
+            await xapi.pool_add_to_other_config(view.pool_ref, pool_lock.LOCK_KEY, mine)
+        except XapiError as exc:
+            if exc.code == "MAP_DUPLICATE_KEY":
+                return self._lock_state(False, "another daemon took the lock first")
+            return self._lock_state(False, f"cannot write the lock: {exc}")
+        except (XapiUnreachable, XenhadError) as exc:
+            return self._lock_state(False, f"cannot write the lock: {exc}")
+        if step is not pool_lock.Step.RENEW:
+            log.info("failover.lock_taken", why=decision.why, epoch=epoch)
+        return self._lock_state(True, "")
+
+    def _lock_state(self, held: bool, why: str) -> bool:
+        if why != self._lock_why:
+            if why:
+                log.warning("failover.lock_not_held", why=why,
+                            fix="only the holder acts on incidents; this node waits")
+            self._lock_why = why
+        return held
+
+    def _since(self, phase: str, now: float) -> float | None:
+        start = self._timeline.get(phase)
+        return None if start is None else round(now - start, 2)
+
+    def _timeline_since(self, now: float) -> dict[str, float]:
+        start = self._timeline.get("detected")
+        if start is None:
+            return {}
+        return {phase: round(t - start, 2) for phase, t in
+                sorted(self._timeline.items(), key=lambda kv: kv[1])}
+
+
+async def _replace(xapi: Xapi, pool_ref: str, key: str, value: str, *, exists: bool) -> None:
+    if exists:
+        await xapi.pool_remove_from_other_config(pool_ref, key)
+    try:
+        await xapi.pool_add_to_other_config(pool_ref, key, value)
+    except XapiError as exc:
+        if exc.code != "MAP_DUPLICATE_KEY":
+            raise
+        await xapi.pool_remove_from_other_config(pool_ref, key)
+        await xapi.pool_add_to_other_config(pool_ref, key, value)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or "0")
+    except ValueError:
+        return 0
+
+
+def _name(view: PoolView, host: HostId) -> str:
+    return view.hosts[host].name if host in view.hosts else host

@@ -1,0 +1,116 @@
+"""A tie-breaker for a pool with an even number of hosts (above all, two): a lease in a
+file on storage every host mounts, in the spirit of native HA's statefile on a shared SR.
+
+The witness counts as one more member of the pool, and its vote belongs to whoever holds
+the lease. One host holds it at a time and renews it every tick; another takes it only
+once it has expired by more than `skew` (the hosts' wall clocks differ). So when two hosts
+lose each other but both still reach the storage, the holder keeps its quorum and the
+other loses it (it acts on nothing and starves its watchdog); when the holder dies, the
+survivor takes the lease after it expires, and with it a majority.
+
+Writes are a temporary file and a rename, which is atomic on local file systems and NFS.
+Two hosts that both find the lease expired both write it; each reads it back after
+`settle` seconds, and only the last writer finds its own name there.
+
+`decide` is pure; `Witness` does the file I/O in a thread, so a hung mount costs a timeout,
+never the loop. Any failure to read or write means "not held".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from xenhad.model import HostId
+
+log = structlog.get_logger("xenhad.witness")
+
+WITNESS: HostId = "witness"
+"""The witness's name among the pool's members when votes and quorum are counted."""
+
+LEASE_FILE = "xenhad-witness.lease"
+
+
+@dataclass(frozen=True)
+class Lease:
+    holder: HostId
+    expires: float
+    """Unix time, by the holder's clock."""
+
+
+def decide(current: Lease | None, *, me: HostId, now: float, ttl: float,
+           skew: float) -> Lease | None:
+    """The lease to write now, or None to leave the one there alone."""
+    if current is None or current.holder == me or now > current.expires + skew:
+        return Lease(me, now + ttl)
+    return None
+
+
+def parse(text: str) -> Lease | None:
+    try:
+        raw = json.loads(text)
+        return Lease(str(raw["holder"]), float(raw["expires"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # torn or foreign content: treated as no lease, and rewritten
+
+
+class Witness:
+    def __init__(self, directory: Path, me: HostId, *, ttl: float, skew: float,
+                 settle: float, timeout: float) -> None:
+        self.path = directory / LEASE_FILE
+        self.me = me
+        self.ttl = ttl
+        self.skew = skew
+        self.settle = settle
+        self.timeout = timeout
+        self.held = False
+        self._problem = ""
+
+    async def poll(self, now: float) -> bool:
+        """Take or renew the lease if we may; whether we hold it now."""
+        try:
+            held = await asyncio.wait_for(asyncio.to_thread(self._poll, now), self.timeout)
+            self._say("")
+        except asyncio.TimeoutError:
+            held = False
+            self._say(f"the witness {self.path} did not answer within {self.timeout:g}s")
+        except OSError as exc:
+            held = False
+            self._say(f"the witness {self.path} cannot be used: {exc.strerror or exc}")
+        if held != self.held:
+            (log.info if held else log.warning)(
+                "witness.held" if held else "witness.lost", path=str(self.path))
+        self.held = held
+        return held
+
+    def _poll(self, now: float) -> bool:
+        wanted = decide(self._read(), me=self.me, now=now, ttl=self.ttl, skew=self.skew)
+        if wanted is None:
+            return False
+        tmp = self.path.with_name(f".{LEASE_FILE}.{self.me}")
+        tmp.write_text(json.dumps({"holder": wanted.holder, "expires": wanted.expires}))
+        os.replace(tmp, self.path)
+        if self.held:
+            return True  # a renewal: nobody may write while our lease runs
+        # A take: another host may have found it expired at the same moment.
+        time.sleep(self.settle)
+        back = self._read()
+        return back is not None and back.holder == self.me
+
+    def _read(self) -> Lease | None:
+        try:
+            return parse(self.path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def _say(self, problem: str) -> None:
+        if problem and problem != self._problem:
+            log.error("witness.unreachable", why=problem,
+                      effect="this host does not count the witness's vote")
+        self._problem = problem
