@@ -35,6 +35,36 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", type=Path, default=None, metavar="DIR",
                       help="keep configs, journals and logs in DIR")
 
+    history = sub.add_parser("history", help="past incidents from this host's journal "
+                             "(read-only: safe while the daemon runs)")
+    history.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+                         help=f"the daemon's configuration (default {DEFAULT_CONFIG})")
+    history.add_argument("--json", action="store_true", help="print JSON instead of text")
+    history.add_argument("--host", default=None, metavar="NAME",
+                         help="only incidents of this host (name_label or uuid)")
+    history.add_argument("--limit", type=_count(1, 1_000_000), default=None, metavar="N",
+                         help="only the N newest incidents")
+
+    plan = sub.add_parser("plan", help="which VMs would restart where if HOST died now "
+                          "(read-only XAPI calls)")
+    plan.add_argument("host", metavar="HOST", help="the host's name_label or uuid")
+    plan.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+                      help=f"the daemon's configuration (default {DEFAULT_CONFIG})")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    status = sub.add_parser("status", help="the running daemon's view: pool, quorum, hosts, "
+                            "incidents (root-only socket)")
+    status.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"the daemon's configuration (default {DEFAULT_CONFIG})")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    maint = sub.add_parser("maintenance", help="take a host out of xenhad's hands (disable "
+                           "it, recover nothing for it) or give it back")
+    maint.add_argument("action", choices=("on", "off"))
+    maint.add_argument("host", metavar="HOST", help="the host's name_label or uuid")
+    maint.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+                       help=f"the daemon's configuration (default {DEFAULT_CONFIG})")
+
     sub.add_parser("sim", help="run a simulated XAPI pool (see `xenhad sim --help`)",
                    add_help=False)
     return parser
@@ -84,4 +114,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         from xenhad.demo import run_demo
 
         return run_demo(hosts=args.hosts, vms=args.vms, seed=args.seed, keep=args.keep)
+    if args.command == "history":
+        from xenhad.tools.history_cmd import run_history
+
+        return run_history(args.config, as_json=args.json, host=args.host, limit=args.limit)
+    if args.command == "plan":
+        from xenhad.tools.plan_cmd import run_plan
+
+        return run_plan(args.config, args.host, as_json=args.json)
+    if args.command == "status":
+        from xenhad.status import run_status
+
+        return run_status(args.config, as_json=args.json)
+    if args.command == "maintenance":
+        from xenhad.maintenance import run_maintenance
+
+        return run_maintenance(args.config, args.host, on=args.action == "on")
     raise AssertionError(f"unhandled command {args.command}")

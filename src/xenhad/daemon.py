@@ -23,6 +23,7 @@ import structlog
 from xenhad import config as configuration
 from xenhad import log as logsetup
 from xenhad import monitor
+from xenhad import status as status_socket
 from xenhad.clock import Clock, SystemClock
 from xenhad.config import Config
 from xenhad.detector import (
@@ -117,6 +118,7 @@ class Daemon:
         self._watchdog: Watchdog | None = None
         self._failover: Failover | None = None
         self._witness: Witness | None = None
+        self._status_server: asyncio.AbstractServer | None = None
         self._probes: dict[HostId, Joined] = {}
         self._deferred: set[HostId] = set()
         self._may_act = True
@@ -135,9 +137,13 @@ class Daemon:
         self._recover_journal()
         self._failover = self._make_failover()
         self._witness = self._make_witness()
+        path = status_socket.socket_path(Path(self.config.daemon.state_dir))
+        server = await status_socket.serve(path, self._status_doc)
+        self._status_server = server
         try:
             await self._loop()
         finally:
+            server.close()
             await self._shutdown()
         return 0
 
@@ -271,7 +277,9 @@ class Daemon:
         heard = self._peers.heard(now) if self._peers is not None else frozenset()
         answers = [r.answered or h.uuid in heard for h, r in zip(others, results)]
         observations = {
-            h.uuid: Observation(xapi_live=h.live, answered=answered, enabled=h.enabled)
+            # A host marked for maintenance counts as disabled even once xapi re-enabled it.
+            h.uuid: Observation(xapi_live=h.live, answered=answered,
+                                enabled=h.enabled and not h.maintenance)
             for h, answered in zip(others, answers)
         }
         if self._peers is None:
@@ -664,6 +672,47 @@ class Daemon:
         # WATCHDOG only from a loop that completed its tick: a wedged loop gets restarted.
         self._notify.watchdog()
 
+    def _status_doc(self) -> dict[str, Any]:
+        """What `xenhad status` shows: this daemon's view, as of its last tick."""
+        view, h, now = self._view, self._health, self._clock.monotonic()
+        names = self._host_names()
+        heard = self._peers.heard(now) if self._peers is not None else frozenset()
+        mutual = self._peers.mutual(now) if self._peers is not None else frozenset()
+        hosts = []
+        for host in (view.hosts.values() if view is not None else ()):
+            peer = ("this host" if host.uuid == self._me else "mutual" if host.uuid in mutual
+                    else "heard" if host.uuid in heard else "silent")
+            hosts.append({
+                "name": host.name, "uuid": host.uuid, "live": host.live,
+                "enabled": host.enabled, "maintenance": host.maintenance,
+                "state": ("-" if host.uuid == self._me
+                          else self._detector.state(host.uuid).value),
+                "peer": peer if self._peers is not None else "-",
+            })
+        members = len(view.hosts) if view is not None else 0
+        vote = self._failover.vote if self._failover is not None else None
+        return {
+            "host": names.get(self._me, self._me),
+            "role": "master" if view is not None and view.master == self._me else "slave",
+            "master": names.get(view.master, view.master) if view is not None else None,
+            "quorate": h.quorate,
+            "sees": 1 + len(mutual & set(view.hosts)) if view is not None else 1,
+            "members": members,
+            "passive": h.passive_reason or None,
+            "xapi_error": h.xapi_error or None,
+            "fencing_unsafe": ("fencing.mode is trust-liveness: VMs are restarted on XAPI's "
+                               "word alone" if self.config.fencing.mode
+                               is FencingMode.TRUST_LIVENESS else None),
+            "failover": {
+                "vote": names.get(vote.candidate, vote.candidate) if vote else None,
+                "promoting": self._failover.promoting if self._failover else False,
+                "witness_held": self._witness.held if self._witness else None,
+            },
+            "watchdog_armed": self._watchdog is not None and self._watchdog.is_running,
+            "hosts": sorted(hosts, key=lambda x: str(x["name"])),
+            "incidents": [_incident_doc(r.incident, names) for r in self._runners.values()],
+        }
+
     def _status_line(self) -> str:
         h = self._health
         if not h.snapshot_ok:
@@ -724,6 +773,22 @@ class Daemon:
         if worst * 2 > watchdog:
             log.error("systemd.watchdog_tight", watchdog_s=watchdog, worst_tick_s=worst,
                       fix="raise WatchdogSec= or lower xapi.timeout/detector.interval")
+
+
+def _incident_doc(incident: Incident, names: dict[HostId, str]) -> dict[str, Any]:
+    return {
+        "id": incident.id,
+        "host": incident.host_name,
+        "phase": incident.phase.value,
+        "fenced_by": incident.fenced_by or None,
+        "note": incident.note or None,
+        "vms": [
+            {"name": t.vm.name, "status": t.status.value,
+             "target": names.get(t.host, t.host) if t.host else None,
+             "error": t.last_error or None}
+            for t in incident.vms.values()
+        ],
+    }
 
 
 def _failover_settings(config: Config) -> FailoverSettings:

@@ -55,6 +55,9 @@ class HostView:
     """host_metrics.live as the master's database has it (slow: up to 600 s stale)."""
     memory_total: int = 0
     memory_free: int = 0
+    maintenance: bool = False
+    """Marked by `xenhad maintenance on` (host.other_config): never recovered, even once
+    xapi re-enables it after a reboot."""
 
 
 @dataclass(frozen=True)

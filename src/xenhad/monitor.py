@@ -19,6 +19,8 @@ from xenhad.xapi.client import RecordClass
 from xenhad.xapi.errors import XapiReplyError
 
 NULL_REF = "OpaqueRef:NULL"
+MAINTENANCE_KEY = "xenhad_maintenance"
+"""host.other_config key set by `xenhad maintenance on`."""
 
 _PROTECTION_WORDS = {
     "restart": Protection.RESTART,
@@ -158,6 +160,7 @@ def _host(ref: str, host: _Record, metrics: Mapping[str, Mapping[str, Any]]) -> 
         live=live,
         memory_total=total,
         memory_free=free,
+        maintenance=MAINTENANCE_KEY in host.mapping("other_config", {}),
     )
 
 
