@@ -176,6 +176,8 @@ class DaemonConfig:
     state_dir: Path = Path("/var/lib/xenhad")
     log_format: LogFormat = "kv"
     log_level: LogLevel = "info"
+    metrics_port: int = 0
+    """Prometheus metrics on 127.0.0.1:<port>; 0 (default) serves none."""
 
 
 @dataclass(frozen=True)
@@ -608,6 +610,7 @@ def _parse_daemon(t: Table) -> DaemonConfig:
         state_dir=t.path("state_dir", d.state_dir),
         log_format=cast(LogFormat, t.choice("log_format", d.log_format, LOG_FORMATS)),
         log_level=cast(LogLevel, t.choice("log_level", d.log_level, LOG_LEVELS)),
+        metrics_port=t.integer("metrics_port", d.metrics_port, minimum=0, maximum=65535),
     )
 
 

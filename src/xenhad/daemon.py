@@ -48,6 +48,8 @@ from xenhad.fencing.watchdog import (
     self_fence_deadline_passed,
 )
 from xenhad.journal import Journal
+from xenhad.metrics import Metrics
+from xenhad.metrics import serve as serve_metrics
 from xenhad.model import HostId, HostView, PoolView, VmView
 from xenhad.notify import Notifier
 from xenhad.peers.link import HeartbeatLink, Peer
@@ -119,6 +121,7 @@ class Daemon:
         self._failover: Failover | None = None
         self._witness: Witness | None = None
         self._status_server: asyncio.AbstractServer | None = None
+        self._metrics: Metrics | None = None
         self._probes: dict[HostId, Joined] = {}
         self._deferred: set[HostId] = set()
         self._may_act = True
@@ -140,6 +143,10 @@ class Daemon:
         path = status_socket.socket_path(Path(self.config.daemon.state_dir))
         server = await status_socket.serve(path, self._status_doc)
         self._status_server = server
+        if self.config.daemon.metrics_port:
+            self._metrics = Metrics()
+            serve_metrics(self._metrics, self.config.daemon.metrics_port)
+            log.info("metrics.serving", address="127.0.0.1", port=self.config.daemon.metrics_port)
         try:
             await self._loop()
         finally:
@@ -527,6 +534,8 @@ class Daemon:
             unsafe=self.config.fencing.mode is FencingMode.TRUST_LIVENESS,
         )
         runner = IncidentRunner.open(opened, self._runner_deps())
+        if self._metrics is not None:
+            self._metrics.incident_opened()
         self._start_runner(runner)
 
     def _runner_deps(self) -> RunnerDeps:
@@ -662,6 +671,8 @@ class Daemon:
         self._health.passive_reason = reason
 
     def _report(self) -> None:
+        if self._metrics is not None:
+            self._metrics.publish(self._status_doc())
         line = self._status_line()
         if not self._ready and self._health.snapshot_ok:
             self._ready = True

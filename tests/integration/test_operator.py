@@ -90,3 +90,31 @@ def test_maintenance_of_an_unknown_host_names_the_known_ones(workdir: Path) -> N
                         str(bed.daemons["host1"].config))
         assert result.returncode == 2
         assert "no host is called 'host9'" in result.stderr and "host1, host2" in result.stderr
+
+
+def test_prometheus_metrics_on_localhost(workdir: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = PoolSpec(hosts=3, vms=6, seed=3)
+    overrides = {"daemon": {"metrics_port": port}}
+    with Testbed(spec, workdir, peers=False, daemon_hosts=("host1",),
+                 overrides=overrides, fencing="none") as bed:
+        wait_all_logged(bed, "daemon.ready")
+        bed.crash("host2")
+        bed.wait_for(lambda: bed.events_named("incident.waiting_fence"), 30,
+                     what="an incident")
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+
+        bed.wait_for(lambda: 'xenhad_incidents_open{phase="waiting-fence"} 1.0' in scrape(),
+                     10, what="the open incident in the metrics")
+        text = scrape()
+        assert "xenhad_master 1.0" in text
+        assert 'xenhad_host_state{host="host2",state="down"} 1.0' in text
+        assert "xenhad_incidents_opened_total 1.0" in text

@@ -348,7 +348,7 @@ def test_a_password_in_the_url_is_refused_without_being_echoed() -> None:
         (
             "[daemon]\nfoo = 1",
             "xenhad.toml: daemon.foo = 1 is not a known key: "
-            "known keys: state_dir, log_format, log_level",
+            "known keys: state_dir, log_format, log_level, metrics_port",
         ),
         (
             # Inside [fencing], a key of another section is pointed to where it belongs.
@@ -660,3 +660,161 @@ def test_failover_defaults_and_values() -> None:
 ])
 def test_failover_errors_name_the_key_and_the_fix(text: str, words: str) -> None:
     assert words in error_of(text)
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def test_alerts_are_off_by_default_and_values_keep_their_types(tmp_path: Path) -> None:
+    assert not parse("").alerts.enabled
+    hook = tmp_path / "hook"
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o755)
+    token = private_file(tmp_path / "token")
+    cfg = parse(
+        "[alerts]\n"
+        'webhooks = ["https://alerts.example.com/x", "http://127.0.0.1:8080/"]\n'
+        f'webhook_token_file = "{token}"\n'
+        f'exec = "{hook}"\n'
+        "timeout = 3\nretries = 0\n"
+    )
+    assert cfg.alerts.enabled
+    assert cfg.alerts.webhooks == ("https://alerts.example.com/x", "http://127.0.0.1:8080/")
+    assert (cfg.alerts.exec, cfg.alerts.webhook_token_file) == (hook, token)
+    assert (cfg.alerts.timeout, cfg.alerts.retries) == (3.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'webhooks = "https://a.example"',
+            'xenhad.toml: alerts.webhooks = "https://a.example" is invalid: expected an array '
+            'of URLs, e.g. ["https://alerts.example.com/xenhad"]',
+        ),
+        (
+            'webhooks = ["ftp://a.example"]',
+            'xenhad.toml: alerts.webhooks = ["ftp://a.example"] is invalid: "ftp://a.example" '
+            "is not an http:// or https:// URL",
+        ),
+        (
+            'webhooks = ["https://"]',
+            'xenhad.toml: alerts.webhooks = ["https://"] is invalid: "https://" has no host '
+            'name: expected e.g. "https://alerts.example.com/"',
+        ),
+        (
+            'webhooks = ["https://a.example:99999/"]',
+            'xenhad.toml: alerts.webhooks = ["https://a.example:99999/"] is invalid: '
+            '"https://a.example:99999/" is not a URL: expected e.g. "https://alerts.example.com/"',
+        ),
+        (
+            'webhooks = ["https://a.example", "https://a.example"]',
+            'xenhad.toml: alerts.webhooks = ["https://a.example", "https://a.example"] is '
+            'invalid: "https://a.example" is listed twice: list it once',
+        ),
+        (
+            'webhooks = ["http://alerts.example.com/"]\nwebhook_token_file = "/etc/t"',
+            'xenhad.toml: alerts.webhooks = ["http://alerts.example.com/"] is invalid: '
+            '"http://alerts.example.com/" would send the webhook token in clear: use '
+            "https://, or remove alerts.webhook_token_file",
+        ),
+        (
+            'webhook_token_file = "/etc/t"',
+            'xenhad.toml: alerts.webhook_token_file = "/etc/t" is invalid: '
+            "alerts.webhook_token_file is only used with alerts.webhooks: add a webhook or "
+            "remove it",
+        ),
+        (
+            'exec = "alert-hook"',
+            'xenhad.toml: alerts.exec = "alert-hook" is invalid: expected an absolute path '
+            "(starting with /)",
+        ),
+        (
+            "timeout = 0",
+            "xenhad.toml: alerts.timeout = 0 is invalid: expected a number of seconds > 0",
+        ),
+        (
+            "retries = -1",
+            "xenhad.toml: alerts.retries = -1 is invalid: expected an integer from 0 to 10",
+        ),
+        (
+            'verify_tls = false\nca_file = "/etc/ca.pem"',
+            'xenhad.toml: alerts.ca_file = "/etc/ca.pem" is invalid: alerts.ca_file is only '
+            "used with alerts.verify_tls = true: remove one of them",
+        ),
+        (
+            'webhook = ["https://a.example"]',
+            'xenhad.toml: alerts.webhook = ["https://a.example"] is not a known key: '
+            "did you mean alerts.webhooks?",
+        ),
+    ],
+)
+def test_alerts_errors_name_the_key_the_value_and_the_fix(text: str, message: str) -> None:
+    assert error_of(f"[alerts]\n{text}\n") == message
+
+
+def test_a_webhook_password_is_refused_without_being_echoed() -> None:
+    message = error_of('[alerts]\nwebhooks = ["https://bot:hunter2@alerts.example.com/"]\n')
+    assert "hunter2" not in message
+    assert message == (
+        'xenhad.toml: alerts.webhooks = ["https://***@alerts.example.com/"] is invalid: '
+        '"https://***@alerts.example.com/" carries a user or password: keep credentials out '
+        "of the config, put a token in alerts.webhook_token_file"
+    )
+
+
+def test_a_token_over_plain_http_is_accepted_on_loopback_only(tmp_path: Path) -> None:
+    token = private_file(tmp_path / "token")
+    for host in ("127.0.0.1:9000", "localhost", "[::1]:9000"):
+        cfg = parse(f'[alerts]\nwebhooks = ["http://{host}/"]\nwebhook_token_file = "{token}"')
+        assert cfg.alerts.webhook_token_file == token
+
+
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [
+        (0o600, "is not executable: run chmod 755 "),
+        (0o757, "is writable by group or others (mode 0757): run chmod go-w "),
+        (0o775, "is writable by group or others (mode 0775): run chmod go-w "),
+    ],
+)
+def test_an_alert_hook_that_would_hand_out_root_is_refused(
+    tmp_path: Path, mode: int, words: str
+) -> None:
+    hook = tmp_path / "hook"
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(mode)
+    assert error_of(f'[alerts]\nexec = "{hook}"\n') == (
+        f'xenhad.toml: alerts.exec = "{hook}" is invalid: {words}{hook}'
+    )
+
+
+def test_a_missing_alert_hook_or_ca_file_is_refused(tmp_path: Path) -> None:
+    assert error_of(f'[alerts]\nexec = "{tmp_path}/nope"\n') == (
+        f'xenhad.toml: alerts.exec = "{tmp_path}/nope" is invalid: cannot be used (No such '
+        "file or directory): expected an existing executable file"
+    )
+    assert error_of(f'[alerts]\nexec = "{tmp_path}"\n') == (
+        f'xenhad.toml: alerts.exec = "{tmp_path}" is invalid: is not a regular file: expected '
+        "an executable file"
+    )
+    assert error_of(f'[alerts]\nwebhooks = ["https://a.example"]\nca_file = "{tmp_path}/ca"') == (
+        f'xenhad.toml: alerts.ca_file = "{tmp_path}/ca" is invalid: expected an existing PEM '
+        "file (the CA of the webhook servers' certificates)"
+    )
+
+
+def test_a_webhook_token_readable_by_others_is_refused(tmp_path: Path) -> None:
+    token = private_file(tmp_path / "token", mode=0o644)
+    message = error_of(
+        f'[alerts]\nwebhooks = ["https://a.example"]\nwebhook_token_file = "{token}"\n'
+    )
+    assert message.startswith(f'xenhad.toml: alerts.webhook_token_file = "{token}" is unusable: ')
+    assert message.endswith(f"(mode 0644): run chmod 600 {token}")
+    assert "s3cret" not in message
+
+
+def test_metrics_port_is_off_by_default_and_checked() -> None:
+    assert parse("").daemon.metrics_port == 0
+    assert parse("[daemon]\nmetrics_port = 9717\n").daemon.metrics_port == 9717
+    assert "daemon.metrics_port = 70000 is invalid" in error_of("[daemon]\nmetrics_port = 70000\n")
