@@ -101,3 +101,47 @@ def test_priority_and_vote_travel_and_older_heartbeats_still_decode() -> None:
     data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
     old = decode(data, SECRET)
     assert old.vote is None and old.priority == 0
+
+
+def test_how_long_ago_each_peer_was_heard_travels_and_is_checked() -> None:
+    beat = dataclasses.replace(hb("a"), last_heard=(("b", 0.5), ("c", 40.0)))
+    back = decode(encode(beat, SECRET), SECRET)
+    assert back.last_heard == (("b", 0.5), ("c", 40.0))
+    assert back.heard_ago("c") == 40.0 and back.heard_ago("x") is None
+    assert decode(encode(hb("a"), SECRET), SECRET).last_heard is None  # an older daemon
+    for bad in ('{"b":-1}', '["b"]', '{"b":"soon"}', '{"b":true}'):
+        payload = json.dumps({"pool": "p", "from": "a", "boot": "b", "seq": 1, "t": 1.0,
+                              "master": "m", "heard": [], "quorate": True}
+                             ).replace("}", f',"ages":{bad}}}').encode()
+        data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+        with pytest.raises(HeartbeatError, match="ages"):
+            decode(data, SECRET)
+
+
+def test_a_peer_that_stopped_listing_a_host_still_says_when_it_last_heard_it() -> None:
+    # a heard x at 10.5 (ages say 3 s before its heartbeat of 13.5) but no longer lists it:
+    # our evidence of x is 10.5, not the older time we last heard x ourselves.
+    t = PeerTable("me", "pool", window=2.0)
+    t.receive(hb("x", heard=("me",)), 5.0, 1000.0)
+    t.receive(hb("a", 1, heard=("me",)), 5.0, 1000.0)
+    late = dataclasses.replace(hb("a", 2, heard=("me",)), last_heard=(("me", 0.0), ("x", 3.0)))
+    t.receive(late, 13.5, 1008.0)
+    assert t.evidence("x", 13.5) == 10.5
+    # The bound: 2 windows and a delivery delay after that contact, plus how stale a's
+    # report may be (received now, so one delivery delay).
+    assert t.latest_feed("x", 13.5, since=0.0, interval=0.5, max_delay=1.0) == 10.5 + 4 + 1 + 1
+
+
+def test_an_older_daemon_or_a_restarted_one_holds_the_evidence_up() -> None:
+    t = PeerTable("me", "pool", window=2.0)
+    t.receive(hb("x", heard=("me",)), 5.0, 1000.0)
+    # No ages: it may have heard x until it sent, so x counts as heard then.
+    t.receive(hb("a", heard=("me",)), 20.0, 1015.0)
+    assert t.evidence("x", 20.0) == 20.0
+    # A new boot that never heard x: the previous boot may have, until this one started.
+    new = dataclasses.replace(hb("a", 1, boot="b2", heard=("me",), sent_at=1020.0),
+                              last_heard=(("me", 0.0),))
+    t.receive(new, 25.0, 1020.0)
+    later = dataclasses.replace(new, seq=2, sent_at=1030.0)
+    t.receive(later, 35.0, 1030.0)
+    assert t.evidence("x", 35.0) == 25.0

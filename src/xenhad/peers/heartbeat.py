@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,17 @@ class Heartbeat:
     """The sender's failover.priority: preference as the next master."""
     vote: tuple[HostId, HostId] | None = None
     """(dead master, candidate): whom the sender votes to replace its master with."""
+    last_heard: tuple[tuple[HostId, float], ...] | None = None
+    """(peer, seconds since the sender last accepted a heartbeat from it) for every peer its
+    table holds, however long ago: what lets a receiver bound how recently a peer it cannot
+    hear itself may have been quorate (table.py). None from a daemon that predates it."""
+
+    def heard_ago(self, host: HostId) -> float | None:
+        """Seconds before sending that the sender last heard `host`; None if never."""
+        for peer, age in self.last_heard or ():
+            if peer == host:
+                return age
+        return None
 
 
 def _check_secret(secret: bytes) -> None:
@@ -54,6 +66,7 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
             "t": hb.sent_at, "master": hb.master, "heard": list(hb.heard),
             "quorate": hb.quorate, "armed": hb.armed, "prio": hb.priority,
             "vote": list(hb.vote) if hb.vote else None,
+            **({} if hb.last_heard is None else {"ages": dict(hb.last_heard)}),
         },
         separators=(",", ":"), sort_keys=True,
     ).encode()
@@ -87,6 +100,7 @@ def decode(data: bytes, secret: bytes) -> Heartbeat:
         armed=_field({"armed": raw.get("armed", False)}, "armed", bool),
         priority=_field({"prio": raw.get("prio", 0)}, "prio", int),
         vote=_vote(raw.get("vote")),
+        last_heard=_ages(raw.get("ages")),
     )
 
 
@@ -98,6 +112,20 @@ def _vote(value: object) -> tuple[HostId, HostId] | None:
             or not all(isinstance(v, str) for v in value)):
         raise HeartbeatError("field 'vote' must be [dead master, candidate] or null")
     return (value[0], value[1])
+
+
+def _ages(value: object) -> tuple[tuple[HostId, float], ...] | None:
+    # Absent from a daemon that predates it: the table then treats the sender's report as
+    # "heard everyone just now", which can only delay a self-fence conclusion.
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(age, (int, float)) and not isinstance(age, bool)
+        and math.isfinite(age) and age >= 0
+        for age in value.values()
+    ):
+        raise HeartbeatError("field 'ages' must map host uuids to seconds >= 0")
+    return tuple(sorted((host, float(age)) for host, age in value.items()))
 
 
 def _field(raw: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

@@ -99,6 +99,7 @@ class HeartbeatLink(asyncio.DatagramProtocol):
             sent_at=self._clock.wall(),
             master=master,
             heard=tuple(sorted(self._table.heard(now))),
+            last_heard=self._table.ages(now),
             quorate=quorate,
             armed=armed,
             priority=priority,
