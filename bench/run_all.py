@@ -6,7 +6,8 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHES = ["sim_startup.py", "placement_plan.py"]
+BENCHES = ["sim_startup.py", "placement_plan.py", "footprint.py", "rest_cost.py",
+           "recovery_time.py"]
 
 for name in BENCHES:
     print(f"== {name}", flush=True)

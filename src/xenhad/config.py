@@ -108,6 +108,9 @@ class DetectorConfig:
     probe_timeout: float = 1.5
     probe_url: str = "https://{address}/"
     """Where each host's own xapi is asked whether it answers; {address} is host.address."""
+    slave_interval: float = 120.0
+    """How often a slave's daemon reads the pool (through its master's xapi) while
+    heartbeats say all is well; 0: every tick. Its master is watched every tick anyway."""
 
 
 @dataclass(frozen=True)
@@ -545,6 +548,7 @@ def _parse_detector(t: Table) -> DetectorConfig:
     )
     probe_timeout = t.seconds("probe_timeout", d.probe_timeout)
     probe_url = t.string("probe_url", d.probe_url)
+    slave_interval = t.seconds("slave_interval", d.slave_interval, allow_zero=True)
     parts = urlsplit(probe_url.replace("{address}", "127.0.0.1"))
     if "{address}" not in probe_url or parts.scheme not in ("http", "https") or not parts.hostname:
         raise t.error(
@@ -568,6 +572,7 @@ def _parse_detector(t: Table) -> DetectorConfig:
         recover_hold_seconds=recover_hold_seconds,
         probe_timeout=probe_timeout,
         probe_url=probe_url,
+        slave_interval=slave_interval,
     )
 
 

@@ -16,14 +16,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from xenhad import config as configuration
 from xenhad import log as logsetup
-from xenhad import monitor
 from xenhad import status as status_socket
+from xenhad.alerts import Alerts
 from xenhad.clock import Clock, SystemClock
 from xenhad.config import Config
 from xenhad.detector import (
@@ -48,12 +48,11 @@ from xenhad.fencing.watchdog import (
     self_fence_deadline_passed,
 )
 from xenhad.journal import Journal
-from xenhad.metrics import Metrics
-from xenhad.metrics import serve as serve_metrics
 from xenhad.model import HostId, HostView, PoolView, VmView
 from xenhad.notify import Notifier
 from xenhad.peers.link import HeartbeatLink, Peer
 from xenhad.peers.table import PeerTable
+from xenhad.pool_cache import PoolCache
 from xenhad.recovery import events as ev
 from xenhad.recovery.executor import Executor
 from xenhad.recovery.history import History, Recovered
@@ -64,7 +63,13 @@ from xenhad.xapi.connect import open_xapi
 from xenhad.xapi.errors import XapiError, XapiUnreachable
 from xenhad.xapi.probe import ProbeResult, probe
 
+if TYPE_CHECKING:
+    from xenhad.metrics import Metrics
+
 log = structlog.get_logger("xenhad.daemon")
+
+PROBE_HEARD_EVERY = 5
+"""A host whose heartbeats arrive is probed only every this many ticks."""
 
 HISTORY_SECONDS = 30 * 24 * 3600
 """How long closed incidents stay in the journal (for `xenhad history`)."""
@@ -122,6 +127,11 @@ class Daemon:
         self._witness: Witness | None = None
         self._status_server: asyncio.AbstractServer | None = None
         self._metrics: Metrics | None = None
+        self._last_snapshot = float("-inf")
+        self._ticks = 0
+        self._pool_cache = PoolCache()
+        self._alerts_config = configuration.AlertsConfig()
+        self._alerts = Alerts.from_config(configuration.AlertsConfig())  # none until run()
         self._probes: dict[HostId, Joined] = {}
         self._deferred: set[HostId] = set()
         self._may_act = True
@@ -139,13 +149,18 @@ class Daemon:
         self._check_watchdog_slack()
         self._recover_journal()
         self._failover = self._make_failover()
+        self._alerts = Alerts.from_config(self.config.alerts, sent_by=self._me)
+        self._alerts_config = self.config.alerts
         self._witness = self._make_witness()
         path = status_socket.socket_path(Path(self.config.daemon.state_dir))
         server = await status_socket.serve(path, self._status_doc)
         self._status_server = server
         if self.config.daemon.metrics_port:
+            # Imported here: prometheus_client costs memory a daemon without metrics saves.
+            from xenhad.metrics import Metrics, serve
+
             self._metrics = Metrics()
-            serve_metrics(self._metrics, self.config.daemon.metrics_port)
+            serve(self._metrics, self.config.daemon.metrics_port)
             log.info("metrics.serving", address="127.0.0.1", port=self.config.daemon.metrics_port)
         try:
             await self._loop()
@@ -211,6 +226,8 @@ class Daemon:
             self._link.close()
         if self._xapi is not None:
             await self._xapi.close()
+        # Alerts of the last transitions (parked incidents say nothing new) get a moment.
+        await self._alerts.drain(timeout=5.0)
         log.info("daemon.stopped", open_incidents=len(self._runners))
 
     # -- one tick ----------------------------------------------------------------------
@@ -220,7 +237,7 @@ class Daemon:
         # The master first: if it does not answer, the snapshot (which our xapi forwards to
         # it) gets a short budget, and the master's watch its ticks on time.
         if self._witness is not None:
-            await self._witness.poll(self._clock.wall())
+            await self._witness.poll(self._clock.wall(), self._clock.monotonic())
         self._update_peer_quorum(now)
         await self._watch_master(now)
         try:
@@ -232,10 +249,27 @@ class Daemon:
             self._update_peer_quorum(now)
             await self._feed_watchdog()
 
+    def _snapshot_due(self, now: float) -> bool:
+        """A slave reads the pool only now and then: every read goes to its master's xapi,
+        and heartbeats already say whether the master lives (and whom peers follow)."""
+        view = self._view
+        interval = self.config.detector.slave_interval
+        if view is None or view.master == self._me or self._peers is None or interval <= 0:
+            return True
+        if self._failover is not None and (self._failover.master_in_doubt
+                                           or self._failover.promoting):
+            return True  # our xapi may have become a master, or a slave of a new one
+        if now - self._last_snapshot >= interval or not self._health.snapshot_ok:
+            return True
+        contact = self._contact(now)
+        return any(m != view.master for m in contact.masters.values())
+
     async def _watch(self, now: float) -> None:
+        if not self._snapshot_due(now):
+            return
         try:
             xapi = await self._connected()
-            snap = await monitor.read_snapshot(
+            snap = await self._pool_cache.read(
                 xapi, protection_key=self.config.recovery.protection_key, now=now
             )
         except (XapiUnreachable, XapiError, XenhadError) as exc:
@@ -251,6 +285,7 @@ class Daemon:
         if self._health.xapi_failing_since is not None:
             log.info("xapi.reachable", after_s=round(now - self._health.xapi_failing_since, 1))
         self._health.snapshot_ok = True
+        self._last_snapshot = now
         self._health.xapi_error = ""
         self._health.xapi_failing_since = None
         self._view = view
@@ -274,15 +309,25 @@ class Daemon:
 
     async def _observe(self, view: PoolView, now: float) -> None:
         others = [h for h in view.hosts.values() if h.uuid != self._me]
-        results = await asyncio.gather(*(self._probe(h) for h in others))
-        self._probes = {
-            h.uuid: Joined(r.answered, r.master_address if r.is_slave else None)
-            for h, r in zip(others, results)
-        }
         # A host answers when its xapi does, or when its daemon's heartbeat reached us: a
-        # hung xapi with a live dom0 still runs its VMs, and is not dead.
+        # hung xapi with a live dom0 still runs its VMs, and is not dead. So a host heard
+        # this tick needs no probe to count as up; it is still probed every few ticks, for
+        # whom its xapi follows (failover) and to notice a wedged xapi.
         heard = self._peers.heard(now) if self._peers is not None else frozenset()
-        answers = [r.answered or h.uuid in heard for h, r in zip(others, results)]
+        self._ticks += 1
+        everyone = self._ticks % PROBE_HEARD_EVERY == 0 or (
+            self._failover is not None and self._failover.wants_fresh_probes)
+        probed = [h for h in others
+                  if everyone or h.uuid not in heard or h.uuid not in self._probes]
+        results = await asyncio.gather(*(self._probe(h) for h in probed))
+        for h, r in zip(probed, results):
+            self._probes[h.uuid] = Joined(r.answered, r.master_address if r.is_slave else None)
+        for gone in set(self._probes) - {h.uuid for h in others}:
+            del self._probes[gone]
+        if everyone and self._failover is not None:
+            self._failover.probed_all(now)
+        answered_now = {h.uuid: r.answered for h, r in zip(probed, results)}
+        answers = [answered_now.get(h.uuid, False) or h.uuid in heard for h in others]
         observations = {
             # A host marked for maintenance counts as disabled even once xapi re-enabled it.
             h.uuid: Observation(xapi_live=h.live, answered=answered,
@@ -401,7 +446,13 @@ class Daemon:
         last_feed = self._peers.latest_feed(
             host.uuid, now, since=self._peers_since, interval=self.config.peers.interval
         )
-        vouched = last_feed - self.config.peers.window - self.config.peers.interval
+        if self._witness is not None and self._witness.held:
+            # Our quorum may rest on the witness, which reports nothing about `host`: it may
+            # have counted the witness's vote itself (and fed) until just before we took the
+            # lease. So its last feed is no earlier than our taking it.
+            last_feed = max(last_feed, self._witness.held_since)
+        evidence = self._peers.evidence(host.uuid, now)
+        vouched = max(self._peers_since, evidence if evidence is not None else self._peers_since)
         passed = self_fence_deadline_passed(last_feed, now, settings.timeout, settings.margin)
         due = last_feed + settings.timeout + settings.margin - now
         detail = (
@@ -545,6 +596,7 @@ class Daemon:
             settings=_recovery_settings(self.config),
             host_names=self._host_names,
             wall=self._clock.wall,
+            alert=self._alerts.send,
         )
 
     def _start_runner(self, runner: IncidentRunner) -> None:
@@ -584,7 +636,7 @@ class Daemon:
         view = self._current_view()
         return [
             h for h in view.hosts.values()
-            if h.live and h.enabled
+            if h.live and h.enabled and not h.maintenance  # an operator is working on it
             and (h.uuid == self._me or self._detector.state(h.uuid) is HostState.UP)
         ]
 
@@ -621,15 +673,18 @@ class Daemon:
 
     def _compact_journal(self, recovered: Recovered) -> None:
         """Keep what replay needs (open incidents, hosts still down) and a month of history."""
-        keep_incidents = {i.id for i in recovered.open}
+        # Whole incidents, by id: a record's "host" is the target host in start records,
+        # so keeping by host would cut an incident short, and its replay reopen it.
         keep_hosts = set(recovered.down_since)
+        keep_incidents = {i.id for i in recovered.open} | {
+            i.id for i in recovered.closed if i.host in keep_hosts
+        }
         horizon = self._clock.wall() - HISTORY_SECONDS
 
         def keep(record: dict[str, Any]) -> bool:
             return (
                 float(record.get("t", 0)) >= horizon
                 or record.get("incident") in keep_incidents
-                or (record.get("host") in keep_hosts and "incident" in record)
             )
 
         result = self._journal.compact(keep)
@@ -757,6 +812,10 @@ class Daemon:
         old, self.config = self.config, new
         logsetup.configure(fmt=new.daemon.log_format, level=new.daemon.log_level)
         self._detector.settings = _detector_settings(new)
+        if new.alerts != self._alerts_config:
+            # Deliveries in flight to the old targets finish on their own.
+            self._alerts = Alerts.from_config(new.alerts, sent_by=self._me)
+            self._alerts_config = new.alerts
         if new.xapi != old.xapi and self._xapi is not None:
             xapi, self._xapi = self._xapi, None
             asyncio.get_running_loop().create_task(xapi.close())

@@ -118,3 +118,25 @@ def test_prometheus_metrics_on_localhost(workdir: Path) -> None:
         assert "xenhad_master 1.0" in text
         assert 'xenhad_host_state{host="host2",state="down"} 1.0' in text
         assert "xenhad_incidents_opened_total 1.0" in text
+
+
+def test_every_incident_transition_reaches_the_exec_hook(workdir: Path) -> None:
+    received = workdir / "alerts.jsonl"
+    hook = workdir / "hook.sh"
+    hook.write_text(f'#!/bin/sh\n{{ cat; echo; }} >> "{received}"\n')
+    hook.chmod(0o755)
+    spec = PoolSpec(hosts=3, vms=12, seed=3, vm_start_seconds=0.5)
+    with Testbed(spec, workdir, overrides={"alerts": {"exec": str(hook)}}) as bed:
+        wait_all_logged(bed, "quorum.gained")
+        bed.crash("host2")
+        bed.wait_for(lambda: bed.events_named("incident.closed"), 60, what="the incident")
+        bed.wait_for(lambda: received.exists() and '"incident.closed"' in received.read_text(),
+                     10, what="the closing alert")
+    alerts = [json.loads(line) for line in received.read_text().splitlines() if line]
+    events = [a["event"] for a in alerts]
+    assert events[0] == "incident.opened" and events[-1] == "incident.closed"
+    assert {a["host"] for a in alerts} == {"host2"}
+    assert len({a["incident"] for a in alerts}) == 1
+    phases = [a["phase"] for a in alerts if a["event"] == "incident.step"]
+    assert phases == sorted(phases, key=["fencing", "resetting", "restarting"].index)
+    assert alerts[-1]["restarted"], "the closing alert says what came back"

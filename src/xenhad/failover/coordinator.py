@@ -102,11 +102,21 @@ class Failover:
         self._last_step_down = float("-inf")
         self._lock_why = ""
         self._waiting_for: list[str] = []
+        self._probes_fresh_since = float("-inf")
         self._rejoin: tuple[HostId, int] | None = None
 
     @property
     def vote(self) -> Vote | None:
         return self._elector.vote
+
+    @property
+    def wants_fresh_probes(self) -> bool:
+        """Whom each host's xapi follows is changing (we recovered slaves, or wait for them
+        to rejoin): every host should be probed every tick, heard or not."""
+        return bool(self._waiting_for) or self._last_recover > self._probes_fresh_since
+
+    def probed_all(self, now: float) -> None:
+        self._probes_fresh_since = now
 
     @property
     def master_in_doubt(self) -> bool:

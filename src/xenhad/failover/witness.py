@@ -70,10 +70,14 @@ class Witness:
         self.settle = settle
         self.timeout = timeout
         self.held = False
+        self.held_since = 0.0
+        """When we last took the lease (monotonic). Whoever held it before stopped counting
+        its vote before then: its lease had expired, and it renews before each use."""
         self._problem = ""
 
-    async def poll(self, now: float) -> bool:
-        """Take or renew the lease if we may; whether we hold it now."""
+    async def poll(self, now: float, monotonic: float) -> bool:
+        """Take or renew the lease if we may (`now` is wall time, written in the lease);
+        whether we hold it now. `monotonic` dates `held_since`."""
         try:
             held = await asyncio.wait_for(asyncio.to_thread(self._poll, now), self.timeout)
             self._say("")
@@ -86,6 +90,8 @@ class Witness:
         if held != self.held:
             (log.info if held else log.warning)(
                 "witness.held" if held else "witness.lost", path=str(self.path))
+            if held:
+                self.held_since = monotonic
         self.held = held
         return held
 

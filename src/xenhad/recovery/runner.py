@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -32,6 +33,8 @@ class RunnerDeps:
     settings: Settings
     host_names: Callable[[], dict[str, str]]
     wall: Callable[[], float]
+    alert: Callable[[dict[str, Any]], None] = lambda payload: None
+    """Each incident transition, for webhooks and hooks (xenhad.alerts: never blocks)."""
 
 
 class IncidentRunner:
@@ -42,6 +45,7 @@ class IncidentRunner:
         self._history = deps.history
         self._settings = deps.settings
         self._host_names = deps.host_names
+        self._alert = deps.alert
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._first: tuple[ev.Action, ...] = ()
@@ -73,6 +77,8 @@ class IncidentRunner:
                 "is off; a host that is only cut off will run them twice",
             )
         runner._first = runner._record(transition)
+        runner._send("incident.opened", vms=len(opened.vms), protected=protected,
+                     unsafe=opened.unsafe)
         return runner
 
     def feed(self, event: ev.Event) -> None:
@@ -125,6 +131,8 @@ class IncidentRunner:
                 phase=after.phase.value,
                 note=after.note or None,
             )
+            if not after.phase.closed:
+                self._send("incident.step", note=after.note or None)
         if after.phase is Phase.WAITING_FENCE and before.phase is not Phase.WAITING_FENCE:
             log.error(
                 "incident.waiting_fence",
@@ -192,6 +200,12 @@ class IncidentRunner:
         facts = {**facts, "restarted": {vm: names.get(h or "", h) for vm, h in restarted.items()}}
         level = log.info if self.incident.phase is Phase.DONE else log.error
         level("incident.closed", incident=self.incident.id, host=self.incident.host_name, **facts)
+        self._send("incident.closed", **facts)
+
+    def _send(self, event: str, **facts: Any) -> None:
+        incident = self.incident
+        self._alert({"event": event, "incident": incident.id, "host": incident.host_name,
+                     "phase": incident.phase.value, "at": self._wall(), **facts})
 
 
 def _failure_event(action: ev.Action, exc: Exception, now: float) -> ev.Event:

@@ -84,6 +84,8 @@ def call(pool: SimPool, host: HostState, channel: str, source: HostState | None,
         raise XapiFailure("MESSAGE_PARAMETER_COUNT_MISMATCH",
                           [name, str(high + (1 if with_session else 0)), str(len(params))])
     ctx = Ctx(pool, host, host, channel, source, name)
+    if kind in (LOGIN, LOCAL) or host.is_master:
+        pool.count_call(host, name)
     if host.emergency and kind != LOCAL:
         # api_server.ml: a slave in emergency mode refuses all but the emergency calls.
         raise XapiFailure("HOST_STILL_BOOTING", [])
@@ -95,6 +97,7 @@ def call(pool: SimPool, host: HostState, channel: str, source: HostState | None,
         return fn(ctx, *params[1:])
     if not host.is_master:
         ctx.served = _forward_target(pool, host)
+        pool.count_call(ctx.served, name)  # what the master's xapi pays for its slaves
     _check_session(ctx)
     return fn(ctx, *params[1:])
 

@@ -73,7 +73,8 @@ class ControlServer:
     def __init__(self, pool: SimPool, host: str = "127.0.0.1") -> None:
         routes = _post_routes(pool)
         gets: dict[str, Callable[[], Any]] = {
-            "/truth": pool.truth, "/info": pool.info, "/double_runs": pool.double_runs}
+            "/truth": pool.truth, "/info": pool.info, "/double_runs": pool.double_runs,
+            "/calls": pool.call_counts}
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"

@@ -83,9 +83,22 @@ class Db:
         rec = self.tables[self.class_of[ref]][ref]
         if rec.get(field) == value:
             return
+        old = rec.get(field)
         self.generation += 1
         rec[field] = value
         self.modified[ref] = self.generation
+        if self.class_of[ref] == "VM" and field in _PLACES_VM:
+            # A VM arriving on or leaving a host changes that host's derived fields
+            # (resident_VMs, and its metrics' memory_free, which render() computes): xapi's
+            # database emits a "mod" event for the other end of a reference too, and
+            # its memory monitor rewrites memory_free. Event readers must see both.
+            for host_ref in (old, value):
+                host = self.tables["host"].get(host_ref) if isinstance(host_ref, str) else None
+                if host is not None and isinstance(host_ref, str):
+                    self.touch(host_ref)
+                    metrics = host.get("metrics")
+                    if isinstance(metrics, str) and metrics in self.tables["host_metrics"]:
+                        self.touch(metrics)
 
     def touch(self, ref: str) -> None:
         self.generation += 1
@@ -255,6 +268,9 @@ def host_free_memory(db: Db, host_ref: str) -> int:
         if rec["resident_on"] == host_ref or rec["scheduled_to_be_resident_on"] == host_ref:
             used += int(rec["memory_dynamic_min"])
     return max(0, total - used)
+
+
+_PLACES_VM = ("resident_on", "scheduled_to_be_resident_on")
 
 
 def render(db: Db, cls: str, ref: str) -> Record:

@@ -126,6 +126,7 @@ class SimPool:
         self._double_runs: list[dict[str, Any]] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
+        self.calls: dict[tuple[str, str], int] = {}
         self._ticker: threading.Thread | None = None
         self._running = False
         self.server: Any = None
@@ -623,6 +624,20 @@ class SimPool:
     def double_runs(self) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(r) for r in self._double_runs]
+
+    def count_call(self, served: HostState, method: str) -> None:
+        """One XAPI call that `served`'s xapi answered itself (a slave's database call is
+        counted on the master it is forwarded to). For the cost-at-rest benchmark."""
+        key = (served.name, method)
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+    def call_counts(self) -> dict[str, dict[str, int]]:
+        """Host name -> method -> calls its xapi served since the pool started."""
+        with self.lock:
+            out: dict[str, dict[str, int]] = {}
+            for (host, method), n in sorted(self.calls.items()):
+                out.setdefault(host, {})[method] = n
+            return out
 
     def truth(self) -> dict[str, Any]:
         with self.lock:

@@ -93,7 +93,8 @@ def find_host(view: PoolView, wanted: str) -> HostView:
 def candidate_targets(view: PoolView, dead: HostView) -> list[HostView]:
     """Survivors a restart may use: live and enabled (daemon.py `_placement_targets`)."""
     return sorted(
-        (h for h in view.hosts.values() if h.uuid != dead.uuid and h.live and h.enabled),
+        (h for h in view.hosts.values()
+         if h.uuid != dead.uuid and h.live and h.enabled and not h.maintenance),
         key=lambda h: (h.name, h.uuid),
     )
 

@@ -221,6 +221,8 @@ class Xapi:
         self._login_lock: asyncio.Lock | None = None
         self.requests: collections.Counter[str] = collections.Counter()
         """Requests sent per method (each attempt counts; logins count under their name)."""
+        self.logins = 0
+        """Sessions opened so far: what a session-bound cache (event tokens) keys on."""
 
     def __repr__(self) -> str:
         return f"Xapi({self.endpoint!r}, username={self.username!r})"
@@ -305,6 +307,7 @@ class Xapi:
 
         await self._retrying(f"session.{method}", transport, work)
         self._session, self._transport, self.url = session, transport, url
+        self.logins += 1
 
     async def logout(self) -> None:
         """Best effort: a dead xapi forgets our session anyway."""

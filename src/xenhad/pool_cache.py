@@ -1,0 +1,130 @@
+"""The pool as XAPI describes it, kept up to date by event.from instead of re-read.
+
+Reading every VM record each tick costs the master's xapi (and us) in proportion to the
+pool's size; at rest nothing changes. So the first read is event.from with an empty token
+(xapi answers with every object as an "add"), and each later tick asks only for what
+changed since the last token, without waiting (timeout 0): one call, a few bytes when the
+pool is quiet. build_snapshot turns the cached records into the same PoolView as before.
+
+The whole pool is read again at once when the reply's valid_ref_counts disagree with what
+we hold (a missed deletion); the cache is dropped on any error (xapi_event.ml raises
+EVENTS_LOST when a token is too old, and a new master's tokens mean nothing to us), and
+re-read every `full_every` seconds regardless. An empty token asks xapi_event.ml for every
+object of the classes, so the first read is one call too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from xenhad.monitor import Snapshot, build_snapshot
+from xenhad.xapi.errors import XapiReplyError
+
+CLASSES: tuple[str, ...] = ("pool", "host", "host_metrics", "VM")
+"""What a PoolView is made of, as event.from and get_all_records name them."""
+
+
+class EventSource(Protocol):
+    logins: int
+    """Sessions opened so far: a new one may be on another xapi (a new master, a restart),
+    whose tokens and objects are not ours."""
+
+    async def event_from(
+        self, classes: Sequence[str], token: str, timeout: float
+    ) -> Mapping[str, Any]: ...
+
+
+class PoolCache:
+    def __init__(self, *, full_every: float = 600.0) -> None:
+        self.full_every = full_every
+        self._records: dict[str, dict[str, dict[str, Any]]] = {}
+        self._token: str | None = None
+        self._full_at = float("-inf")
+        self.calls = 0
+        self.full_reads = 0
+        self._logins = -1
+        self._master: str | None = None
+        self._built: Snapshot | None = None
+        self._changed = True
+
+    def reset(self) -> None:
+        """Forget everything: the next read is a full one (after an error, a new master)."""
+        self._token = None
+        self._records = {}
+        self._master = None
+        self._built, self._changed = None, True
+
+    async def read(self, xapi: EventSource, *, protection_key: str, now: float) -> Snapshot:
+        if xapi.logins != self._logins:
+            self._token = None
+        if self._token is None or now - self._full_at >= self.full_every:
+            self.reset()
+            self._full_at = now
+            self.full_reads += 1
+        try:
+            try:
+                await self._fetch(xapi)
+            except _Drifted:
+                # A deletion we never heard of, or an object we never saw: read it all.
+                self.reset()
+                self.full_reads += 1
+                await self._fetch(xapi)
+            if self._built is not None and not self._changed:
+                # A quiet pool: the same view, taken now (no need to rebuild 1,000 VMs).
+                view = dataclasses.replace(self._built.view, taken_at=now)
+                return Snapshot(view, self._built.warnings)
+            records = {cls: self._records.get(cls.lower(), {}) for cls in CLASSES}
+            snap = build_snapshot(records["pool"], records["host"], records["host_metrics"],
+                                  records["VM"], protection_key=protection_key, now=now)
+        except BaseException:
+            self.reset()
+            raise
+        if self._master is not None and snap.view.master != self._master:
+            # The pool changed masters under the same session: our token and objects may
+            # be another database's. Read it all again, now.
+            self.reset()
+            return await self.read(xapi, protection_key=protection_key, now=now)
+        self._master = snap.view.master
+        self._built, self._changed = snap, False
+        return snap
+
+    async def _fetch(self, xapi: EventSource) -> None:
+        self._logins = xapi.logins
+        reply = await xapi.event_from(list(CLASSES), self._token or "", 0.0)
+        self.calls += 1
+        self._apply(reply)
+
+    def _apply(self, reply: Mapping[str, Any]) -> None:
+        events = reply.get("events")
+        token = reply.get("token")
+        if not isinstance(events, list) or not isinstance(token, str):
+            raise XapiReplyError("event.from answered without events and a token")
+        if events:
+            self._changed = True
+        for event in events:
+            if not isinstance(event, dict):
+                raise XapiReplyError("event.from answered an event that is not a struct")
+            cls = str(event.get("class", "")).lower()
+            ref = str(event.get("ref", ""))
+            table = self._records.setdefault(cls, {})
+            if event.get("operation") == "del":
+                table.pop(ref, None)
+                continue
+            snapshot = event.get("snapshot")
+            if not isinstance(snapshot, dict):
+                raise XapiReplyError(f"event.from: the {cls} event for {ref} has no snapshot")
+            table[ref] = snapshot
+        counts = reply.get("valid_ref_counts")
+        if isinstance(counts, dict):
+            for cls in CLASSES:
+                expected = counts.get(cls.lower())
+                held = len(self._records.get(cls.lower(), {}))
+                if expected is not None and int(expected) != held:
+                    raise _Drifted(f"xapi counts {expected} {cls} objects, the cache {held}")
+        self._token = token
+
+
+class _Drifted(Exception):
+    pass

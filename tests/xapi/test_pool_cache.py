@@ -1,0 +1,93 @@
+"""The event.from cache against the simulator: one call a tick, and always the same view
+a full read gives, through starts, crashes and a change of master."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from xenhad import monitor
+from xenhad.clock import ManualClock
+from xenhad.model import PoolView
+from xenhad.pool_cache import PoolCache
+from xenhad.sim import PoolSpec, SimPool
+from xenhad.xapi import Xapi
+
+from .conftest import same_port_pool
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def comparable(view: PoolView) -> Any:
+    return (view.master, view.ha_enabled, dict(view.other_config), dict(view.hosts),
+            dict(view.vms))
+
+
+async def both(cache: PoolCache, xapi: Xapi, now: float) -> tuple[PoolView, PoolView, int]:
+    before = sum(xapi.requests.values())
+    cached = (await cache.read(xapi, protection_key="xenhad", now=now)).view
+    calls = sum(xapi.requests.values()) - before
+    full = (await monitor.read_snapshot(xapi, protection_key="xenhad", now=now)).view
+    return cached, full, calls
+
+
+def test_one_call_per_read_and_the_same_view_as_a_full_read() -> None:
+    with same_port_pool(PoolSpec(hosts=4, vms=40, seed=5, vm_start_seconds=0.1)) as pool:
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
+                            timeout=2.0, clock=ManualClock()) as xapi:
+                await xapi.login()
+                cached, full, calls = await both(cache, xapi, 1.0)
+                assert calls == 1 and comparable(cached) == comparable(full)
+                quiet = await cache.read(xapi, protection_key="xenhad", now=2.0)
+                assert comparable(quiet.view) == comparable(full)
+                # The world moves: a host dies, a VM starts elsewhere, a key is added.
+                halted = next(v for v in full.vms.values() if v.resident_on is None)
+                await xapi.vm_start(halted.ref)
+                pool.crash("host3")
+                pool.advance(700)  # past host_assumed_dead_interval: live goes false
+                await xapi.pool_add_to_other_config(full.pool_ref, "k", "v")
+                cached, full, calls = await both(cache, xapi, 3.0)
+                for u in full.hosts:
+                    assert cached.hosts[u] == full.hosts[u], (cached.hosts[u], full.hosts[u])
+                assert calls == 1 and comparable(cached) == comparable(full)
+                assert not cached.hosts[pool.host("host3").uuid].live
+                assert cached.vms[halted.uuid].running
+
+        asyncio.run(scenario())
+
+
+def test_a_new_session_or_a_new_master_means_a_full_read() -> None:
+    with same_port_pool(PoolSpec(hosts=3, vms=9, seed=5, fuse_seconds=0.2)) as pool:
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with Xapi(pool.host("host2").socket_path, timeout=2.0,
+                            clock=ManualClock()) as xapi:
+                await xapi.login()
+                await cache.read(xapi, protection_key="xenhad", now=1.0)
+                assert cache.full_reads == 1
+                await xapi.login()  # a new session: maybe another xapi behind the socket
+                await cache.read(xapi, protection_key="xenhad", now=2.0)
+                assert cache.full_reads == 2
+
+        asyncio.run(scenario())
+
+
+def test_an_empty_pool_answer_is_a_reply_error_and_the_cache_starts_over(
+    sim: SimPool,
+) -> None:
+    class Broken:
+        logins = 1
+
+        async def event_from(self, classes: Any, token: str, timeout: float) -> Any:
+            return {"events": "nonsense", "token": 7}
+
+    cache = PoolCache()
+    with pytest.raises(Exception, match=r"event\.from answered without events"):
+        asyncio.run(cache.read(Broken(), protection_key="xenhad", now=0.0))  # type: ignore[arg-type]
+    assert cache.full_reads == 1
