@@ -65,6 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     maint.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
                        help=f"the daemon's configuration (default {DEFAULT_CONFIG})")
 
+    chaos = sub.add_parser("chaos", help="seeded random faults against real daemons and the "
+                           "simulator, with invariants checked (exit 1 on a violation)")
+    chaos.add_argument("--schedules", type=_count(1, 100_000), default=5)
+    chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--hosts", type=_count(3, 7), default=3, help="pool size (3-7)")
+    chaos.add_argument("--budget-minutes", type=float, default=30.0, metavar="MIN",
+                       help="stop starting schedules after this long (default 30)")
+    chaos.add_argument("--bmc", choices=("ok", "lie"), default="ok",
+                       help='"lie": every BMC says Off and does nothing (a broken fence '
+                       "that the checks must catch)")
+    chaos.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                       help="keep every schedule's configs and logs in DIR")
+    chaos.add_argument("--replay", type=int, default=None, metavar="SEED",
+                       help="run the one schedule of this seed again (logs kept)")
+
     sub.add_parser("sim", help="run a simulated XAPI pool (see `xenhad sim --help`)",
                    add_help=False)
     return parser
@@ -130,4 +145,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from xenhad.maintenance import run_maintenance
 
         return run_maintenance(args.config, args.host, on=args.action == "on")
+    if args.command == "chaos":
+        from xenhad.chaos.run import main as chaos_main
+
+        return chaos_main(schedules=args.schedules, seed=args.seed, hosts=args.hosts,
+                          budget_minutes=args.budget_minutes, bmc=args.bmc, keep=args.keep,
+                          replay=args.replay)
     raise AssertionError(f"unhandled command {args.command}")

@@ -10,7 +10,9 @@ emulator, an independent implementation of the same schema.
 
 Faults per BMC: "ok"; "down" (nothing listens: connection refused); "hang" (accepts and
 never answers); "ignore-off" (accepts ForceOff and does nothing, the BMC bug that makes
-"command accepted" worthless without a PowerState read).
+"command accepted" worthless without a PowerState read); "lie" (accepts ForceOff, does
+nothing, and reads the power back as Off: no fencer can catch that one, and the chaos
+harness uses it to show that its checks catch the double run that follows).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from xenhad.sim.pool import SimPool
 
-MODES = ("ok", "down", "hang", "ignore-off")
+MODES = ("ok", "down", "hang", "ignore-off", "lie")
 SYSTEM = "/redfish/v1/Systems/1"
 RESET = SYSTEM + "/Actions/ComputerSystem.Reset"
 
@@ -53,11 +55,13 @@ class Bmc:
         self._server.server_close()
 
     def power_state(self) -> str:
+        if self.mode == "lie":
+            return "Off"
         return "On" if self.pool.host(self.host).powered else "Off"
 
     def reset(self, kind: str) -> None:
         self.resets.append((time.monotonic(), kind))
-        if self.mode == "ignore-off" and kind in ("ForceOff", "GracefulShutdown"):
+        if self.mode in ("ignore-off", "lie") and kind in ("ForceOff", "GracefulShutdown"):
             return
         powered = self.pool.host(self.host).powered
         if kind in ("ForceOff", "GracefulShutdown", "PushPowerButton") and powered:

@@ -1,0 +1,65 @@
+"""The invariants, read from what happened: the simulator's physical truth and the daemons'
+own log lines. Each returns the violations it found, one line each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from xenhad.log import LogLine
+
+
+def double_runs(found: list[dict[str, Any]]) -> list[str]:
+    return [f"VM {d.get('name') or d.get('uuid')} runs on {', '.join(d.get('hosts', []))}"
+            for d in found]
+
+
+def masters(truth: dict[str, Any]) -> list[str]:
+    """Once the pool has settled (healed, every host up): one master, followed by all."""
+    powered = {n: h for n, h in truth["hosts"].items() if h["powered"]}
+    acting = sorted(n for n, h in powered.items() if h["is_master"])
+    followed = sorted({h["believes_master"] for h in powered.values()})
+    if len(acting) == 1 and followed == acting:
+        return []
+    return [f"after settling: masters {acting or 'none'}, hosts follow {followed}"]
+
+
+def quorum_before_acting(name: str, lines: Iterable[LogLine]) -> list[str]:
+    """No promotion, and no incident, from a daemon that was not quorate at that moment."""
+    quorate = False
+    problems = []
+    for line in lines:
+        if line.event == "daemon.starting":
+            quorate = False
+        elif line.event == "quorum.gained":
+            quorate = True
+        elif line.event == "quorum.lost":
+            quorate = False
+        elif line.event in ("incident.opened", "failover.promoting") and not quorate:
+            problems.append(f"{name}: {line.event} at {line.timestamp} without quorum")
+    return problems
+
+
+def no_repeat(name: str, lines: Iterable[LogLine]) -> list[str]:
+    """One daemon opens at most one incident per host per down episode."""
+    open_for: set[str] = set()
+    problems = []
+    for line in lines:
+        host = str(line.fields.get("host", ""))
+        if line.event == "daemon.starting":
+            open_for.clear()  # a restarted daemon resumes from its journal, not from memory
+        elif line.event == "host.back":
+            open_for.discard(host)
+        elif line.event == "incident.opened":
+            if host in open_for:
+                problems.append(f"{name}: a second incident for {host} at {line.timestamp} "
+                                "while it stayed down")
+            open_for.add(host)
+    return problems
+
+
+def daemon_crashes(name: str, text: str) -> list[str]:
+    if "Traceback (most recent call last)" in text:
+        first = next(ln for ln in text.splitlines() if ln.startswith("Traceback"))
+        return [f"{name}: a daemon raised ({first[:80]}...)"]
+    return []
