@@ -313,7 +313,7 @@ class Daemon:
         # hung xapi with a live dom0 still runs its VMs, and is not dead. So a host heard
         # this tick needs no probe to count as up; it is still probed every few ticks, for
         # whom its xapi follows (failover) and to notice a wedged xapi.
-        heard = self._peers.heard(now) if self._peers is not None else frozenset()
+        heard = self._heard_lately(now)
         self._ticks += 1
         everyone = self._ticks % PROBE_HEARD_EVERY == 0 or (
             self._failover is not None and self._failover.wants_fresh_probes)
@@ -472,6 +472,14 @@ class Daemon:
 
     # -- master failover ---------------------------------------------------------------
 
+    def _heard_lately(self, now: float) -> frozenset[HostId]:
+        """Peers whose daemon beat in the last two intervals: alive, whatever their xapi
+        says. (Contact for quorum allows the whole window; liveness need not wait that
+        long to doubt a host whose xapi is silent too.)"""
+        if self._peers is None:
+            return frozenset()
+        return self._peers.heard(now, within=2 * self.config.peers.interval + 0.1)
+
     def _make_failover(self) -> Failover | None:
         cfg = self.config.failover
         if not cfg.enabled or not self.config.peers.enabled:
@@ -522,6 +530,14 @@ class Daemon:
             xapi, view, now, contact=self._contact(now), probes=self._probes, down=down,
             quorate=quorate,
         )
+        replaced = self._failover.take_replaced()
+        if replaced is not None and replaced in view.hosts and replaced != self._me:
+            # The survivors confirmed it down before electing us: its incident opens as
+            # soon as we may act (lock held, every host rejoined), with no second wait.
+            self._detector.restore_down(replaced, now, "the master this host replaced")
+            self._deferred.add(replaced)
+            log.warning("incident.deferred", host=view.hosts[replaced].name,
+                        why="the replaced master; opened once every host has rejoined")
         if may_act:
             may_act = await self._failover.check_reconciled(xapi, view, now, self._probes, down)
         return may_act
@@ -534,7 +550,7 @@ class Daemon:
         master = view.hosts.get(view.master)
         if master is None:
             return
-        heard = self._peers.heard(now) if self._peers is not None else frozenset()
+        heard = self._heard_lately(now)
         answered = master.uuid in heard or (await self._probe(master)).answered
         await failover.watch_master(now, view, quorate=self._health.quorate,
                                     answered=answered, contact=self._contact(now))

@@ -195,7 +195,10 @@ class Detector:
 
     # -- restart -----------------------------------------------------------------------
 
-    def restore_down(self, host: HostId, since: float) -> None:
+    def restore_down(
+        self, host: HostId, since: float,
+        reason: str = "down before this daemon started (from the journal)",
+    ) -> None:
         """Mark a host DOWN without a verdict: a restarted daemon replayed an open episode.
 
         `since` is informational only (it may be a wall-clock time from the journal, not a
@@ -206,7 +209,7 @@ class Detector:
         track.since = since
         track.misses = max(track.misses, self.settings.confirm_misses)
         track.hold = _Hold.NONE
-        track.reason = "down before this daemon started (from the journal)"
+        track.reason = reason
 
     # -- one tick ----------------------------------------------------------------------
 

@@ -104,10 +104,17 @@ class Failover:
         self._waiting_for: list[str] = []
         self._probes_fresh_since = float("-inf")
         self._rejoin: tuple[HostId, int] | None = None
+        self._replaced: HostId | None = None
 
     @property
     def vote(self) -> Vote | None:
         return self._elector.vote
+
+    def take_replaced(self) -> HostId | None:
+        """Once, after our promotion: the master we replaced, already confirmed down by our
+        watch of it, so that the new master need not confirm it all over again."""
+        replaced, self._replaced = self._replaced, None
+        return replaced
 
     @property
     def wants_fresh_probes(self) -> bool:
@@ -223,6 +230,7 @@ class Failover:
         if self._promoting_at is not None:
             self._promoting_at = None
             self._promoted_at = now
+            self._replaced = self._watched
             self._mark("promoted", now)
             try:
                 await self._raise_epoch(xapi, view)

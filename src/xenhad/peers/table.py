@@ -68,8 +68,10 @@ class PeerTable:
         """Seconds since we last heard each peer we ever heard: a heartbeat's `last_heard`."""
         return tuple(sorted((h, max(0.0, now - last.at)) for h, last in self._last.items()))
 
-    def heard(self, now: float) -> frozenset[HostId]:
-        return frozenset(h for h, last in self._last.items() if now - last.at <= self.window)
+    def heard(self, now: float, within: float | None = None) -> frozenset[HostId]:
+        """Peers whose heartbeat arrived in the last `within` seconds (default: the window)."""
+        limit = self.window if within is None else within
+        return frozenset(h for h, last in self._last.items() if now - last.at <= limit)
 
     def mutual(self, now: float) -> frozenset[HostId]:
         return frozenset(
