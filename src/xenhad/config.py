@@ -120,6 +120,8 @@ class RecoveryConfig:
     best_effort_attempts: int = 3
     retry_backoff: float = 5.0
     retry_backoff_max: float = 60.0
+    start_timeout: float = 300.0
+    """How long one VM.start_on may take: a boot, not a database call (xapi.timeout)."""
 
 
 @dataclass(frozen=True)
@@ -600,6 +602,7 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
         best_effort_attempts=best_effort_attempts,
         retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max,
+        start_timeout=t.seconds("start_timeout", d.start_timeout),
     )
 
 

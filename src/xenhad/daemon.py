@@ -642,6 +642,7 @@ class Daemon:
             targets=self._placement_targets,
             now=self._clock.wall,
             concurrency=self.config.recovery.concurrency,
+            start_timeout=self.config.recovery.start_timeout,
         )
 
     def _current_view(self) -> PoolView:

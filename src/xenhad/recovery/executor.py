@@ -62,6 +62,7 @@ class Executor:
         targets: Callable[[], Sequence[HostView]],
         now: Callable[[], float],
         concurrency: int,
+        start_timeout: float | None = None,
     ) -> None:
         self._xapi = xapi
         self._fencer = fencer
@@ -69,6 +70,7 @@ class Executor:
         self._targets = targets
         self._now = now
         self._starts = asyncio.Semaphore(concurrency)
+        self._start_timeout = start_timeout
 
     async def perform(self, action: Action) -> Event:
         if isinstance(action, FenceHost):
@@ -127,7 +129,7 @@ class Executor:
                              "HOST_GONE", "target host left the pool")
         async with self._starts:
             try:
-                await self._xapi.vm_start_on(vm.ref, host.ref)
+                await self._xapi.vm_start_on(vm.ref, host.ref, timeout=self._start_timeout)
             except XapiError as exc:
                 return StartDone(self._now(), action.vm, action.host, *_classify(exc))
             except XapiUnreachable as exc:

@@ -451,9 +451,12 @@ class Xapi:
         await self.call("VM.start", vm, start_paused, force)
 
     async def vm_start_on(
-        self, vm: str, host: str, *, start_paused: bool = False, force: bool = False
+        self, vm: str, host: str, *, start_paused: bool = False, force: bool = False,
+        timeout: float | None = None,
     ) -> None:
-        await self.call("VM.start_on", vm, host, start_paused, force)
+        """`timeout`: a start boots the VM (start_delay included), far longer than a
+        database call; None uses the facade's."""
+        await self.call("VM.start_on", vm, host, start_paused, force, timeout=timeout)
 
     async def vm_hard_shutdown(self, vm: str) -> None:
         await self.call("VM.hard_shutdown", vm)
