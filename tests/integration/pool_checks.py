@@ -3,6 +3,9 @@ are back. Physical truth (the simulator's domains) joined with what XAPI says.""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from xenhad.testbed import Testbed
 
 
@@ -29,3 +32,15 @@ def wait_all_logged(bed: Testbed, event: str, timeout: float = 60) -> None:
         lambda: {n for n, _ in bed.events_named(event)} >= set(bed.daemons),
         timeout, what=f"every daemon to log {event}",
     )
+
+
+def never_twice_until(bed: Testbed, done: Callable[[], object], timeout: float,
+                      what: str) -> None:
+    """Poll until `done()`, failing at once if a VM ever runs on two hosts meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert bed.pool.double_runs() == [], "a VM runs on two hosts"
+        if done():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"waited {timeout:.0f}s for {what}\n{bed.dump_logs()[-6000:]}")

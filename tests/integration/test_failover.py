@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pool_checks import never_twice_until as watch
 from pool_checks import protected_on, running_again, wait_all_logged
 
 from xenhad.sim import PoolSpec
@@ -39,17 +40,6 @@ def masters(bed: Testbed) -> dict[str, str]:
 
 def follows_one(bed: Testbed, master: str) -> bool:
     return all(m == master for m in masters(bed).values())
-
-
-def watch(bed: Testbed, done: object, timeout: float, what: str) -> None:
-    """Poll until `done()`, failing at once if a VM ever runs on two hosts."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert bed.pool.double_runs() == [], "a VM runs on two hosts"
-        if done():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"waited {timeout:.0f}s for {what}\n{bed.dump_logs()[-6000:]}")
 
 
 def test_master_crash_promotes_exactly_one_and_its_vms_come_back_once(workdir: Path) -> None:

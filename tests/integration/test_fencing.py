@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pool_checks import protected_on, running_again, wait_all_logged
+from pool_checks import never_twice_until, protected_on, running_again, wait_all_logged
 
 from xenhad.fencing.agent import find_agent
 from xenhad.sim import PoolSpec
@@ -21,17 +21,6 @@ from xenhad.testbed import Testbed
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 SPEC = PoolSpec(hosts=3, vms=12, seed=3, vm_start_seconds=0.5)
-
-
-def never_twice_until(bed: Testbed, done: object, timeout: float, what: str) -> None:
-    """Poll the physical truth until `done()` holds, failing on any double run meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert bed.pool.double_runs() == [], "a VM runs on two hosts"
-        if done():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"waited {timeout:.0f}s for {what}")
 
 
 def closed_incident(bed: Testbed) -> dict[str, object]:
