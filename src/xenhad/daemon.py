@@ -234,11 +234,11 @@ class Daemon:
 
     async def _tick(self) -> None:
         now = self._clock.monotonic()
-        # The master first: if it does not answer, the snapshot (which our xapi forwards to
-        # it) gets a short budget, and the master's watch its ticks on time.
         if self._witness is not None:
             await self._witness.poll(self._clock.wall(), self._clock.monotonic())
         self._update_peer_quorum(now)
+        # The master first: if it does not answer, the snapshot (which our xapi forwards to
+        # it) gets a short budget, and the master's watch its ticks on time.
         await self._watch_master(now)
         try:
             await asyncio.wait_for(self._watch(now), timeout=self._tick_budget())
