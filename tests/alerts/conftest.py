@@ -3,6 +3,7 @@ records what it is sent and answers as scripted, and a capture of xenhad's log l
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import http.server
 import io
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from xenhad import log as xlog
+from xenhad.alerts import Alerts
 
 
 @dataclass(frozen=True)
@@ -181,3 +183,18 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     return Tls(context, cert_file)
+
+
+def deliver(alerts: Alerts, *payloads: dict[str, Any], drain: float = 20.0) -> float:
+    """send() each payload from a running loop, then drain; the longest send() in seconds."""
+
+    async def scenario() -> float:
+        longest = 0.0
+        for payload in payloads:
+            started = time.monotonic()
+            alerts.send(payload)
+            longest = max(longest, time.monotonic() - started)
+        await alerts.drain(drain)
+        return longest
+
+    return asyncio.run(scenario())

@@ -4,19 +4,17 @@ never holds up the daemon."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from xenhad.alerts import Alerts
 from xenhad.config import AlertsConfig
 
-from .conftest import Logged
+from .conftest import Logged, deliver
 
 OPENED = {"event": "incident.opened", "incident": "i-1", "host": "host2", "phase": "fencing",
           "at": 1718000000.5}
@@ -47,19 +45,6 @@ def running(pid: int, within: float = 2.0) -> bool:
         time.sleep(0.02)
 
 
-def run(alerts: Alerts, *payloads: dict[str, Any], drain: float = 20.0) -> float:
-    async def scenario() -> float:
-        longest = 0.0
-        for payload in payloads:
-            started = time.monotonic()
-            alerts.send(payload)
-            longest = max(longest, time.monotonic() - started)
-        await alerts.drain(drain)
-        return longest
-
-    return asyncio.run(scenario())
-
-
 def test_the_hook_gets_the_event_in_argv_the_alert_on_stdin_and_a_clean_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: Logged
 ) -> None:
@@ -72,7 +57,7 @@ with open({str(out)!r}, "a") as f:
                          "stdin": sys.stdin.read()}}) + "\\n")
 """, python=True)
     alerts = Alerts.from_config(AlertsConfig(exec=path), pool="pool-uuid")
-    run(alerts, OPENED, CLOSED)
+    deliver(alerts, OPENED, CLOSED)
 
     seen = [json.loads(line) for line in out.read_text().splitlines()]
     assert [s["argv"] for s in seen] == [[str(path), "incident.opened"],
@@ -92,7 +77,7 @@ def test_a_hook_that_exits_non_zero_is_logged_with_its_first_stderr_line(
 ) -> None:
     path = hook(tmp_path, "cat >/dev/null\necho '' >&2\necho 'pager: no route' >&2\n"
                           "echo 'second line' >&2\nexit 3\n")
-    run(Alerts.from_config(AlertsConfig(exec=path)), OPENED)
+    deliver(Alerts.from_config(AlertsConfig(exec=path)), OPENED)
     [failed] = logged.events("alerts.exec_failed")
     assert failed == {"level": "error", "target": str(path), "alert": "incident.opened",
                       "reason": "exit status 3: pager: no route"}
@@ -105,7 +90,7 @@ def test_a_hook_that_hangs_is_killed_with_its_children_at_the_timeout(
     path = hook(tmp_path, f"sleep 60 &\necho $$ $! > {pids}\nwait\n")
     alerts = Alerts.from_config(AlertsConfig(exec=path, timeout=0.5))
     started = time.monotonic()
-    longest_send = run(alerts, OPENED)
+    longest_send = deliver(alerts, OPENED)
     assert longest_send < 0.05
     assert time.monotonic() - started < 5
     [failed] = logged.events("alerts.exec_failed")
@@ -120,7 +105,7 @@ def test_alerts_reach_the_hook_one_at_a_time_in_order(tmp_path: Path) -> None:
     path = hook(tmp_path, f'[ "$1" = incident.opened ] && sleep 0.3\necho "$1" >> {out}\n')
     events = [{**OPENED, "event": e} for e in ("incident.opened", "incident.step",
                                                 "incident.step", "incident.closed")]
-    run(Alerts.from_config(AlertsConfig(exec=path)), *events)
+    deliver(Alerts.from_config(AlertsConfig(exec=path)), *events)
     assert out.read_text().split() == [e["event"] for e in events]
 
 
@@ -128,13 +113,13 @@ def test_a_hook_that_cannot_be_run_is_logged(tmp_path: Path, logged: Logged) -> 
     path = hook(tmp_path, "exit 0\n")
     alerts = Alerts.from_config(AlertsConfig(exec=path))
     path.unlink()  # removed after the daemon started
-    run(alerts, OPENED)
+    deliver(alerts, OPENED)
     [failed] = logged.events("alerts.exec_failed")
     assert failed["reason"] == "cannot run it: No such file or directory"
 
 
 def test_a_hook_that_ignores_its_stdin_is_fine(tmp_path: Path, logged: Logged) -> None:
     path = hook(tmp_path, "exit 0\n")
-    run(Alerts.from_config(AlertsConfig(exec=path)), {**OPENED, "pad": "x" * 1_000_000})
+    deliver(Alerts.from_config(AlertsConfig(exec=path)), {**OPENED, "pad": "x" * 1_000_000})
     assert not logged.events("alerts.exec_failed")
     assert [e["alert"] for e in logged.events("alerts.delivered")] == ["incident.opened"]

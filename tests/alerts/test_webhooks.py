@@ -15,7 +15,7 @@ from xenhad.alerts import Alerts
 from xenhad.config import AlertsConfig
 from xenhad.errors import CredentialError
 
-from .conftest import Logged, Receiver, Tls
+from .conftest import Logged, Receiver, Tls, deliver
 
 TOKEN = "tok-5f1e9a77c2d04b7f"
 OPENED = {"event": "incident.opened", "incident": "i-1", "host": "host2", "phase": "fencing",
@@ -33,21 +33,6 @@ def token_file(tmp_path: Path) -> Path:
 
 def alerts_for(*urls: str, backoff: float = 0.01, **options: Any) -> Alerts:
     return Alerts.from_config(AlertsConfig(webhooks=urls, **options), backoff=backoff)
-
-
-def deliver(alerts: Alerts, *payloads: dict[str, Any], drain: float = 20.0) -> float:
-    """send() each payload from a running loop, then drain; the longest send() in seconds."""
-
-    async def scenario() -> float:
-        longest = 0.0
-        for payload in payloads:
-            started = time.monotonic()
-            alerts.send(payload)
-            longest = max(longest, time.monotonic() - started)
-        await alerts.drain(drain)
-        return longest
-
-    return asyncio.run(scenario())
 
 
 def test_each_transition_is_posted_in_order_with_its_headers_and_the_pool(
