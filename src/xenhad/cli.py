@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep every schedule's configs and logs in DIR")
     chaos.add_argument("--replay", type=int, default=None, metavar="SEED",
                        help="run the one schedule of this seed again (logs kept)")
+    chaos.add_argument("--jobs", type=_count(1, 32), default=1,
+                       help="schedules run side by side (each pool on its own addresses)")
 
     sub.add_parser("sim", help="run a simulated XAPI pool (see `xenhad sim --help`)",
                    add_help=False)
@@ -150,5 +152,5 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return chaos_main(schedules=args.schedules, seed=args.seed, hosts=args.hosts,
                           budget_minutes=args.budget_minutes, bmc=args.bmc, keep=args.keep,
-                          replay=args.replay)
+                          replay=args.replay, jobs=args.jobs)
     raise AssertionError(f"unhandled command {args.command}")

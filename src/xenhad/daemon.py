@@ -48,7 +48,7 @@ from xenhad.fencing.watchdog import (
     self_fence_deadline_passed,
 )
 from xenhad.journal import Journal
-from xenhad.model import HostId, HostView, PoolView, VmView
+from xenhad.model import HostId, HostView, PoolView
 from xenhad.notify import Notifier
 from xenhad.peers.link import HeartbeatLink, Peer
 from xenhad.peers.table import PeerTable
@@ -57,6 +57,7 @@ from xenhad.recovery import events as ev
 from xenhad.recovery.executor import Executor
 from xenhad.recovery.history import History, Recovered
 from xenhad.recovery.incident import Incident, Settings, VmSnapshot
+from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
 from xenhad.xapi.client import Xapi
 from xenhad.xapi.connect import open_xapi
@@ -135,6 +136,8 @@ class Daemon:
         self._probes: dict[HostId, Joined] = {}
         self._deferred: set[HostId] = set()
         self._may_act = True
+        self._next_offline_sweep = 0.0
+        self._all_joined_since: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -349,6 +352,7 @@ class Daemon:
                 self._deferred.discard(host_id)
                 if self._detector.state(host_id) is HostState.DOWN and host_id in view.hosts:
                     self._open_incident(view, view.hosts[host_id])
+            self._restart_offline(view, now)
         wall = self._clock.wall()
         for runner in self._runners.values():
             runner.observe(view, wall)
@@ -583,6 +587,42 @@ class Daemon:
             if runner is not None:
                 runner.feed(ev.HostReturned(self._clock.wall()))
 
+    def _restart_offline(self, view: PoolView, now: float) -> None:
+        """Start protected VMs found Halted though nobody shut them down (offline.py), once
+        no incident is open and every host is up and joined to us, so that XAPI's Halted
+        is the whole truth. A VM that does not start is tried again after the longest
+        retry backoff."""
+        me = view.hosts.get(self._me)
+        address = me.address if me is not None else None
+        if self._runners or not self._health.quorate or not all(
+            h.uuid == self._me or (
+                h.live and self._detector.state(h.uuid) is HostState.UP
+                and (joined := self._probes.get(h.uuid)) is not None
+                and joined.follows == address)
+            for h in view.hosts.values()
+        ):
+            self._all_joined_since = None
+            return
+        if self._all_joined_since is None:
+            self._all_joined_since = now
+        # Held for a while, and seen in a snapshot read after that: a host that has just
+        # joined may not have resynced its VMs yet, and this view may predate its join.
+        hold = self.config.detector.recover_hold_seconds
+        if now < self._next_offline_sweep or view.taken_at < self._all_joined_since + hold:
+            return
+        vms = offline_protected(view)
+        if not vms:
+            return
+        self._next_offline_sweep = now + self.config.recovery.retry_backoff_max
+        log.error("vms.found_halted", vms=[vm.name for vm in vms],
+                  why="protected VMs are Halted though nobody shut them down (their host "
+                  "rebooted, or the pool lost power): starting them again")
+        wall = self._clock.wall()
+        self._start_runner(IncidentRunner.open(ev.Opened(
+            incident=time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall)) + "-offline",
+            host=OFFLINE, host_name="pool", now=wall, vms=vms, unsafe=False, offline=True,
+        ), self._runner_deps()))
+
     def _open_incident(self, view: PoolView, host: HostView) -> None:
         if host.uuid in self._runners:
             log.info("incident.already_open", host=host.name)  # single flight
@@ -590,7 +630,7 @@ class Daemon:
         wall = self._clock.wall()
         incident_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall)) + f"-{host.name}"
         vms = tuple(
-            _snapshot_vm(vm) for vm in view.vms_on(host.uuid) if vm.running
+            VmSnapshot.of(vm) for vm in view.vms_on(host.uuid) if vm.running
         )
         opened = ev.Opened(
             incident=incident_id,
@@ -907,11 +947,6 @@ def _recovery_settings(config: Config) -> Settings:
         retry_backoff=r.retry_backoff,
         retry_backoff_max=r.retry_backoff_max,
     )
-
-
-def _snapshot_vm(vm: VmView) -> VmSnapshot:
-    return VmSnapshot(uuid=vm.uuid, name=vm.name, protection=vm.protection, memory=vm.memory,
-                      affinity=vm.affinity, order=vm.order)
 
 
 def run(config_path: Path, *, clock: Clock | None = None) -> int:

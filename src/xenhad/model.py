@@ -75,6 +75,9 @@ class VmView:
     start_delay: int = 0
     busy: bool = False
     """An operation (start, migrate...) is in progress: xapi's current_operations is not empty."""
+    always_run: bool = False
+    """ha_always_run: set by VM.start for a "restart" VM, cleared by every shutdown through
+    the API (xapi_vm.ml). Halted with it set, the VM died without anyone asking."""
 
     @property
     def running(self) -> bool:

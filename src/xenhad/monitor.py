@@ -198,6 +198,7 @@ def _vm(
         order=vm.integer("order", default=0),
         start_delay=vm.integer("start_delay", default=0),
         busy=bool(vm.mapping("current_operations", default={})),
+        always_run=vm.flag("ha_always_run", default=False),
     )
     return view, warning
 
@@ -272,8 +273,8 @@ class _Record:
             raise self.bad(field, "is not an object reference")
         return value
 
-    def flag(self, field: str) -> bool:
-        value = self._get(field, _MISSING)
+    def flag(self, field: str, default: Any = _MISSING) -> bool:
+        value = self._get(field, default)
         if isinstance(value, bool):
             return value
         # Tolerate the spelling some proxies use.

@@ -84,3 +84,30 @@ def test_a_bmc_that_ignores_power_off_holds_the_incident_until_it_works(
         never_twice_until(bed, lambda: running_again(bed, protected, "host2"), 60,
                           what=f"{protected} running again")
         assert closed_incident(bed)["fenced_by"] == "redfish"
+
+
+def test_a_host_that_reboots_before_its_fence_gets_its_vms_back(workdir: Path) -> None:
+    # host2 crashes and its BMC is unreachable, so its incident waits for a fence; then it
+    # boots again. The incident aborts (the host is back), and xapi has resynced host2's
+    # VMs Halted on boot, with ha_always_run still set: nobody shut them down, and nobody
+    # would start them. Once every host is up and joined, they are started again, once.
+    spec = PoolSpec(hosts=3, vms=12, seed=3, vm_start_seconds=0.5, boot_seconds=3.0)
+    with Testbed(spec, workdir, fencing="redfish") as bed:
+        wait_all_logged(bed, "quorum.gained")
+        protected = [vm for vm in protected_on(bed, "host2")
+                     if bed.vm_records()[vm]["protection"] == "restart"]
+        assert protected
+        bed.bmc_mode("host2", "down")
+        bed.crash("host2")
+        bed.wait_for(lambda: bed.events_named("incident.waiting_fence", "host1"), 60,
+                     what="the incident to wait for a fence")
+        bed.boot("host2")
+        never_twice_until(bed, lambda: running_again(bed, protected, "host2"), 60,
+                          what=f"{protected} running again")
+        (_, found), = bed.events_named("vms.found_halted", "host1")
+        assert set(protected) <= set(found.fields["vms"])  # type: ignore[arg-type]
+        bed.wait_for(lambda: len(bed.events_named("incident.closed", "host1")) == 2, 30,
+                     what="both incidents to close")
+        first, second = (e.fields for _, e in bed.events_named("incident.closed", "host1"))
+        assert first["phase"] == "aborted" and second["phase"] == "done"
+        assert set(protected) <= set(second["restarted"])  # type: ignore[call-overload]

@@ -341,3 +341,17 @@ def test_invariants_hold_in_any_world(n_vms: int, unsafe: bool, choices: list[in
 
     # Replaying the journal (the events) gives the very same state.
     assert replay(d.events, SET) == d.incident
+
+
+def test_offline_protected_vms_are_started_without_fence_or_reset() -> None:
+    first = ev.Opened("inc-2", "offline", "pool", 100.0, (vm("a"), vm("b", order=1)), False,
+                      offline=True)
+    d = Drive(first)
+    assert d.incident.phase is Phase.RESTARTING and d.incident.fenced_by == ""
+    assert d.last == (ev.MeasureCapacity(exclude="offline"),)
+    actions = d(ev.CapacityMeasured(101, ROOM))
+    assert [a.vm for a in actions if isinstance(a, ev.StartVm)] == ["uuid-a"]
+    assert not any(isinstance(a, (ev.FenceHost, ev.ResetVm)) for a in d.actions)
+    # Replayed from the journal, it is the same incident.
+    assert replay(d.events, SET) == d.incident
+    assert ev.decode(ev.encode(first)) == first

@@ -21,7 +21,16 @@ def masters(truth: dict[str, Any]) -> list[str]:
     followed = sorted({h["believes_master"] for h in powered.values()})
     if len(acting) == 1 and followed == acting:
         return []
-    return [f"after settling: masters {acting or 'none'}, hosts follow {followed}"]
+    state = "; ".join(f"{n}: xapi {h['xapi']}, follows {h['believes_master']}"
+                      + (", emergency" if h.get("emergency") else "")
+                      for n, h in sorted(powered.items()))
+    return [f"after settling: masters {acting or 'none'}, hosts follow {followed} ({state})"]
+
+
+def not_running(truth: dict[str, Any], protected: Iterable[str]) -> list[str]:
+    """The protected VMs (by name) that no host runs."""
+    where = {vm["name"]: vm["hosts"] for vm in truth["vms"]}
+    return sorted(name for name in protected if not where.get(name))
 
 
 def quorum_before_acting(name: str, lines: Iterable[LogLine]) -> list[str]:
@@ -50,7 +59,8 @@ def no_repeat(name: str, lines: Iterable[LogLine]) -> list[str]:
             open_for.clear()  # a restarted daemon resumes from its journal, not from memory
         elif line.event == "host.back":
             open_for.discard(host)
-        elif line.event == "incident.opened":
+        elif line.event == "incident.opened" and line.fields.get("mode") != "offline":
+            # (Offline VMs found halted belong to no down host: see recovery/offline.py.)
             if host in open_for:
                 problems.append(f"{name}: a second incident for {host} at {line.timestamp} "
                                 "while it stayed down")

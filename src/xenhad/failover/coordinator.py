@@ -102,6 +102,8 @@ class Failover:
         self._last_step_down = float("-inf")
         self._lock_why = ""
         self._waiting_for: list[str] = []
+        self._strays_seen = False
+        self._rivals_logged: list[str] = []
         self._probes_fresh_since = float("-inf")
         self._rejoin: tuple[HostId, int] | None = None
         self._replaced: HostId | None = None
@@ -257,11 +259,14 @@ class Failover:
         probes: Mapping[HostId, Joined],
         down: frozenset[HostId],
     ) -> bool:
-        """Whether the database can be trusted about where VMs run: after a promotion, only
-        once every other host has rejoined us (or is itself down), and so resynced its VMs.
-        Recorded in pool.other_config, so a restarted daemon knows it too."""
+        """Whether the database can be trusted about where VMs run: after a promotion, or
+        once a host was seen following another master, only when every other host has
+        rejoined us (or is itself down), and so resynced its VMs. Recorded in
+        pool.other_config, so a restarted daemon knows it too (and its first probes show
+        any host that follows another master)."""
         epoch = pool_lock.current_epoch(dict(view.other_config))
-        if epoch == 0 or _int(view.other_config.get(RECONCILED_KEY)) >= epoch:
+        recorded = epoch == 0 or _int(view.other_config.get(RECONCILED_KEY)) >= epoch
+        if recorded and not self._strays_seen:
             return True
         me = view.hosts.get(self.me)
         address = me.address if me is not None else ""
@@ -273,12 +278,14 @@ class Failover:
         if waiting:
             if waiting != self._waiting_for:
                 log.warning("failover.reconcile_waiting", hosts=waiting,
-                            why="the database is a copy from before the promotion; no VM is "
-                            "reset until these hosts rejoin (and say what they run) or are "
+                            why="the database may not know what these hosts run (a copy from "
+                            "before a promotion, or they followed another master); no VM is "
+                            "reset until they rejoin (and say what they run) or are "
                             "confirmed down")
             self._waiting_for = waiting
             return False
         self._waiting_for = []
+        self._strays_seen = False
         try:
             await _replace(xapi, view.pool_ref, RECONCILED_KEY, str(epoch),
                            exists=RECONCILED_KEY in view.other_config)
@@ -351,8 +358,27 @@ class Failover:
                 or (h.uuid in contact.mutual and contact.masters.get(h.uuid) not in (None, self.me))
             )
         )
+        if strays:
+            # A host that followed another master may run VMs our database never heard of
+            # (that master restarted them there): whatever the record says, the database
+            # is trusted again only once every such host has rejoined us and resynced.
+            self._strays_seen = True
         if not strays or now - self._last_recover < self.settings.recover_retry:
             return
+        rivals = sorted(_name(view, h) for h in strays
+                        if probes.get(h) is not None and probes[h].answered
+                        and probes[h].follows is None)
+        if rivals and not self._followed_by_majority(view, contact, probes, address):
+            # pool.recover_slaves would turn another master into our slave, while a
+            # majority may follow it and we are the one to step down (_outvoted): both
+            # would restart as each other's slave, and the pool would have no master.
+            if rivals != self._rivals_logged:
+                log.warning("failover.rival_master", masters=rivals,
+                            why="another master answers and no majority follows this one "
+                            "yet: its slaves are not recovered until one does")
+            self._rivals_logged = rivals
+            return
+        self._rivals_logged = []
         self._last_recover = now
         names = [_name(view, h) for h in strays]
         try:
@@ -367,6 +393,20 @@ class Failover:
         log.warning("failover.slaves_recovered", told=told,
                     not_reached=sorted(set(names) - set(told)) or None,
                     after_s=self._since("detected", now))
+
+    def _followed_by_majority(self, view: PoolView, contact: Contact,
+                              probes: Mapping[HostId, Joined], address: str) -> bool:
+        followers: set[HostId] = {self.me} | {
+            h for h in view.hosts
+            if contact.masters.get(h) == self.me
+            or (h in probes and probes[h].follows == address)
+        }
+        members = len(view.hosts)
+        if contact.witness is not None:
+            members += 1
+            if contact.witness:
+                followers.add(WITNESS)
+        return len(followers) * 2 > members
 
     async def _sync(self, xapi: Xapi, now: float) -> None:
         interval = self.settings.sync_interval

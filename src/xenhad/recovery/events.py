@@ -38,6 +38,9 @@ class Opened:
     now: float
     vms: tuple[VmSnapshot, ...]
     unsafe: bool
+    offline: bool = False
+    """Protected VMs XAPI shows Halted though nobody shut them down (offline.py): no host
+    to fence, nothing to reset; they are only started again. `host` is OFFLINE."""
 
 
 @dataclass(frozen=True)

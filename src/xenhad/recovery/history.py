@@ -88,8 +88,8 @@ def fold(
             continue
         incident_id = str(record.get("incident", ""))
         by_incident.setdefault(incident_id, []).append(event)
-        if isinstance(event, ev.Opened):
-            last_incident_of[host] = incident_id
+        if isinstance(event, ev.Opened) and not event.offline:
+            last_incident_of[host] = incident_id  # offline VMs have no dead host
     for incident_id, events in by_incident.items():
         incident = replay(events, settings)
         if incident is None:

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from xenhad.model import HostId, Protection, VmId
+from xenhad.model import HostId, Protection, VmId, VmView
 
 
 class Phase(enum.Enum):
@@ -56,6 +56,11 @@ class VmSnapshot:
     memory: int
     affinity: HostId | None = None
     order: int = 0
+
+    @classmethod
+    def of(cls, vm: VmView) -> VmSnapshot:
+        return cls(uuid=vm.uuid, name=vm.name, protection=vm.protection, memory=vm.memory,
+                   affinity=vm.affinity, order=vm.order)
 
 
 @dataclass(frozen=True)

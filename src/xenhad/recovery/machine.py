@@ -6,14 +6,17 @@
        v  |
     WAITING_FENCE --host back--> ABORTED                (nothing was touched)
 
+    (offline) ---------------------> RESTARTING          (protected VMs found Halted, every
+                                                          host up: see offline.py)
+
 `step(incident, event)` returns the new incident and the actions to perform. The executor
 performs them and feeds their results back as events; the journal records every event, so
 a daemon killed at any instant replays the same events into the same state, then sends
 `Resumed` to re-issue whatever was in flight (every action is idempotent).
 
 The rule above all: no VM is reset or started before the incident's host is proven off
-(FenceDone.off) or the operator chose trust-liveness, and a host that XAPI can still reach
-is never treated as dead.
+(FenceDone.off), or the VM is Halted while every host is up, or the operator chose
+trust-liveness; and a host that XAPI can still reach is never treated as dead.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ def open_incident(event: Opened) -> Transition:
         unsafe=event.unsafe,
         vms=tasks,
     )
+    if event.offline:
+        # Halted already, with every host up and joined: no domain of theirs runs anywhere.
+        halted = {uuid: replace(t, status=VmStatus.RESET) for uuid, t in tasks.items()}
+        return _settle(replace(incident, phase=Phase.RESTARTING, vms=halted,
+                               note="protected VMs found halted"), event.now, ())
     if event.unsafe:
         return _begin_reset(replace(incident, fenced_by="trust-liveness"), event.now)
     return Transition(replace(incident, fence_attempts=1), (FenceHost(event.host),))

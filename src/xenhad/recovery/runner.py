@@ -65,7 +65,8 @@ class IncidentRunner:
             host=opened.host_name,
             vms=len(opened.vms),
             protected=protected,
-            mode="trust-liveness" if opened.unsafe else "fence-first",
+            mode=("offline" if opened.offline else
+                  "trust-liveness" if opened.unsafe else "fence-first"),
             phase=transition.incident.phase.value,
         )
         if opened.unsafe:

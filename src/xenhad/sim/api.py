@@ -171,7 +171,7 @@ def login_with_password(ctx: Ctx, uname: Any, pwd: Any, *_: Any) -> str:
     else:
         if not ctx.host.is_master:
             # xapi_session.ml login_with_password: raised before any authentication.
-            raise XapiFailure("HOST_IS_SLAVE", [ctx.host.conf_master])
+            raise XapiFailure("HOST_IS_SLAVE", [ctx.host.running_master])
         _password_ok(ctx, uname, pwd)
         served = ctx.host
     ref = _new_ref(ctx.pool)
@@ -545,6 +545,9 @@ def _start(ctx: Ctx, vref: str, host_ref: str | None, paused: Any, force: Any) -
         if r == Route.REFUSED:
             raise XapiFailure("CANNOT_CONTACT_HOST", [host_ref])
     task = _new_ref(pool)
+    if rec.get("ha_restart_priority") == "restart":
+        # xapi_vm.ml start: a "restart" VM started is one HA must keep running.
+        db.set(vref, "ha_always_run", True)
     db.set(vref, "current_operations", {task: "start"})
     db.set(vref, "scheduled_to_be_resident_on", host_ref)
     epoch = target.epoch
@@ -597,6 +600,9 @@ def _shutdown(ctx: Ctx, vm: Any) -> str:
             raise XapiFailure("CANNOT_CONTACT_HOST", [resident])
     if h is not None:
         ctx.pool.remove_domain(rec["uuid"], h)
+    # xapi_vm.ml hard_shutdown / clean_shutdown_with_timeout: shut down on purpose, so HA
+    # leaves it halted (a shutdown from inside the guest keeps the flag, and HA restarts it).
+    db.set(vref, "ha_always_run", False)
     _force_halted(db, vref)
     return ""
 

@@ -240,7 +240,10 @@ def build_pool(spec: PoolSpec, wall: float) -> tuple[Db, list[SeedHost]]:
         affinity = hosts[slot].ref if rng.random() < 0.3 else NULL_REF
         halted = rng.random() < 0.1 or free[slot] < memory
         rec = vm_record(ids.uuid(), name, memory=memory, affinity=affinity,
-                        ha_restart_priority=priority, ha_always_run=priority == "restart",
+                        ha_restart_priority=priority,
+                        # Halted at the start means shut down on purpose (xapi_vm.ml clears
+                        # the flag on every shutdown through the API).
+                        ha_always_run=priority == "restart" and not halted,
                         order=order, start_delay=start_delay)
         if not halted:
             free[slot] -= memory

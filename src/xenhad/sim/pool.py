@@ -56,6 +56,10 @@ class HostState:
     db: Db
     conf_master: str
     """pool.conf: the address of the master this host believes in (its own: it is master)."""
+    role_master: str = ""
+    """The master address its running xapi read from pool.conf when it started: a new
+    pool.conf "takes effect on next server restart only" (xapi_pool_transition.ml set_role).
+    Empty until xapi first starts: pool.conf then."""
     powered: bool = True
     xapi: str = "up"
     """"up", "hung" (accepts, never answers) or "down" (booting, restarting, off)."""
@@ -75,8 +79,12 @@ class HostState:
     socket_path: str = ""
 
     @property
+    def running_master(self) -> str:
+        return self.role_master or self.conf_master
+
+    @property
     def is_master(self) -> bool:
-        return self.conf_master == self.address
+        return self.running_master == self.address
 
 
 class SimPool:
@@ -297,7 +305,7 @@ class SimPool:
         return Route.OK
 
     def master_of(self, h: HostState) -> HostState | None:
-        return self.host_by_address(h.conf_master)
+        return self.host_by_address(h.running_master)
 
     # ---- physical truth --------------------------------------------------------------
 
@@ -364,6 +372,7 @@ class SimPool:
         """xapi (re)starts on a powered host, as master or slave per its pool.conf (xapi.ml)."""
         h.epoch += 1
         h.xapi = "up"
+        h.role_master = h.conf_master
         h.local_sessions.clear()
         h.emergency = False
         if self.server is not None:
@@ -513,7 +522,8 @@ class SimPool:
 
     def shutdown(self, host: str) -> None:
         """A clean shutdown: its VMs halted, and the master marks it not live at once
-        (db_gc.ml tickle_heartbeat with shutting_down -> mark_host_as_dead)."""
+        (db_gc.ml tickle_heartbeat with shutting_down -> mark_host_as_dead). dom0 shuts its
+        VMs down through the API on the way (xapi-domains), which clears ha_always_run."""
         with self.lock:
             h = self.host(host)
             if not h.powered:
@@ -527,6 +537,7 @@ class SimPool:
                         db.set(ref, "power_state", "Halted")
                         db.set(ref, "resident_on", NULL_REF)
                         db.set(ref, "domid", -1)
+                        db.set(ref, "ha_always_run", False)
                 if m is not h:
                     m.shutting_down.add(h.ref)
                     db.set(h.metrics_ref, "live", False)
