@@ -56,7 +56,7 @@ from xenhad.pool_cache import PoolCache
 from xenhad.recovery import events as ev
 from xenhad.recovery.executor import Executor
 from xenhad.recovery.history import History, Recovered
-from xenhad.recovery.incident import Incident, Settings, VmSnapshot
+from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot
 from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
 from xenhad.xapi.client import Xapi
@@ -138,6 +138,8 @@ class Daemon:
         self._may_act = True
         self._next_offline_sweep = 0.0
         self._all_joined_since: float | None = None
+        self._proven_off: set[HostId] = set()
+        """Hosts fenced by an incident that closed done, and not back since."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -582,6 +584,7 @@ class Daemon:
                 self._open_incident(view, host)
         elif kind is VerdictKind.BACK:
             log.warning("host.back", **facts)
+            self._proven_off.discard(host_id)
             self._history.episode_end(host_id)
             runner = self._runners.get(host_id)
             if runner is not None:
@@ -589,13 +592,13 @@ class Daemon:
 
     def _restart_offline(self, view: PoolView, now: float) -> None:
         """Start protected VMs found Halted though nobody shut them down (offline.py), once
-        no incident is open and every host is up and joined to us, so that XAPI's Halted
-        is the whole truth. A VM that does not start is tried again after the longest
-        retry backoff."""
+        no incident is open and every host is up and joined to us, or proven off by a
+        fence, so that XAPI's Halted is the whole truth. A VM that does not start is tried
+        again after the longest retry backoff."""
         me = view.hosts.get(self._me)
         address = me.address if me is not None else None
         if self._runners or not self._health.quorate or not all(
-            h.uuid == self._me or (
+            h.uuid == self._me or h.uuid in self._proven_off or (
                 h.live and self._detector.state(h.uuid) is HostState.UP
                 and (joined := self._probes.get(h.uuid)) is not None
                 and joined.follows == address)
@@ -664,6 +667,8 @@ class Daemon:
         def finished(done: asyncio.Task[object]) -> None:
             self._runners.pop(host, None)
             self._runner_tasks.pop(host, None)
+            if _proves_off(runner.incident):
+                self._proven_off.add(host)
             if not done.cancelled() and done.exception() is not None:
                 # The journal still holds the incident open: a restart resumes it. Until
                 # then the host stays DOWN, so no second incident starts behind its back.
@@ -724,6 +729,8 @@ class Daemon:
         self._compact_journal(recovered)
         for host, since in recovered.down_since.items():
             self._detector.restore_down(host, since)
+        self._proven_off = {i.host for i in recovered.closed if _proves_off(i)
+                            and recovered.down_since.get(i.host) == i.opened_at}
         self._pending_resume = recovered.open
         if recovered.open:
             log.warning("incident.resuming", incidents=[i.id for i in recovered.open])
@@ -900,6 +907,11 @@ class Daemon:
         if worst * 2 > watchdog:
             log.error("systemd.watchdog_tight", watchdog_s=watchdog, worst_tick_s=worst,
                       fix="raise WatchdogSec= or lower xapi.timeout/detector.interval")
+
+
+def _proves_off(incident: Incident) -> bool:
+    """A fence powered the host off (not trust-liveness, not an offline incident)."""
+    return incident.phase is Phase.DONE and incident.fenced_by not in ("", "trust-liveness")
 
 
 def _incident_doc(incident: Incident, names: dict[HostId, str]) -> dict[str, Any]:

@@ -245,7 +245,7 @@ class Failover:
         elif self._outvoted(view, now, contact, probes):
             await self._step_down(view, now)
             return False
-        if not quorate:
+        if not quorate or self._rival_answers(view, contact, probes):
             return False
         await self._recover_strays(xapi, view, now, contact, probes, down)
         await self._sync(xapi, now)
@@ -365,20 +365,6 @@ class Failover:
             self._strays_seen = True
         if not strays or now - self._last_recover < self.settings.recover_retry:
             return
-        rivals = sorted(_name(view, h) for h in strays
-                        if probes.get(h) is not None and probes[h].answered
-                        and probes[h].follows is None)
-        if rivals and not self._followed_by_majority(view, contact, probes, address):
-            # pool.recover_slaves would turn another master into our slave, while a
-            # majority may follow it and we are the one to step down (_outvoted): both
-            # would restart as each other's slave, and the pool would have no master.
-            if rivals != self._rivals_logged:
-                log.warning("failover.rival_master", masters=rivals,
-                            why="another master answers and no majority follows this one "
-                            "yet: its slaves are not recovered until one does")
-            self._rivals_logged = rivals
-            return
-        self._rivals_logged = []
         self._last_recover = now
         names = [_name(view, h) for h in strays]
         try:
@@ -394,8 +380,30 @@ class Failover:
                     not_reached=sorted(set(names) - set(told)) or None,
                     after_s=self._since("detected", now))
 
+    def _rival_answers(self, view: PoolView, contact: Contact,
+                       probes: Mapping[HostId, Joined]) -> bool:
+        """Whether another master answers while no majority follows this one. Then this
+        master acts on nothing: pool.recover_slaves could make the rival our slave while
+        a majority follows it and we are the one to step down (both would restart as each
+        other's slave, and the pool would have no master), and an incident could fence
+        hosts that are only following the rival."""
+        rivals = sorted(_name(view, h) for h, p in probes.items()
+                        if h != self.me and h in view.hosts and p.answered
+                        and p.follows is None)
+        if not rivals or self._followed_by_majority(view, contact, probes):
+            self._rivals_logged = []
+            return False
+        if rivals != self._rivals_logged:
+            log.warning("failover.rival_master", masters=rivals,
+                        why="another master answers and no majority follows this one: "
+                        "nothing is recovered until one does (or this one steps down)")
+        self._rivals_logged = rivals
+        return True
+
     def _followed_by_majority(self, view: PoolView, contact: Contact,
-                              probes: Mapping[HostId, Joined], address: str) -> bool:
+                              probes: Mapping[HostId, Joined]) -> bool:
+        me = view.hosts.get(self.me)
+        address = me.address if me is not None else ""
         followers: set[HostId] = {self.me} | {
             h for h in view.hosts
             if contact.masters.get(h) == self.me
