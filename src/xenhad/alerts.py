@@ -54,6 +54,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -164,7 +165,10 @@ class Webhook:
             # behind ends at its own socket timeout.
             return await asyncio.wait_for(future, self.timeout)
         except asyncio.TimeoutError:
-            raise _Retryable(f"no answer within {self.timeout:g}s") from None
+            raise self._no_answer() from None
+
+    def _no_answer(self) -> Exception:
+        return _Retryable(f"no answer within {self.timeout:g}s")
 
     def _post(self, body: bytes) -> int:
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
@@ -181,7 +185,12 @@ class Webhook:
                 raise _Retryable(reason) from None
             raise _Final(reason) from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, socket.timeout):
+                raise self._no_answer() from None
             raise _connect_failure(exc.reason) from None
+        except socket.timeout:
+            # The socket's own timeout can fire just before wait_for's: the same event.
+            raise self._no_answer() from None
         except OSError as exc:
             # Resets and timeouts while reading the answer (http.client raises
             # RemoteDisconnected, an OSError, for a server that closes without answering).

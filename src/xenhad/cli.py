@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                        "that the checks must catch)")
     chaos.add_argument("--keep", type=Path, default=None, metavar="DIR",
                        help="keep every schedule's configs and logs in DIR")
-    chaos.add_argument("--replay", type=int, default=None, metavar="SEED",
-                       help="run the one schedule of this seed again (logs kept)")
+    chaos.add_argument("--replay", type=int, nargs="+", default=[], metavar="SEED",
+                       help="run the schedules of these seeds again (logs kept)")
     chaos.add_argument("--jobs", type=_count(1, 32), default=1,
                        help="schedules run side by side (each pool on its own addresses)")
 

@@ -597,7 +597,9 @@ class Daemon:
         again after the longest retry backoff."""
         me = view.hosts.get(self._me)
         address = me.address if me is not None else None
-        if self._runners or not self._health.quorate or not all(
+        if self._runners or not self._health.quorate or any(
+            h.maintenance for h in view.hosts.values()  # an operator is at work: hands off
+        ) or not all(
             h.uuid == self._me or h.uuid in self._proven_off or (
                 h.live and self._detector.state(h.uuid) is HostState.UP
                 and (joined := self._probes.get(h.uuid)) is not None

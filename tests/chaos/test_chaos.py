@@ -34,6 +34,22 @@ def test_fixed_seeds_hold_every_invariant() -> None:
     assert "| 2 |" in result.stdout and "VIOLATION" not in result.stdout
 
 
+# Seeds the soak once failed, each for its own reason: a master acting on its database from
+# before it was powered off (a VM ran twice); two masters recovering each other into a pool
+# without one; a master fencing its rival's followers; the sweep of halted VMs held back by
+# a host already fenced off.
+ONCE_FAILED = ["11000035", "11000037", "1000034", "1000052"]
+
+
+def test_seeds_that_once_failed_hold_every_invariant() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "xenhad", "chaos", "--replay", *ONCE_FAILED, "--jobs", "4"],
+        capture_output=True, text=True, timeout=540,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert f"| {len(ONCE_FAILED)} |" in result.stdout and "VIOLATION" not in result.stdout
+
+
 def test_a_cut_off_host_is_fenced_for_real_and_nothing_runs_twice() -> None:
     outcome = run_one(101, hosts=3, bmc="ok", keep=None, faults=CUT_OFF_HOST2)
     assert outcome.violations == [], "\n".join(outcome.violations + outcome.timeline)

@@ -322,6 +322,20 @@ class Failover:
                     and probe.follows is None:
                 self._rejoin = (master, count)
                 return True
+        if self._followed_by_majority(view, contact, probes):
+            return False
+        # No master has a majority (a host of the pool is down, and two masters split the
+        # rest): neither may act (_rival_answers), so one must give way. The same rule as
+        # the election decides, so both sides agree: priority, then the lower uuid.
+        rivals = [h for h in contact.mutual
+                  if h in view.hosts and (p := probes.get(h)) is not None and p.answered
+                  and p.follows is None]
+        ranked = sorted([self.me, *rivals],
+                        key=lambda h: (-contact.priorities.get(h, 0) if h != self.me
+                                       else -self.settings.priority, h))
+        if ranked[0] != self.me:
+            self._rejoin = (ranked[0], followed.get(ranked[0], 0))
+            return True
         return False
 
     async def _step_down(self, view: PoolView, now: float) -> None:
@@ -332,8 +346,10 @@ class Failover:
         self._last_step_down = now
         log.error("failover.stepping_down", new_master=view.hosts[master].name,
                   followers=count, pool=len(view.hosts),
-                  why="a majority follows another master: this host rejoins it with "
-                  "pool.emergency_reset_master, and acts on nothing meanwhile")
+                  why=("a majority follows another master" if count * 2 > len(view.hosts)
+                       else "no master has a majority, and the other one ranks first")
+                  + ": this host rejoins it with pool.emergency_reset_master, and acts on "
+                  "nothing meanwhile")
         try:
             await self._actions.reset_master(view.hosts[master].address)
         except (XapiError, XapiUnreachable, XenhadError) as exc:
