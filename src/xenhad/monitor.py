@@ -36,6 +36,21 @@ _HA_RESTART_PRIORITY = {
 }
 
 
+FIELDS: Mapping[str, frozenset[str]] = {
+    "pool": frozenset({"uuid", "master", "ha_enabled", "other_config"}),
+    "host": frozenset({"uuid", "name_label", "address", "enabled", "metrics", "other_config"}),
+    "host_metrics": frozenset({"uuid", "live", "memory_total", "memory_free"}),
+    "vm": frozenset({
+        "uuid", "name_label", "power_state", "resident_on", "affinity", "memory_static_max",
+        "ha_restart_priority", "ha_always_run", "order", "start_delay", "current_operations",
+        "other_config", "is_control_domain", "is_a_template", "is_a_snapshot",
+    }),
+}
+"""Every field build_snapshot reads, by lower-cased class: all a cache of records keeps. A
+real VM record has about a hundred more (last_booted_record alone is a whole serialised
+record), which a 1,000-VM pool would otherwise hold in memory for nothing."""
+
+
 class RecordSource(Protocol):
     """What snapshot() needs from the facade (`xenhad.xapi.Xapi` is one)."""
 

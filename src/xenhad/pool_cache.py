@@ -10,7 +10,8 @@ The whole pool is read again at once when the reply's valid_ref_counts disagree 
 we hold (a missed deletion); the cache is dropped on any error (xapi_event.ml raises
 EVENTS_LOST when a token is too old, and a new master's tokens mean nothing to us), and
 re-read every `full_every` seconds regardless. An empty token asks xapi_event.ml for every
-object of the classes, so the first read is one call too.
+object of the classes, so the first read is one call too. Of each record only the fields
+build_snapshot reads are kept (monitor.FIELDS).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from xenhad.monitor import Snapshot, build_snapshot
+from xenhad.monitor import FIELDS, Snapshot, build_snapshot
 from xenhad.xapi.errors import XapiReplyError
 
 CLASSES: tuple[str, ...] = ("pool", "host", "host_metrics", "VM")
@@ -115,7 +116,9 @@ class PoolCache:
             snapshot = event.get("snapshot")
             if not isinstance(snapshot, dict):
                 raise XapiReplyError(f"event.from: the {cls} event for {ref} has no snapshot")
-            table[ref] = snapshot
+            keep = FIELDS.get(cls)
+            table[ref] = snapshot if keep is None else {
+                k: v for k, v in snapshot.items() if k in keep}
         counts = reply.get("valid_ref_counts")
         if isinstance(counts, dict):
             for cls in CLASSES:

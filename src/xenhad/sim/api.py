@@ -18,6 +18,7 @@ from xenhad.sim.model import (
     Db,
     Record,
     XapiFailure,
+    boot_record,
     host_free_memory,
     render,
     vm_memory,
@@ -562,6 +563,7 @@ def _start(ctx: Ctx, vref: str, host_ref: str | None, paused: Any, force: Any) -
     db.set(vref, "scheduled_to_be_resident_on", NULL_REF)
     db.set(vref, "memory_target", vm_memory(rec))
     db.set(vref, "domid", 100 + sum(1 for _ in pool.domains))
+    db.set(vref, "last_booted_record", boot_record(db.get("VM", vref)))
     # xapi_vm.ml start / message_forwarding.ml start_on: Xapi_vm_helpers.start_delay sleeps
     # start_delay seconds after the domain is up, still inside the start operation.
     delay = int(rec.get("start_delay", 0) or 0)

@@ -172,7 +172,23 @@ def vm_record(uuid: str, name: str, *, memory: int, power_state: str = "Halted",
         "metrics": NULL_REF, "guest_metrics": NULL_REF, "appliance": NULL_REF,
         "VBDs": [], "VIFs": [], "consoles": [], "platform": {}, "HVM_boot_policy": "",
         "PV_bootloader": "", "xenstore_data": {}, "recommendations": "",
+        "last_booted_record": "",
     }
+
+
+def boot_record(rec: Record) -> str:
+    """What a start leaves in last_booted_record: the whole VM record as it booted, an
+    s-expression, with its own last_booted_record blanked (helpers.ml set_boot_record). It
+    makes a running VM's record several times the size of a halted one's, as in xapi."""
+
+    def sexpr(value: Any) -> str:
+        if isinstance(value, dict):
+            return "(" + "".join(f"({sexpr(k)} {sexpr(v)})" for k, v in value.items()) + ")"
+        if isinstance(value, list):
+            return "(" + " ".join(sexpr(v) for v in value) + ")"
+        return f"'{str(value).lower() if isinstance(value, bool) else value}'"
+
+    return sexpr({**rec, "last_booted_record": ""})
 
 
 def build_pool(spec: PoolSpec, wall: float) -> tuple[Db, list[SeedHost]]:
@@ -249,6 +265,7 @@ def build_pool(spec: PoolSpec, wall: float) -> tuple[Db, list[SeedHost]]:
             free[slot] -= memory
             rec.update(power_state="Running", resident_on=hosts[slot].ref,
                        domid=v + 1, memory_target=memory)
+            rec["last_booted_record"] = boot_record(rec)
         db.add("VM", ids.ref(), rec)
     return db, hosts
 
