@@ -629,25 +629,11 @@ def _check_files(config: Config, source: str, env: Mapping[str, str]) -> None:
     """Look at the files the config names, so a bad one fails `check-config`, not a failover."""
     xapi = config.xapi
     if xapi.password_file is not None:
-        try:
-            credentials.check_secret_file(xapi.password_file)
-        except CredentialError as e:
-            raise ConfigError(
-                f"{source}: xapi.password_file = {render_value(xapi.password_file)} "
-                f"is unusable: {e}"
-            ) from None
+        _check_secret(source, "xapi.password_file", xapi.password_file)
     if xapi.password_credential and env.get("CREDENTIALS_DIRECTORY"):
         # Outside systemd (an operator running check-config) there is no credentials
         # directory to look in; the daemon reports a missing one when it reads the secret.
-        try:
-            credentials.check_secret_file(
-                credentials.credential_path(xapi.password_credential, env)
-            )
-        except CredentialError as e:
-            raise ConfigError(
-                f"{source}: xapi.password_credential = "
-                f"{render_value(xapi.password_credential)} is unusable: {e}"
-            ) from None
+        _check_secret(source, "xapi.password_credential", xapi.password_credential, env)
     if xapi.ca_file is not None and not xapi.ca_file.is_file():
         raise ConfigError(
             f"{source}: xapi.ca_file = {render_value(xapi.ca_file)} is invalid: expected an "
@@ -658,13 +644,7 @@ def _check_files(config: Config, source: str, env: Mapping[str, str]) -> None:
 
 def _check_alert_files(alerts: AlertsConfig, source: str) -> None:
     if alerts.webhook_token_file is not None:
-        try:
-            credentials.check_secret_file(alerts.webhook_token_file)
-        except CredentialError as e:
-            raise ConfigError(
-                f"{source}: alerts.webhook_token_file = "
-                f"{render_value(alerts.webhook_token_file)} is unusable: {e}"
-            ) from None
+        _check_secret(source, "alerts.webhook_token_file", alerts.webhook_token_file)
     if alerts.ca_file is not None and not alerts.ca_file.is_file():
         raise ConfigError(
             f"{source}: alerts.ca_file = {render_value(alerts.ca_file)} is invalid: expected "
@@ -676,6 +656,17 @@ def _check_alert_files(alerts: AlertsConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: alerts.exec = {render_value(alerts.exec)} is invalid: {problem}"
             )
+
+
+def _check_secret(source: str, key: str, value: Path | str,
+                  env: Mapping[str, str] | None = None) -> None:
+    """`value`, a secret file's path (or, given `env`, a systemd credential's name), names
+    a file only root may read; else a ConfigError naming the key that gave it."""
+    try:
+        path = Path(value) if env is None else credentials.credential_path(str(value), env)
+        credentials.check_secret_file(path)
+    except CredentialError as e:
+        raise ConfigError(f"{source}: {key} = {render_value(value)} is unusable: {e}") from None
 
 
 def _hook_problem(path: Path) -> str:
