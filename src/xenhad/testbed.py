@@ -195,13 +195,15 @@ class Testbed:
         doc["detector"].setdefault("probe_url", f"http://{{address}}:{port}/")
         doc["daemon"]["state_dir"] = str(state)
         if self.relay is not None:
-            doc.setdefault("peers", {}).update({
+            peers = doc.setdefault("peers", {})
+            peers.update({
                 "secret_file": str(self.workdir / "pool-secret"),
                 "port": self.relay.port,
                 "listen_port": self._listen_port,
-                "interval": 0.5,
-                "window": 2.0,
             })
+            # The overrides' timings win (the benchmarks' production intervals).
+            peers.setdefault("interval", 0.5)
+            peers.setdefault("window", 2.0)
         fencing = doc.setdefault("fencing", {})
         if self.self_fence:
             fencing.setdefault("self_fence", {
