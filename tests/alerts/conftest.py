@@ -4,7 +4,6 @@ records what it is sent and answers as scripted, and a capture of xenhad's log l
 from __future__ import annotations
 
 import asyncio
-import datetime
 import http.server
 import io
 import json
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from self_signed import self_signed_cert
 from xenhad import log as xlog
 from xenhad.alerts import Alerts
 
@@ -144,42 +144,8 @@ class Tls:
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     """A self-signed certificate for 127.0.0.1 (skipped without `cryptography`)."""
     pytest.importorskip("cryptography")
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xenhad-test-receiver")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    directory = tmp_path_factory.mktemp("tls")
-    cert_file = directory / "cert.pem"
-    key_file = directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_file, key_file = self_signed_cert(tmp_path_factory.mktemp("tls"),
+                                           common_name="xenhad-test-receiver")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     return Tls(context, cert_file)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from self_signed import self_signed_cert
 
 HERE = Path(__file__).parent
 USER = "admin"
@@ -92,42 +93,6 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def _self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "bmc.crt", directory / "bmc.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @contextlib.contextmanager
@@ -155,7 +120,8 @@ def _run_redfish_bmc(directory: Path, *, tls: bool) -> Iterator[RedfishBmc]:
     ]
     cert = key = None
     if tls:
-        cert, key = _self_signed_cert(directory)
+        cert, key = self_signed_cert(directory, common_name="127.0.0.1",
+                                     cert_name="bmc.crt", key_name="bmc.key")
     last_error = ""
     for _attempt in range(3):
         port = free_tcp_port()
