@@ -38,6 +38,10 @@ from xenhad.xapi.errors import XapiError, XapiUnreachable
 
 log = structlog.get_logger("xenhad.failover")
 
+STEP_DOWN_HOLD = 30.0
+"""Seconds after pool.emergency_reset_master during which this master acts on nothing: its
+xapi restarts as a slave within them; if it has not, the step-down is weighed again."""
+
 RECONCILED_KEY = "xenhad_reconciled"
 """pool.other_config: the promotion epoch whose new master saw every host rejoin."""
 
@@ -242,6 +246,12 @@ class Failover:
                 log.error("failover.epoch_failed", why=str(exc))
             log.warning("failover.promoted", after_s=self._since("detected", now))
             return False  # this view predates the new epoch: act from the next one
+        elif now - self._last_step_down < STEP_DOWN_HOLD:
+            # emergency_reset_master was called: our xapi restarts as the rival's slave and
+            # answers as a master until then. Whatever this view says (a host that boots
+            # still following us makes a majority of it), pool.recover_slaves now would
+            # make the rival our slave while we become its: a pool with no master.
+            return False
         elif self._outvoted(view, now, contact, probes):
             await self._step_down(view, now)
             return False
@@ -341,8 +351,6 @@ class Failover:
     async def _step_down(self, view: PoolView, now: float) -> None:
         assert self._rejoin is not None
         master, count = self._rejoin
-        if now - self._last_step_down < 30:
-            return  # our xapi is restarting as a slave: once is enough
         self._last_step_down = now
         log.error("failover.stepping_down", new_master=view.hosts[master].name,
                   followers=count, pool=len(view.hosts),
