@@ -35,6 +35,7 @@ from xenhad.detector import (
     VerdictKind,
 )
 from xenhad.errors import XenhadError
+from xenhad.failover import lock as pool_lock
 from xenhad.failover.actions import FailoverActions
 from xenhad.failover.coordinator import Contact, Failover, FailoverSettings, Joined
 from xenhad.failover.election import Vote
@@ -272,6 +273,10 @@ class Daemon:
     async def _watch(self, now: float) -> None:
         if not self._snapshot_due(now):
             return
+        if self._failover is not None and self._failover.role_changing(now):
+            # Our xapi restarts as a master or as another's slave: its event tokens would
+            # ask the next database for what changed since a generation of this one's.
+            self._pool_cache.reset()
         try:
             xapi = await self._connected()
             snap = await self._pool_cache.read(
@@ -401,6 +406,8 @@ class Daemon:
                     armed=self._watchdog is not None and self._watchdog.is_running,
                     priority=self.config.failover.priority,
                     vote=self._current_vote(),
+                    epoch=pool_lock.current_epoch(dict(view.other_config)),
+                    promoting=self._failover is not None and self._failover.promoting,
                 )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=interval)
@@ -513,6 +520,8 @@ class Daemon:
         priorities: dict[HostId, int] = {}
         ballots: dict[HostId, Vote | None] = {}
         masters: dict[HostId, HostId] = {}
+        epochs: dict[HostId, int] = {}
+        promoting: set[HostId] = set()
         for peer in mutual:
             hb = self._peers.latest(peer)
             if hb is None:
@@ -520,8 +529,12 @@ class Daemon:
             priorities[peer] = hb.priority
             ballots[peer] = Vote(*hb.vote) if hb.vote else None
             masters[peer] = hb.master
+            epochs[peer] = hb.epoch
+            if hb.promoting:
+                promoting.add(peer)
         witness = self._witness.held if self._witness is not None else None
-        return Contact(mutual, priorities, ballots, masters, witness)
+        return Contact(mutual, priorities, ballots, masters, witness, epochs,
+                       frozenset(promoting))
 
     async def _master_duties(self, view: PoolView, now: float, quorate: bool) -> bool:
         """Whether this master may open and run incidents now (see failover.coordinator)."""

@@ -102,6 +102,11 @@ class PoolCache:
         token = reply.get("token")
         if not isinstance(events, list) or not isinstance(token, str):
             raise XapiReplyError("event.from answered without events and a token")
+        if self._token and token < self._token:
+            # Tokens are the database's generation, zero-padded to compare as strings
+            # (xapi_event.ml): one that went back comes from another database (a restarted
+            # xapi, a new master), and our records may miss what changed in it.
+            raise _Drifted(f"event.from token went back from {self._token} to {token}")
         if events:
             self._changed = True
         for event in events:

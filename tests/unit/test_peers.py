@@ -90,17 +90,20 @@ def test_the_armed_flag_travels() -> None:
     assert decode(encode(disarmed, SECRET), SECRET).armed is False
 
 
-def test_priority_and_vote_travel_and_older_heartbeats_still_decode() -> None:
+def test_priority_vote_epoch_and_promoting_travel_and_older_heartbeats_still_decode() -> None:
     hb = Heartbeat(pool="p", sender="a", boot="b1", seq=1, sent_at=1.0, master="m",
-                   heard=("m",), quorate=True, priority=5, vote=("m", "a"))
+                   heard=("m",), quorate=True, priority=5, vote=("m", "a"), epoch=3,
+                   promoting=True)
     back = decode(encode(hb, SECRET), SECRET)
-    assert back.priority == 5 and back.vote == ("m", "a")
-    # A heartbeat without the fields (an older daemon) casts no vote, at priority 0.
+    assert back.priority == 5 and back.vote == ("m", "a") and back.epoch == 3
+    assert back.promoting
+    # A heartbeat without the fields (an older daemon) casts no vote, at priority 0, and
+    # follows no promotion (epoch 0) and makes none.
     payload = json.dumps({"pool": "p", "from": "a", "boot": "b", "seq": 1, "t": 1.0,
                            "master": "m", "heard": [], "quorate": True}).encode()
     data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
     old = decode(data, SECRET)
-    assert old.vote is None and old.priority == 0
+    assert old.vote is None and old.priority == 0 and old.epoch == 0 and not old.promoting
 
 
 def test_how_long_ago_each_peer_was_heard_travels_and_is_checked() -> None:

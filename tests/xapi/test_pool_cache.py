@@ -91,3 +91,34 @@ def test_an_empty_pool_answer_is_a_reply_error_and_the_cache_starts_over(
     with pytest.raises(Exception, match=r"event\.from answered without events"):
         asyncio.run(cache.read(Broken(), protection_key="xenhad", now=0.0))  # type: ignore[arg-type]
     assert cache.full_reads == 1
+
+
+def test_a_master_that_steps_down_reads_the_new_masters_database_not_its_own_tokens() -> None:
+    # host1, still master by its pool.conf, has moved on far past the copy host2 was
+    # promoted from; stepping down (emergency_reset_master) restarts it as host2's slave,
+    # and the same session's token names a generation host2's database never reached.
+    spec = PoolSpec(hosts=3, vms=9, seed=5, fuse_seconds=0.2, xapi_restart_seconds=0.2)
+    with same_port_pool(spec) as pool:
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with Xapi(pool.host("host2").socket_path, timeout=2.0,
+                            clock=ManualClock()) as new:
+                await new.login()
+                await new.pool_emergency_transition_to_master()
+            pool.advance(1)
+            async with Xapi(pool.host("host1").socket_path, timeout=2.0,
+                            clock=ManualClock()) as old:
+                await old.login()
+                view = (await cache.read(old, protection_key="xenhad", now=1.0)).view
+                assert view.master == pool.host("host1").uuid
+                for i in range(50):
+                    await old.pool_add_to_other_config(view.pool_ref, f"k{i}", "v")
+                await cache.read(old, protection_key="xenhad", now=2.0)
+                await old.pool_emergency_reset_master(pool.host("host2").address)
+                pool.advance(1)
+                view = (await cache.read(old, protection_key="xenhad", now=3.0)).view
+                assert view.master == pool.host("host2").uuid
+                assert cache.full_reads == 2
+
+        asyncio.run(scenario())

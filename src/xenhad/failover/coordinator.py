@@ -70,6 +70,10 @@ class Contact:
     """Whom each peer's own xapi follows."""
     witness: bool | None = None
     """None: the pool has no witness; else whether this host holds its lease."""
+    epochs: Mapping[HostId, int] = field(default_factory=dict)
+    """The promotion epoch each peer's database is at (Heartbeat.epoch)."""
+    promoting: frozenset[HostId] = frozenset()
+    """Peers whose xapi is on its way to becoming a master (Heartbeat.promoting)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class Failover:
         self._waiting_for: list[str] = []
         self._strays_seen = False
         self._rivals_logged: list[str] = []
+        self._promoting_logged: frozenset[HostId] = frozenset()
         self._probes_fresh_since = float("-inf")
         self._rejoin: tuple[HostId, int] | None = None
         self._replaced: HostId | None = None
@@ -140,6 +145,11 @@ class Failover:
     @property
     def promoting(self) -> bool:
         return self._promoting_at is not None
+
+    def role_changing(self, now: float) -> bool:
+        """Our own xapi is restarting into another role (we promoted it, or stepped it
+        down): what it answered before, event tokens included, was another database's."""
+        return self._promoting_at is not None or now - self._last_step_down < STEP_DOWN_HOLD
 
     def _mark(self, phase: str, now: float) -> None:
         self._timeline.setdefault(phase, now)
@@ -255,6 +265,17 @@ class Failover:
         elif self._outvoted(view, now, contact, probes):
             await self._step_down(view, now)
             return False
+        if contact.promoting - {self.me}:
+            # The survivors elected a replacement for a master they found dead, which may
+            # be this one come back: until it is master (and this one is outranked by its
+            # epoch, or followed by none), recovering slaves would make it ours.
+            if self._promoting_logged != contact.promoting:
+                log.warning("failover.rival_promoting",
+                            hosts=sorted(_name(view, h) for h in contact.promoting),
+                            why="a host is becoming master: this one acts on nothing")
+            self._promoting_logged = contact.promoting
+            return False
+        self._promoting_logged = frozenset()
         if not quorate or self._rival_answers(view, contact, probes):
             return False
         await self._recover_strays(xapi, view, now, contact, probes, down)
@@ -335,14 +356,18 @@ class Failover:
         if self._followed_by_majority(view, contact, probes):
             return False
         # No master has a majority (a host of the pool is down, and two masters split the
-        # rest): neither may act (_rival_answers), so one must give way. The same rule as
-        # the election decides, so both sides agree: priority, then the lower uuid.
+        # rest): neither may act (_rival_answers), so one must give way, by a rule both
+        # sides compute alike. The later promotion first (the higher epoch: an old master
+        # that rebooted into its old role yields to the one the survivors elected), then
+        # as the election decides: priority, then the lower uuid.
         rivals = [h for h in contact.mutual
                   if h in view.hosts and (p := probes.get(h)) is not None and p.answered
                   and p.follows is None]
+        mine = pool_lock.current_epoch(dict(view.other_config))
         ranked = sorted([self.me, *rivals],
-                        key=lambda h: (-contact.priorities.get(h, 0) if h != self.me
-                                       else -self.settings.priority, h))
+                        key=lambda h: (-contact.epochs.get(h, 0), -contact.priorities.get(h, 0),
+                                       h) if h != self.me
+                        else (-mine, -self.settings.priority, h))
         if ranked[0] != self.me:
             self._rejoin = (ranked[0], followed.get(ranked[0], 0))
             return True
@@ -411,9 +436,13 @@ class Failover:
         a majority follows it and we are the one to step down (both would restart as each
         other's slave, and the pool would have no master), and an incident could fence
         hosts that are only following the rival."""
-        rivals = sorted(_name(view, h) for h, p in probes.items()
-                        if h != self.me and h in view.hosts and p.answered
-                        and p.follows is None)
+        # A probe can be a tick old: a host that has just promoted itself says so first in
+        # its heartbeats.
+        rivals = sorted({_name(view, h) for h, p in probes.items()
+                         if h != self.me and h in view.hosts and p.answered
+                         and p.follows is None}
+                        | {_name(view, h) for h, m in contact.masters.items()
+                           if h == m and h != self.me and h in view.hosts})
         if not rivals or self._followed_by_majority(view, contact, probes):
             self._rivals_logged = []
             return False
@@ -428,10 +457,13 @@ class Failover:
                               probes: Mapping[HostId, Joined]) -> bool:
         me = view.hosts.get(self.me)
         address = me.address if me is not None else ""
+        # A probe that says a host follows us is believed unless the host's own heartbeat,
+        # fresher, names another master.
         followers: set[HostId] = {self.me} | {
             h for h in view.hosts
             if contact.masters.get(h) == self.me
-            or (h in probes and probes[h].follows == address)
+            or (h in probes and probes[h].follows == address
+                and contact.masters.get(h) in (None, self.me))
         }
         members = len(view.hosts)
         if contact.witness is not None:

@@ -44,6 +44,12 @@ class Heartbeat:
     """(peer, seconds since the sender last accepted a heartbeat from it) for every peer its
     table holds, however long ago: what lets a receiver bound how recently a peer it cannot
     hear itself may have been quorate (table.py). None from a daemon that predates it."""
+    epoch: int = 0
+    """pool.other_config:xenhad_epoch in the database the sender's xapi serves: which
+    promotion it follows. Of two masters, the one promoted later has the higher epoch."""
+    promoting: bool = False
+    """The sender called emergency_transition_to_master and its xapi is not master yet
+    (Xapi_fuse): until then it answers as the old master's slave."""
 
     def heard_ago(self, host: HostId) -> float | None:
         """Seconds before sending that the sender last heard `host`; None if never."""
@@ -65,7 +71,8 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
             "pool": hb.pool, "from": hb.sender, "boot": hb.boot, "seq": hb.seq,
             "t": hb.sent_at, "master": hb.master, "heard": list(hb.heard),
             "quorate": hb.quorate, "armed": hb.armed, "prio": hb.priority,
-            "vote": list(hb.vote) if hb.vote else None,
+            "vote": list(hb.vote) if hb.vote else None, "epoch": hb.epoch,
+            "promoting": hb.promoting,
             **({} if hb.last_heard is None else {"ages": dict(hb.last_heard)}),
         },
         separators=(",", ":"), sort_keys=True,
@@ -101,6 +108,8 @@ def decode(data: bytes, secret: bytes) -> Heartbeat:
         priority=_field({"prio": raw.get("prio", 0)}, "prio", int),
         vote=_vote(raw.get("vote")),
         last_heard=_ages(raw.get("ages")),
+        epoch=_field({"epoch": raw.get("epoch", 0)}, "epoch", int),
+        promoting=_field({"promoting": raw.get("promoting", False)}, "promoting", bool),
     )
 
 

@@ -85,6 +85,8 @@ class HeartbeatLink(asyncio.DatagramProtocol):
         armed: bool = False,
         priority: int = 0,
         vote: tuple[HostId, HostId] | None = None,
+        epoch: int = 0,
+        promoting: bool = False,
     ) -> None:
         """One heartbeat to every peer: who we hear, who we think is master, our quorum."""
         if self._transport is None:
@@ -104,6 +106,8 @@ class HeartbeatLink(asyncio.DatagramProtocol):
             armed=armed,
             priority=priority,
             vote=vote,
+            epoch=epoch,
+            promoting=promoting,
         )
         data = encode(hb, self._secret)
         for peer in peers:
