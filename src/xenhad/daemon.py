@@ -547,7 +547,7 @@ class Daemon:
         xapi = await self._connected()
         may_act = await self._failover.as_master(
             xapi, view, now, contact=self._contact(now), probes=self._probes, down=down,
-            quorate=quorate,
+            quorate=quorate, proven_off=frozenset(self._proven_off),
         )
         replaced = self._failover.take_replaced()
         if replaced is not None and replaced in view.hosts and replaced != self._me:

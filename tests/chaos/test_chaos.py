@@ -59,6 +59,17 @@ def test_a_cut_off_host_is_fenced_for_real_and_nothing_runs_twice() -> None:
     assert outcome.violations == [], "\n".join(outcome.violations + outcome.timeline)
 
 
+def test_a_host_fenced_while_off_rejoins_when_it_boots_into_the_old_masters_pool() -> None:
+    # host1 is cut off; host2 and host3 elect host3, and host2 dies before host3 recovers
+    # it. host3 fences host2 (already off) and restarts its VMs; host2 then boots still
+    # following host1, which has stepped down meanwhile: host3 must recover it.
+    faults = [Fault(2.0, "partition", groups=(("host1",), ("host2", "host3"))),
+              Fault(7.0, "crash", ("host2",)), Fault(12.0, "heal"),
+              Fault(24.0, "sighup", ("host3",))]
+    outcome = run_one(1000055, hosts=3, bmc="ok", keep=None, faults=faults)
+    assert outcome.violations == [], "\n".join(outcome.violations + outcome.timeline)
+
+
 def test_a_lying_fence_is_caught_as_a_double_run() -> None:
     # Every BMC answers "Off" and does nothing: the master restarts host2's VMs while host2
     # still runs them. The harness must see it.

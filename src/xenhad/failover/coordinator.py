@@ -240,8 +240,12 @@ class Failover:
         probes: Mapping[HostId, Joined],
         down: frozenset[HostId],
         quorate: bool,
+        proven_off: frozenset[HostId] = frozenset(),
     ) -> bool:
-        """The master's duties; returns whether this node may open and run incidents."""
+        """The master's duties; returns whether this node may open and run incidents.
+        `proven_off`: hosts of `down` that a fence powered off (an incident closed done):
+        one that answers again has rebooted, with no VM running, into whatever pool.conf
+        it had, and is recovered into the pool like any stray."""
         self._elector.withdraw()
         if self._promoting_at is not None:
             self._promoting_at = None
@@ -278,7 +282,7 @@ class Failover:
         self._promoting_logged = frozenset()
         if not quorate or self._rival_answers(view, contact, probes):
             return False
-        await self._recover_strays(xapi, view, now, contact, probes, down)
+        await self._recover_strays(xapi, view, now, contact, probes, down - proven_off)
         await self._sync(xapi, now)
         return await self._hold_lock(xapi, view)
 
