@@ -110,7 +110,6 @@ class _BaseTransport(xmlrpc.client.Transport):
             conn.endheaders(request_body)
             sock.settimeout(deadline.left())
             response = conn.getresponse()
-            body = _read_body(response, sock, deadline)
             if response.status != 200:
                 # 500/503 while xapi restarts: it did receive the request.
                 raise XapiUnreachable(
@@ -118,7 +117,7 @@ class _BaseTransport(xmlrpc.client.Transport):
                     sent=True,
                     endpoint=endpoint,
                 )
-            return _parse_reply(body, endpoint)
+            return _read_reply(response, sock, deadline, endpoint)
         except XapiUnreachable:
             raise
         except XapiReplyError:
@@ -131,28 +130,28 @@ class _BaseTransport(xmlrpc.client.Transport):
             conn.close()
 
 
-def _read_body(
-    response: http.client.HTTPResponse, sock: socket.socket, deadline: _Deadline
-) -> bytes:
-    chunks: list[bytes] = []
+def _read_reply(
+    response: http.client.HTTPResponse, sock: socket.socket, deadline: _Deadline,
+    endpoint: str,
+) -> tuple[Any, ...]:
+    """The reply's XML-RPC values, parsed as its chunks arrive: a whole pool's records are
+    megabytes of XML, never held as one string beside what they parse into."""
+    parser, unmarshaller = xmlrpc.client.getparser(use_datetime=False, use_builtin_types=False)
     size = 0
-    # The response closes the socket itself once the body is complete (its fp is then
-    # None): touching the socket after that would fail with EBADF.
-    while not response.isclosed():
-        sock.settimeout(deadline.left())
-        chunk = response.read(_READ_CHUNK)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > MAX_REPLY_BYTES:
-            raise XapiReplyError(f"xapi reply larger than {MAX_REPLY_BYTES} bytes: refused")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse_reply(body: bytes, endpoint: str) -> tuple[Any, ...]:
     try:
-        params, _method = xmlrpc.client.loads(body, use_datetime=False, use_builtin_types=False)
+        # The response closes the socket itself once the body is complete (its fp is then
+        # None): touching the socket after that would fail with EBADF.
+        while not response.isclosed():
+            sock.settimeout(deadline.left())
+            chunk = response.read(_READ_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_REPLY_BYTES:
+                raise XapiReplyError(f"xapi reply larger than {MAX_REPLY_BYTES} bytes: refused")
+            parser.feed(chunk)
+        parser.close()
+        params: tuple[Any, ...] = unmarshaller.close()
     except xmlrpc.client.Fault:
         raise
     except (ExpatError, xmlrpc.client.ResponseError, ValueError, TypeError) as e:
