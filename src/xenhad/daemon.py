@@ -407,7 +407,8 @@ class Daemon:
                     priority=self.config.failover.priority,
                     vote=self._current_vote(),
                     epoch=pool_lock.current_epoch(dict(view.other_config)),
-                    promoting=self._failover is not None and self._failover.promoting,
+                    promoting=(self._failover is not None
+                               and self._failover.announces_promotion(self._clock.monotonic())),
                 )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=interval)

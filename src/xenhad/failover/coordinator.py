@@ -42,6 +42,12 @@ STEP_DOWN_HOLD = 30.0
 """Seconds after pool.emergency_reset_master during which this master acts on nothing: its
 xapi restarts as a slave within them; if it has not, the step-down is weighed again."""
 
+PROMOTION_WINDOW = 20.0
+"""Seconds after emergency_transition_to_master during which heartbeats say this host is
+becoming master: xapi restarts as one 10 s after the call (Xapi_fuse) and is up a few
+seconds later. A promotion not done by then is one whose call was lost or whose xapi hangs;
+the old master, if it is back, must not wait on it (promote_timeout retries it)."""
+
 RECONCILED_KEY = "xenhad_reconciled"
 """pool.other_config: the promotion epoch whose new master saw every host rejoin."""
 
@@ -145,6 +151,10 @@ class Failover:
     @property
     def promoting(self) -> bool:
         return self._promoting_at is not None
+
+    def announces_promotion(self, now: float) -> bool:
+        """What our heartbeats say (Heartbeat.promoting): our xapi may become master now."""
+        return self._promoting_at is not None and now - self._promoting_at < PROMOTION_WINDOW
 
     def role_changing(self, now: float) -> bool:
         """Our own xapi is restarting into another role (we promoted it, or stepped it
