@@ -1,17 +1,25 @@
 """Time to recover, by phase, against the floor configuration and physics allow.
 
 Run: .venv/bin/python bench/recovery_time.py [--pools 3x10 16x200] [--vm-start 2.0]
-One real daemon per simulated host (the testbed's settings: interval 0.5 s, a host is
-confirmed down after 3 misses spanning 2 s), Redfish fencing through each host's simulated
-BMC, a modelled VM start time. A slave crash and a master crash per pool size.
+         [--flat] [--concurrency N] [--tick SECONDS] [--heartbeat SECONDS]
+One real daemon per simulated host (the testbed's settings: tick 0.5 s, heartbeats every
+0.5 s, a host confirmed down after 3 misses spanning 2 s; for big pools `--tick T` makes
+the confirmation span 4T and `--heartbeat H` the heartbeats' window 4H), Redfish fencing
+through each host's simulated BMC, a modelled VM start time. A slave crash and a master
+crash per pool.
 
-Floor = confirmation threshold + fence time + the slowest single VM start (the modelled
-start plus the VM's own start_delay, which VM.start sleeps), plus, for a master crash,
-xapi's own restart after emergency_transition_to_master (Xapi_fuse). The "waves" floor is
-what the VMs' configuration allows on top: restart-priority VMs before best-effort ones,
-each `order` after the last (xapi_ha_vm_failover.ml), at most recovery.concurrency
-starts at a time. Phases are seconds after the crash, read from the daemons' own log
-lines. Prints numbers; asserts nothing.
+Floor = detection threshold + fence time (0 here: a simulated BMC answers at once) + the
+slowest single VM start (the modelled start plus the VM's own start_delay, which VM.start
+sleeps), plus, for a master crash, xapi's own restart after emergency_transition_to_master
+(Xapi_fuse). The detection threshold is the silence a host needs before its first miss
+(two heartbeat intervals and 0.1 s, Daemon._heard) plus confirm_seconds. The "waves" floor
+is what the VMs' configuration allows on top: restart-priority VMs before best-effort ones,
+each `order` after the last (xapi_ha_vm_failover.ml), at most recovery.concurrency starts
+at a time. `--flat` gives every VM order 0 and no start_delay, so that only the mechanism
+stands between the two floors. "xapi HA's restart" is what native HA would take to restart
+the same VMs once it has decided, from the same starts: restart_auto_run_vms
+(xapi_ha_vm_failover.ml) starts one VM after another. Phases are seconds after the crash,
+read from the daemons' own log lines. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -21,14 +29,45 @@ import datetime
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from xenhad.sim import PoolSpec
 from xenhad.testbed import DEFAULT_DAEMON, Testbed
 
-CONFIRM = float(DEFAULT_DAEMON["detector"]["confirm_seconds"])
-CONCURRENCY = int(DEFAULT_DAEMON["recovery"]["concurrency"])
 FUSE = 3.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    tick: float
+    heartbeat: float
+    concurrency: int
+    flat: bool
+
+    @property
+    def confirm(self) -> float:
+        return 4 * self.tick
+
+    @property
+    def detection(self) -> float:
+        """The silence before a host is confirmed down: no heartbeat for two intervals
+        (and 0.1 s) makes a miss, misses for confirm_seconds a confirmation."""
+        return 2 * self.heartbeat + 0.1 + self.confirm
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        return {
+            "detector": {"interval": self.tick, "confirm_seconds": self.confirm,
+                         "probe_timeout": min(0.8 * self.tick, 1.5)},
+            "peers": {"interval": self.heartbeat, "window": 4 * self.heartbeat},
+            "recovery": {"concurrency": self.concurrency},
+        }
+
+
+DEFAULTS = Settings(tick=float(DEFAULT_DAEMON["detector"]["interval"]), heartbeat=0.5,
+                    concurrency=int(DEFAULT_DAEMON["recovery"]["concurrency"]), flat=False)
+assert DEFAULTS.confirm == DEFAULT_DAEMON["detector"]["confirm_seconds"]
 
 
 def at(stamp: str | None) -> float:
@@ -42,14 +81,26 @@ def first(bed: Testbed, event: str) -> float | None:
     return min(found) if found else None
 
 
-def run(hosts: int, vms: int, vm_start: float, victim: str) -> dict[str, float | None]:
+def flatten(bed: Testbed) -> None:
+    """Every VM in one `order`, with no start_delay, in every host's copy of the database."""
+    with bed.pool.lock:
+        for host in bed.pool.hosts:
+            for ref in host.db.tables["VM"]:
+                host.db.set(ref, "order", 0)
+                host.db.set(ref, "start_delay", 0)
+
+
+def run(hosts: int, vms: int, vm_start: float, victim: str,
+        settings: Settings) -> dict[str, float | None]:
     spec = PoolSpec(hosts=hosts, vms=vms, seed=4, vm_start_seconds=vm_start,
                     fuse_seconds=FUSE, boot_seconds=600.0)
     workdir = Path(tempfile.mkdtemp(prefix="xh-bench-"))
-    with Testbed(spec, workdir) as bed:
+    with Testbed(spec, workdir, overrides=settings.overrides()) as bed:
         bed.wait_for(lambda: len({n for n, _ in bed.events_named("quorum.gained")}) == hosts,
                      180, what="every daemon in contact")
-        time.sleep(2)
+        if settings.flat:
+            flatten(bed)
+        time.sleep(2 + 2 * settings.tick)
         hosts_of = bed.vm_hosts()
         records = bed.vm_records()
         lost = [vm for vm, rec in records.items()
@@ -86,7 +137,9 @@ def run(hosts: int, vms: int, vm_start: float, victim: str) -> dict[str, float |
         result = {k: (None if v is None else round(v - crashed, 2)) for k, v in phases.items()}
         result["VMs"] = float(len(lost))
         result["slowest start"] = max(starts.values(), default=0.0)
-        result["waves"] = sum(math.ceil(len(w) / CONCURRENCY) * max(w) for w in waves.values())
+        result["waves"] = sum(math.ceil(len(w) / settings.concurrency) * max(w)
+                              for w in waves.values())
+        result["sequential"] = sum(starts.values())
         return result
 
 
@@ -95,24 +148,38 @@ def main() -> None:
     ap.add_argument("--pools", nargs="+", default=["3x10", "16x200"],
                     help="HOSTSxVMS, e.g. 64x1000")
     ap.add_argument("--vm-start", type=float, default=2.0)
+    ap.add_argument("--flat", action="store_true",
+                    help="every VM order 0 and no start_delay")
+    ap.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency)
+    ap.add_argument("--tick", type=float, default=DEFAULTS.tick,
+                    help="detector tick; a host is confirmed down after 4 ticks of misses")
+    ap.add_argument("--heartbeat", type=float, default=DEFAULTS.heartbeat,
+                    help="peers' heartbeat interval")
     args = ap.parse_args()
+    settings = Settings(tick=args.tick, heartbeat=args.heartbeat,
+                        concurrency=args.concurrency, flat=args.flat)
+    print(f"tick {settings.tick:g} s, heartbeats every {settings.heartbeat:g} s, confirmed "
+          f"after {settings.confirm:g} s of misses (detection threshold "
+          f"{settings.detection:g} s), concurrency {settings.concurrency}, "
+          f"{'flat' if settings.flat else 'seeded'} order and start_delay, VM start "
+          f"{args.vm_start:g} s\n")
     cols = ["detected", "confirmed", "promoted", "slaves recovered", "fenced",
             "last VM running"]
-    print("| crash | pool | protected VMs | " + " | ".join(cols)
-          + " | floor | ratio | waves floor | ratio |")
-    print("|---" * (len(cols) + 7) + "|")
+    print("| crash | pool | VMs to restart | " + " | ".join(cols)
+          + " | floor | ratio | waves floor | ratio | xapi HA's restart |")
+    print("|---" * (len(cols) + 8) + "|")
     for pool in args.pools:
         hosts, vms = (int(x) for x in pool.split("x"))
         for victim, kind in (("host2", "slave"), ("host1", "master")):
-            r = run(hosts, vms, args.vm_start, victim)
-            fixed = CONFIRM + (FUSE if kind == "master" else 0.0)
+            r = run(hosts, vms, args.vm_start, victim, settings)
+            fixed = settings.detection + (FUSE if kind == "master" else 0.0)
             floor = fixed + (r["slowest start"] or 0.0)
             waves = fixed + (r["waves"] or 0.0)
             total = r["last VM running"] or float("nan")
             cells = " | ".join("-" if r[c] is None else f"{r[c]:.1f}" for c in cols)
             print(f"| {kind} | {hosts} hosts, {vms} VMs | {int(r['VMs'] or 0)} | {cells} | "
-                  f"{floor:.1f} | {total / floor:.2f}x | {waves:.1f} | {total / waves:.2f}x |",
-                  flush=True)
+                  f"{floor:.1f} | {total / floor:.2f}x | {waves:.1f} | {total / waves:.2f}x | "
+                  f"{r['sequential'] or 0.0:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
