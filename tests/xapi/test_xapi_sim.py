@@ -19,6 +19,7 @@ from xenhad.errors import CredentialError
 from xenhad.model import PowerState
 from xenhad.sim import PoolSpec, SimPool
 from xenhad.xapi import Xapi, XapiAuthError, XapiError, XapiUnreachable, probe
+from xenhad.xapi.connect import UNREAD
 
 from .conftest import same_port_pool
 
@@ -310,6 +311,22 @@ def test_probe_never_raises_on_nonsense() -> None:
     async def scenario() -> None:
         bad = await probe("ftp://x", source_address=None, timeout=0.2)
         assert not bad.answered and "bad probe address" in bad.detail
+
+    run(scenario())
+
+
+def test_unread_fields_are_dropped_as_the_reply_is_parsed_and_nothing_else(sim: SimPool) -> None:
+    async def scenario() -> None:
+        async with facade(sim) as whole, facade(sim, unread=UNREAD) as trimmed:
+            await whole.login()
+            await trimmed.login()
+            full = await whole.get_all_records("VM")
+            kept = await trimmed.get_all_records("VM")
+        booted = [r for r in full.values() if r["last_booted_record"]]
+        assert booted, "the simulator fills last_booted_record on every running VM"
+        assert kept.keys() == full.keys()
+        for ref, record in full.items():
+            assert kept[ref] == {k: v for k, v in record.items() if k not in UNREAD}
 
     run(scenario())
 

@@ -189,6 +189,7 @@ class Xapi:
         retry_backoff_max: float = 5.0,
         workers: int = 4,
         clock: Clock | None = None,
+        unread: frozenset[str] = frozenset(),
     ) -> None:
         if timeout <= 0:
             raise ConfigError(f"xapi timeout {timeout!r} must be positive: give seconds > 0")
@@ -206,6 +207,8 @@ class Xapi:
         self.ca_file = ca_file
         self.verify_tls = verify_tls
         self.timeout = timeout
+        self.unread = unread
+        """Record fields this facade's caller never reads: dropped as replies are parsed."""
         self.retry_attempts = retry_attempts
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
@@ -232,7 +235,7 @@ class Xapi:
     def _new_session(self, url: str | None) -> tuple[Any, TcpTransport | UnixTransport]:
         transport: TcpTransport | UnixTransport
         if url is None:
-            transport = UnixTransport(self.endpoint, timeout=self.timeout)
+            transport = UnixTransport(self.endpoint, timeout=self.timeout, unread=self.unread)
             return XenAPI.Session("http://localhost/", transport=transport), transport
         transport = TcpTransport(
             https=url.lower().startswith("https:"),
@@ -240,6 +243,7 @@ class Xapi:
             source_address=self.source_address,
             ca_file=self.ca_file,
             verify_tls=self.verify_tls,
+            unread=self.unread,
         )
         return XenAPI.Session(url, transport=transport), transport
 

@@ -8,6 +8,11 @@ from xenhad.clock import Clock
 from xenhad.config import Config, read_xapi_password
 from xenhad.xapi.client import Xapi
 
+UNREAD = frozenset({"last_booted_record", "recommendations"})
+"""VM fields no part of xenhad reads, dropped as replies are parsed: last_booted_record is
+the whole record again as it booted, recommendations an XML document of limits. Together
+most of what a running VM's record weighs."""
+
 
 def xapi_from_config(config: Config, *, clock: Clock | None = None) -> Xapi:
     """The facade the configuration describes, not yet logged in.
@@ -33,6 +38,7 @@ def xapi_from_config(config: Config, *, clock: Clock | None = None) -> Xapi:
         verify_tls=x.verify_tls,
         timeout=x.timeout,
         clock=clock,
+        unread=UNREAD,
         **retry,
     )
 

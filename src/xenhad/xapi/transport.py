@@ -60,11 +60,13 @@ class _BaseTransport(xmlrpc.client.Transport):
     """A request is connect, send, wait, read; the phase a failure happens in decides
     whether the request may have reached xapi."""
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, unread: frozenset[str] = frozenset()) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         super().__init__(use_datetime=False, use_builtin_types=False)
         self.timeout = timeout
+        self.unread = unread
+        """Struct members dropped as a reply is parsed (see `_Unmarshaller`)."""
         self._local = threading.local()
 
     # Per-thread override so one call (event.from with its server-side wait) can have a
@@ -117,7 +119,7 @@ class _BaseTransport(xmlrpc.client.Transport):
                     sent=True,
                     endpoint=endpoint,
                 )
-            return _read_reply(response, sock, deadline, endpoint)
+            return _read_reply(response, sock, deadline, endpoint, self.unread)
         except XapiUnreachable:
             raise
         except XapiReplyError:
@@ -130,13 +132,41 @@ class _BaseTransport(xmlrpc.client.Transport):
             conn.close()
 
 
+class _Unmarshaller(xmlrpc.client.Unmarshaller):
+    """xmlrpc.client's, but a struct member named in `unread` is dropped the moment it is
+    parsed. A running VM's last_booted_record is its whole record serialised again: kept
+    until the struct closes, a 1,000-VM reply's would grow the heap by megabytes that a
+    caller reading none of them would still hold in its resident size afterwards."""
+
+    def __init__(self, unread: frozenset[str]) -> None:
+        super().__init__(use_datetime=False, use_builtin_types=False)
+        self._unread = unread
+        self._members: list[int] = []
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        if tag == "member":
+            self._members.append(len(self._stack))
+        super().start(tag, attrs)
+
+    def end(self, tag: str) -> None:
+        if tag != "member":
+            super().end(tag)
+            return
+        mark = self._members.pop() if self._members else -1
+        # A member leaves exactly its name and value; anything else is malformed, left for
+        # end_struct to refuse.
+        if mark >= 0 and len(self._stack) == mark + 2 and self._stack[mark] in self._unread:
+            del self._stack[mark:]
+
+
 def _read_reply(
     response: http.client.HTTPResponse, sock: socket.socket, deadline: _Deadline,
-    endpoint: str,
+    endpoint: str, unread: frozenset[str] = frozenset(),
 ) -> tuple[Any, ...]:
     """The reply's XML-RPC values, parsed as its chunks arrive: a whole pool's records are
     megabytes of XML, never held as one string beside what they parse into."""
-    parser, unmarshaller = xmlrpc.client.getparser(use_datetime=False, use_builtin_types=False)
+    unmarshaller = _Unmarshaller(unread)
+    parser = xmlrpc.client.ExpatParser(unmarshaller)
     size = 0
     try:
         # The response closes the socket itself once the body is complete (its fp is then
@@ -186,8 +216,9 @@ class TcpTransport(_BaseTransport):
         source_address: str | None = None,
         ca_file: str | None = None,
         verify_tls: bool = True,
+        unread: frozenset[str] = frozenset(),
     ) -> None:
-        super().__init__(timeout=timeout)
+        super().__init__(timeout=timeout, unread=unread)
         self.https = https
         self.source_address = source_address
         self._ssl: ssl.SSLContext | None = None
@@ -234,8 +265,9 @@ class UnixTransport(_BaseTransport):
     Use with a `http://localhost/` URL: the host part is ignored.
     """
 
-    def __init__(self, path: str, *, timeout: float) -> None:
-        super().__init__(timeout=timeout)
+    def __init__(self, path: str, *, timeout: float,
+                 unread: frozenset[str] = frozenset()) -> None:
+        super().__init__(timeout=timeout, unread=unread)
         self.path = path
 
     def endpoint(self, host: str) -> str:
