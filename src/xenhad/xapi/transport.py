@@ -136,7 +136,9 @@ class _Unmarshaller(xmlrpc.client.Unmarshaller):
     """xmlrpc.client's, but a struct member named in `unread` is dropped the moment it is
     parsed. A running VM's last_booted_record is its whole record serialised again: kept
     until the struct closes, a 1,000-VM reply's would grow the heap by megabytes that a
-    caller reading none of them would still hold in its resident size afterwards."""
+    caller reading none of them would still hold in its resident size afterwards. The name
+    is matched at any depth (XML-RPC does not say which struct is a record), so a map key
+    of that name, in other_config say, goes too: name only fields nobody reads anywhere."""
 
     def __init__(self, unread: frozenset[str]) -> None:
         super().__init__(use_datetime=False, use_builtin_types=False)
