@@ -154,16 +154,17 @@ class _Unmarshaller(xmlrpc.client.Unmarshaller):
         if tag != "member":
             super().end(tag)
             return
-        mark = self._members.pop() if self._members else -1
-        # A member leaves exactly its name and value; anything else is malformed, left for
+        # Expat balances every end with its start, so a mark is always there. A member
+        # leaves exactly its name and value; anything else is malformed, left for
         # end_struct to refuse.
-        if mark >= 0 and len(self._stack) == mark + 2 and self._stack[mark] in self._unread:
+        mark = self._members.pop()
+        if len(self._stack) == mark + 2 and self._stack[mark] in self._unread:
             del self._stack[mark:]
 
 
 def _read_reply(
     response: http.client.HTTPResponse, sock: socket.socket, deadline: _Deadline,
-    endpoint: str, unread: frozenset[str] = frozenset(),
+    endpoint: str, unread: frozenset[str],
 ) -> tuple[Any, ...]:
     """The reply's XML-RPC values, parsed as its chunks arrive: a whole pool's records are
     megabytes of XML, never held as one string beside what they parse into."""
