@@ -331,6 +331,23 @@ def test_unread_fields_are_dropped_as_the_reply_is_parsed_and_nothing_else(sim: 
     run(scenario())
 
 
+def test_field_names_and_short_values_are_shared_between_records(sim: SimPool) -> None:
+    # What a cache of 1,000 records saves: one object per field name and per short value
+    # (a power state, a host's ref), not one per record.
+    async def scenario() -> dict[str, dict[str, Any]]:
+        async with facade(sim, unread=UNREAD) as xapi:
+            await xapi.login()
+            return await xapi.get_all_records("VM")
+
+    records = list(run(scenario()).values())
+    assert len(records) >= 2
+    first, second = records[0], records[1]
+    names = {k: k for k in first}
+    assert all(names[k] is k for k in second if k in names)
+    running = [r["power_state"] for r in records if r["power_state"] == "Running"]
+    assert len(running) >= 2 and all(p is running[0] for p in running)
+
+
 # ---- monitor ----------------------------------------------------------------------------
 
 

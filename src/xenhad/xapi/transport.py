@@ -28,6 +28,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import sys
 import threading
 import time
 import xmlrpc.client
@@ -40,6 +41,8 @@ from xenhad.xapi.errors import XapiReplyError, XapiUnreachable
 
 USER_AGENT = "xenhad"
 _READ_CHUNK = 64 * 1024
+_INTERN_MAX = 64
+"""Longer string values are rarely shared (descriptions, XML documents): not interned."""
 MAX_REPLY_BYTES = 256 * 1024 * 1024
 """A get_all_records of a few thousand VMs is tens of MB; more than this is not xapi."""
 
@@ -158,8 +161,19 @@ class _Unmarshaller(xmlrpc.client.Unmarshaller):
         # leaves exactly its name and value; anything else is malformed, left for
         # end_struct to refuse.
         mark = self._members.pop()
-        if len(self._stack) == mark + 2 and self._stack[mark] in self._unread:
+        if len(self._stack) != mark + 2:
+            return
+        name, value = self._stack[mark], self._stack[mark + 1]
+        if name in self._unread:
             del self._stack[mark:]
+            return
+        # Interned, a field name is one object for the thousand records that carry it, and
+        # so is a short value many share (a power state, the ref of the host they run on):
+        # held in a cache, the copies would cost more than what they name.
+        if isinstance(name, str):
+            self._stack[mark] = sys.intern(name)
+        if isinstance(value, str) and len(value) <= _INTERN_MAX:
+            self._stack[mark + 1] = sys.intern(value)
 
 
 def _read_reply(
