@@ -141,7 +141,8 @@ class _Unmarshaller(xmlrpc.client.Unmarshaller):
     until the struct closes, a 1,000-VM reply's would grow the heap by megabytes that a
     caller reading none of them would still hold in its resident size afterwards. The name
     is matched at any depth (XML-RPC does not say which struct is a record), so a map key
-    of that name, in other_config say, goes too: name only fields nobody reads anywhere."""
+    of that name, in other_config say, goes too: name only fields nobody reads anywhere.
+    Every other member's name, and its value when a short string, is interned (see `end`)."""
 
     def __init__(self, unread: frozenset[str]) -> None:
         super().__init__(use_datetime=False, use_builtin_types=False)
