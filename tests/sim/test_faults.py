@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -152,6 +153,10 @@ def test_transition_to_master_on_a_stale_copy_and_recover_slaves() -> None:
         assert failure(e) == ["HOST_IS_SLAVE", pool.host("host1").address]
         recovered = x3.pool.recover_slaves()
         assert recovered == x3.host.get_by_name_label("host2")
+        # Told, but its running xapi keeps the role it started with until it restarts.
+        with pytest.raises(XenAPI.Failure) as e:
+            tcp_session(pool, "host2").login_with_password("", "")
+        assert failure(e) == ["HOST_IS_SLAVE", pool.host("host1").address]
         pool.advance(spec.xapi_restart_seconds + 1)
         with pytest.raises(XenAPI.Failure) as e:
             tcp_session(pool, "host2").login_with_password("", "")
@@ -159,6 +164,38 @@ def test_transition_to_master_on_a_stale_copy_and_recover_slaves() -> None:
         assert pool.truth()["hosts"]["host2"]["believes_master"] == "host3"
         pool.advance(spec.enable_after_boot_seconds + 1)
         assert x3.host.get_enabled(x3.host.get_by_name_label("host2")[0])
+
+
+def test_a_call_held_for_a_dead_master_ends_when_the_xapi_holding_it_restarts() -> None:
+    spec = PoolSpec(hosts=3, vms=4, seed=3, fuse_seconds=5)
+    with SimPool(spec) as pool:
+        pool.crash("host1")
+        local = unix_session(pool, "host3")
+        local.slave_local_login_with_password("root", "")
+        held = unix_session(pool, "host3", timeout=30)
+        outcome: list[object] = []
+
+        def forwarded() -> None:
+            # Forwarded to the dead master: never answered while this xapi runs.
+            try:
+                outcome.append(held.login_with_password("root", pool.spec.root_password))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=forwarded)
+        caller.start()
+        time.sleep(0.5)
+        assert not outcome
+        local.xenapi.pool.emergency_transition_to_master()
+        started = time.monotonic()
+        pool.advance(spec.fuse_seconds + 1)
+        caller.join(10)
+        # Its xapi exited to restart as master: the connection closed unanswered, and the
+        # client's one resend (xmlrpc.client retries a reset connection) reached the new
+        # master, long before the caller's own timeout.
+        assert outcome and time.monotonic() - started < 5
+        assert not isinstance(outcome[0], BaseException)
+        assert pool.truth()["hosts"]["host3"]["is_master"]
 
 
 def test_emergency_transition_refused_with_ha() -> None:

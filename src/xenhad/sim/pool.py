@@ -59,7 +59,10 @@ class HostState:
     role_master: str = ""
     """The master address its running xapi read from pool.conf when it started: a new
     pool.conf "takes effect on next server restart only" (xapi_pool_transition.ml set_role).
-    Empty until xapi first starts: pool.conf then."""
+    A pool's hosts start with their xapi up, so with the pool.conf they were built with;
+    until a probe sees the restart, a slave told of a new master by pool.recover_slaves
+    still names the old one (pool_role.ml set_role rewrites the file, not the role
+    Pool_role_shared cached when xapi started)."""
     powered: bool = True
     xapi: str = "up"
     """"up", "hung" (accepts, never answers) or "down" (booting, restarting, off)."""
@@ -113,7 +116,7 @@ class SimPool:
         self.hosts: list[HostState] = [
             HostState(index=i, name=s.name, uuid=s.uuid, ref=s.ref, metrics_ref=s.metrics_ref,
                       address=s.address, db=db if i == 0 else slave_copy,
-                      conf_master=master_address,
+                      conf_master=master_address, role_master=master_address,
                       socket_path=os.path.join(self.base_dir, s.name, "xapi.sock"))
             for i, s in enumerate(seeds)]
         self._by_key: dict[str, HostState] = {}

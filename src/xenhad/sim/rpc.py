@@ -125,8 +125,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if host.xapi == "hung":
                 hold = True
             delay = host.latency.get(name, host.latency.get("*", 0.0))
+            epoch = host.epoch
         if hold:
-            self._hold()
+            self._hold(epoch)
         if delay:
             time.sleep(delay)
         with pool.lock:
@@ -143,7 +144,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 pass
             except Exception as e:  # the simulator never crashes on input
                 return ("fail", ["INTERNAL_ERROR", f"{type(e).__name__}: {e}"])
-        self._hold()
+        self._hold(epoch)
         raise _Held()
 
     def _xmlrpc(self, body: bytes) -> None:
@@ -205,11 +206,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _hold(self) -> None:
-        """Never answer: wait until the client goes away, the cap passes, or we stop."""
+    def _hold(self, epoch: int) -> None:
+        """Never answer: wait until the client goes away, the cap passes, we stop, or the
+        xapi holding the call restarts on a powered host (Xapi_fuse exits the process and the
+        kernel closes its connections: a client waiting on it learns at once). A host that
+        lost its power closes nothing: its connections just fall silent."""
         end = time.monotonic() + self.sim.pool.spec.blackhole_cap_seconds
         sock = self.connection
-        while time.monotonic() < end and self.sim.pool.running:
+        host = self.sim_host
+        while (time.monotonic() < end and self.sim.pool.running
+               and (host.epoch == epoch or not host.powered)):
             try:
                 ready, _, _ = select.select([sock], [], [], 0.1)
                 if ready and not sock.recv(1, socket.MSG_PEEK):
