@@ -112,13 +112,47 @@ def test_how_long_ago_each_peer_was_heard_travels_and_is_checked() -> None:
     assert back.last_heard == (("b", 0.5), ("c", 40.0))
     assert back.heard_ago("c") == 40.0 and back.heard_ago("x") is None
     assert decode(encode(hb("a"), SECRET), SECRET).last_heard is None  # an older daemon
-    for bad in ('{"b":-1}', '["b"]', '{"b":"soon"}', '{"b":true}'):
-        payload = json.dumps({"pool": "p", "from": "a", "boot": "b", "seq": 1, "t": 1.0,
-                              "master": "m", "heard": [], "quorate": True}
-                             ).replace("}", f',"ages":{bad}}}').encode()
-        data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+    # Whole seconds (none of ours sends them) count as floats, and the order is the host's.
+    assert decode(signed_with_ages('{"c":2,"b":0.5}'), SECRET).last_heard == (
+        ("b", 0.5), ("c", 2.0))
+    assert decode(signed_with_ages("{}"), SECRET).last_heard == ()
+    for bad in ('{"b":-1}', '["b"]', '{"b":"soon"}', '{"b":true}', '{"b":0.5,"c":false}',
+                '{"b":NaN}', '{"b":Infinity}', '{"b":-Infinity}', '{"b":0.5,"c":-0.01}',
+                '{"b":1e400}', '{"b":1' + "0" * 400 + "}", '{"b":null}', '{"b":[1]}'):
         with pytest.raises(HeartbeatError, match="ages"):
-            decode(data, SECRET)
+            decode(signed_with_ages(bad), SECRET)
+
+
+def signed_with_ages(ages: str) -> bytes:
+    """A heartbeat with `ages` as written, authenticated: what a buggy peer could send."""
+    payload = json.dumps({"pool": "p", "from": "a", "boot": "b", "seq": 1, "t": 1.0,
+                          "master": "m", "heard": [], "quorate": True}
+                         ).replace("}", f',"ages":{ages}}}').encode()
+    return b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+
+
+@given(st.floats(min_value=0.0, max_value=1e7))
+def test_ages_go_out_floored_to_a_hundredth_of_a_second_never_rounded_up(age: float) -> None:
+    beat = dataclasses.replace(hb("a"), last_heard=(("b", age),))
+    data = encode(beat, SECRET)
+    sent = json.loads(data[4 + 32:])["ages"]["b"]  # after the magic and the MAC
+    back = decode(data, SECRET).heard_ago("b")
+    assert back == sent
+    # The largest hundredth not above the age: short to send, and never more than it was.
+    hundredths = round(sent * 100)
+    assert hundredths / 100 == sent <= age < (hundredths + 1) / 100
+
+
+def test_a_floored_age_places_the_contact_later_never_earlier() -> None:
+    # a heard x 3.007 s before its heartbeat, received at 13.5: the contact was at 10.493,
+    # and the table, told 3.0, takes it for 10.5, which can only delay a self-fence.
+    t = PeerTable("me", "pool", window=2.0)
+    t.receive(hb("x", heard=("me",)), 5.0, 1000.0)
+    t.receive(hb("a", 1, heard=("me",)), 5.0, 1000.0)
+    late = dataclasses.replace(hb("a", 2, heard=("me",)),
+                               last_heard=(("me", 0.0), ("x", 3.007)))
+    t.receive(decode(encode(late, SECRET), SECRET), 13.5, 1008.0)
+    assert t.evidence("x", 13.5) == 10.5
 
 
 def test_a_peer_that_stopped_listing_a_host_still_says_when_it_last_heard_it() -> None:
