@@ -4,7 +4,9 @@ Reading every VM record each tick costs the master's xapi (and us) in proportion
 pool's size; at rest nothing changes. So the first read is event.from with an empty token
 (xapi answers with every object as an "add"), and each later tick asks only for what
 changed since the last token, without waiting (timeout 0): one call, a few bytes when the
-pool is quiet. build_snapshot turns the cached records into the same PoolView as before.
+pool is quiet. build_snapshot turns the cached records into the same PoolView as before;
+when no VM event came since the last build, it is offered that build's VM views to reuse
+(our own pool-lock renewal alone writes pool.other_config every few seconds).
 
 The whole pool is read again at once when the reply's valid_ref_counts disagree with what
 we hold (a missed deletion); the cache is dropped on any error (xapi_event.ml raises
@@ -20,7 +22,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from xenhad.monitor import FIELDS, Snapshot, build_snapshot
+from xenhad.monitor import FIELDS, ReusableVms, Snapshot, build_snapshot
 from xenhad.xapi.errors import XapiReplyError
 
 CLASSES: tuple[str, ...] = ("pool", "host", "host_metrics", "VM")
@@ -48,14 +50,16 @@ class PoolCache:
         self._logins = -1
         self._master: str | None = None
         self._built: Snapshot | None = None
+        self._built_key = ""
         self._changed = True
+        self._vms_changed = True
 
     def reset(self) -> None:
         """Forget everything: the next read is a full one (after an error, a new master)."""
         self._token = None
         self._records = {}
         self._master = None
-        self._built, self._changed = None, True
+        self._built, self._changed, self._vms_changed = None, True, True
 
     async def read(self, xapi: EventSource, *, protection_key: str, now: float) -> Snapshot:
         if xapi.logins != self._logins:
@@ -72,13 +76,20 @@ class PoolCache:
                 self.reset()
                 self.full_reads += 1
                 await self._fetch(xapi)
-            if self._built is not None and not self._changed:
+            # A reloaded config may name another protection_key: every VM's protection
+            # must then be read again, however quiet the pool.
+            same_key = protection_key == self._built_key
+            if self._built is not None and not self._changed and same_key:
                 # A quiet pool: the same view, taken now (no need to rebuild 1,000 VMs).
                 view = dataclasses.replace(self._built.view, taken_at=now)
                 return Snapshot(view, self._built.warnings)
+            reuse = None
+            if self._built is not None and not self._vms_changed:
+                reuse = ReusableVms(self._built, self._built_key)
             records = {cls: self._records.get(cls.lower(), {}) for cls in CLASSES}
             snap = build_snapshot(records["pool"], records["host"], records["host_metrics"],
-                                  records["VM"], protection_key=protection_key, now=now)
+                                  records["VM"], protection_key=protection_key, now=now,
+                                  reuse=reuse)
         except BaseException:
             self.reset()
             raise
@@ -88,7 +99,8 @@ class PoolCache:
             self.reset()
             return await self.read(xapi, protection_key=protection_key, now=now)
         self._master = snap.view.master
-        self._built, self._changed = snap, False
+        self._built, self._built_key = snap, protection_key
+        self._changed = self._vms_changed = False
         return snap
 
     async def _fetch(self, xapi: EventSource) -> None:
@@ -114,6 +126,8 @@ class PoolCache:
                 raise XapiReplyError("event.from answered an event that is not a struct")
             cls = str(event.get("class", "")).lower()
             ref = str(event.get("ref", ""))
+            if cls == "vm":
+                self._vms_changed = True
             table = self._records.setdefault(cls, {})
             if event.get("operation") == "del":
                 table.pop(ref, None)

@@ -4,13 +4,14 @@ a full read gives, through starts, crashes and a change of master."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
 
 from xenhad import monitor
 from xenhad.clock import ManualClock
-from xenhad.model import PoolView
+from xenhad.model import PoolView, PowerState, Protection
 from xenhad.pool_cache import PoolCache
 from xenhad.sim import PoolSpec, SimPool
 from xenhad.xapi import Xapi
@@ -120,5 +121,124 @@ def test_a_master_that_steps_down_reads_the_new_masters_database_not_its_own_tok
                 view = (await cache.read(old, protection_key="xenhad", now=3.0)).view
                 assert view.master == pool.host("host2").uuid
                 assert cache.full_reads == 2
+
+        asyncio.run(scenario())
+
+
+def test_a_pool_only_event_keeps_every_vm_view_and_shows_the_new_pool() -> None:
+    # At rest the events are about the pool (our own lock renewal) and its hosts.
+    with same_port_pool(PoolSpec(hosts=4, vms=40, seed=5)) as pool:
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
+                            timeout=2.0, clock=ManualClock()) as xapi:
+                await xapi.login()
+                odd = next(iter((await monitor.snapshot(
+                    xapi, protection_key="xenhad", now=0.0)).vms.values()))
+                await xapi.call("VM.add_to_other_config", odd.ref, "xenhad", "sometimes")
+                before = await cache.read(xapi, protection_key="xenhad", now=1.0)
+                assert [w.vm for w in before.warnings] == [odd.uuid]
+                await xapi.pool_add_to_other_config(before.view.pool_ref, "lock", "host1")
+                after = await cache.read(xapi, protection_key="xenhad", now=2.0)
+                full = await monitor.read_snapshot(xapi, protection_key="xenhad", now=2.0)
+                assert after.view.other_config["lock"] == "host1"
+                assert comparable(after.view) == comparable(full.view)
+                assert after.warnings == full.warnings
+                assert after.view.vms.keys() == before.view.vms.keys()
+                assert all(after.view.vms[u] is v for u, v in before.view.vms.items())
+                assert cache.full_reads == 1
+
+        asyncio.run(scenario())
+
+
+def test_vm_events_rebuild_the_vm_views_even_among_pool_events() -> None:
+    with same_port_pool(PoolSpec(hosts=4, vms=40, seed=5, vm_start_seconds=0.1)) as pool:
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
+                            timeout=2.0, clock=ManualClock()) as xapi:
+                await xapi.login()
+                view = (await cache.read(xapi, protection_key="xenhad", now=1.0)).view
+                running = [v for v in view.vms.values() if v.running]
+                protected = next(v for v in running if v.protection is Protection.RESTART)
+                stopped = next(v for v in running if v is not protected)
+                halted = next(v for v in view.vms.values() if v.resident_on is None)
+                await xapi.call("VM.add_to_other_config", protected.ref, "xenhad", "off")
+                await xapi.vm_hard_shutdown(stopped.ref)
+                await xapi.vm_start(halted.ref)
+                await xapi.pool_add_to_other_config(view.pool_ref, "lock", "host1")
+                cached, full, calls = await both(cache, xapi, 2.0)
+                assert calls == 1 and comparable(cached) == comparable(full)
+                assert cached.vms[protected.uuid].protection is Protection.OFF
+                gone = cached.vms[stopped.uuid]
+                assert gone.power_state is PowerState.HALTED and gone.resident_on is None
+                started = cached.vms[halted.uuid]
+                assert started.running and started.resident_on in cached.hosts
+
+        asyncio.run(scenario())
+
+
+def test_a_host_that_joins_is_resolved_in_the_vm_views_that_name_it() -> None:
+    # A VM's affinity names a host the pool does not have (yet): a stale hint, read as
+    # none. When that host joins, only host events arrive, yet the hint now resolves.
+    with same_port_pool(PoolSpec(hosts=3, vms=9, seed=5)) as pool:
+        joiner, joiner_metrics = f"OpaqueRef:{uuid.uuid4()}", f"OpaqueRef:{uuid.uuid4()}"
+        joiner_uuid = str(uuid.uuid4())
+        db = pool.master_db()
+        with pool.lock:  # the sim has no setters (nor pool.join): write its database
+            vm_ref = next(r for r, v in db.tables["VM"].items()
+                          if not v["is_control_domain"] and not v["is_a_template"])
+            db.set(vm_ref, "affinity", joiner)
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
+                            timeout=2.0, clock=ManualClock()) as xapi:
+                await xapi.login()
+                view = (await cache.read(xapi, protection_key="xenhad", now=1.0)).view
+                vm = next(v for v in view.vms.values() if v.ref == vm_ref)
+                assert vm.affinity is None
+                with pool.lock:
+                    # As build_pool writes the first hosts.
+                    model = db.tables["host"][pool.host("host1").ref]
+                    metrics = db.tables["host_metrics"][model["metrics"]]
+                    db.add("host_metrics", joiner_metrics, {
+                        **metrics, "uuid": str(uuid.uuid4()), "live": False,
+                        "other_config": {}})
+                    db.add("host", joiner, {
+                        **model, "uuid": joiner_uuid, "name_label": "host4",
+                        "hostname": "host4", "address": "127.0.0.99",
+                        "metrics": joiner_metrics, "other_config": {}})
+                cached, full, calls = await both(cache, xapi, 2.0)
+                assert calls == 1 and comparable(cached) == comparable(full)
+                assert cached.vms[vm.uuid].affinity == joiner_uuid
+                assert cache.full_reads == 1
+
+        asyncio.run(scenario())
+
+
+def test_another_protection_key_reads_every_vms_protection_again() -> None:
+    # A reloaded config may name another key, in a pool where only the pool changes or
+    # nothing at all.
+    with same_port_pool(PoolSpec(hosts=3, vms=9, seed=5)) as pool:
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
+                            timeout=2.0, clock=ManualClock()) as xapi:
+                await xapi.login()
+                view = (await cache.read(xapi, protection_key="xenhad", now=1.0)).view
+                vm = next(v for v in view.vms.values() if v.protection is Protection.RESTART)
+                await xapi.call("VM.add_to_other_config", vm.ref, "ha-new", "off")
+                view = (await cache.read(xapi, protection_key="xenhad", now=2.0)).view
+                assert view.vms[vm.uuid].protection is Protection.RESTART
+                await xapi.pool_add_to_other_config(view.pool_ref, "lock", "host1")
+                view = (await cache.read(xapi, protection_key="ha-new", now=3.0)).view
+                assert view.vms[vm.uuid].protection is Protection.OFF
+                view = (await cache.read(xapi, protection_key="xenhad", now=4.0)).view
+                assert view.vms[vm.uuid].protection is Protection.RESTART
+                assert cache.full_reads == 1
 
         asyncio.run(scenario())
