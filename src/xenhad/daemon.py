@@ -60,7 +60,7 @@ from xenhad.recovery.history import History, Recovered
 from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot
 from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
-from xenhad.xapi.client import Xapi
+from xenhad.xapi.client import Xapi, single_attempt
 from xenhad.xapi.connect import open_xapi
 from xenhad.xapi.errors import XapiError, XapiUnreachable
 from xenhad.xapi.probe import ProbeResult, probe
@@ -70,8 +70,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("xenhad.daemon")
 
-PROBE_HEARD_EVERY = 5
-"""A host whose heartbeats arrive is probed only every this many ticks."""
+PROBE_HEARD_EVERY = 15
+"""A host whose heartbeats arrive is probed only every this many ticks (30 s at the default
+tick): its heartbeats already say it lives, so the probe only refreshes whom its xapi
+follows and notices a wedged xapi, and the failover asks for every host every tick while
+who follows whom changes (Failover.wants_fresh_probes). In a 64-host pool the probes were
+the master's largest cost at rest."""
+
+PROMOTING_TICK = 0.5
+"""Seconds between ticks while our xapi restarts as the new master, at most."""
 
 HISTORY_SECONDS = 30 * 24 * 3600
 """How long closed incidents stay in the journal (for `xenhad history`)."""
@@ -105,6 +112,8 @@ class Daemon:
         self._notify = notifier or Notifier()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._wake = asyncio.Event()
+        """Set to run the next tick now rather than at the interval."""
         self._xapi: Xapi | None = None
         self._view: PoolView | None = None
         self._detector = Detector(_detector_settings(config))
@@ -137,6 +146,8 @@ class Daemon:
         self._probes: dict[HostId, Joined] = {}
         self._deferred: set[HostId] = set()
         self._may_act = True
+        self._reread = False
+        """This master may act from the next view on (read at once): see _master_duties."""
         self._next_offline_sweep = 0.0
         self._all_joined_since: float | None = None
         self._proven_off: set[HostId] = set()
@@ -179,21 +190,36 @@ class Daemon:
         self._stop.set()
 
     async def _loop(self) -> None:
-        interval = self.config.detector.interval
         while not self._stop.is_set():
             started = self._clock.monotonic()
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_config()
-                interval = self.config.detector.interval
+            interval = self.config.detector.interval
+            if self._failover is not None and self._failover.promoting:
+                # Our xapi comes back as master any moment: the sooner a tick sees it, the
+                # sooner the slaves are recovered and the dead master's VMs restarted.
+                interval = min(interval, PROMOTING_TICK)
             try:
                 await asyncio.wait_for(self._tick(), timeout=2 * self._tick_budget())
             except asyncio.TimeoutError:
                 self._xapi_failed("a tick took longer than twice its budget", started)
             self._report()
             elapsed = self._clock.monotonic() - started
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=max(0.05, interval - elapsed))
+            await self._pause(max(0.05, interval - elapsed))
+
+    async def _pause(self, timeout: float) -> None:
+        """Until the next tick: `timeout`, or less on stop or a wake-up."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._stop, self._wake)]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self._wake.clear()
 
     def _tick_budget(self) -> float:
         # One snapshot (with its retries) and one round of probes, in the worst case.
@@ -273,15 +299,19 @@ class Daemon:
     async def _watch(self, now: float) -> None:
         if not self._snapshot_due(now):
             return
-        if self._failover is not None and self._failover.role_changing(now):
+        changing = self._failover is not None and self._failover.role_changing(now)
+        if changing:
             # Our xapi restarts as a master or as another's slave: its event tokens would
             # ask the next database for what changed since a generation of this one's.
             self._pool_cache.reset()
         try:
-            xapi = await self._connected()
-            snap = await self._pool_cache.read(
-                xapi, protection_key=self.config.recovery.protection_key, now=now
-            )
+            # While it restarts, each tick is one try: a retry's backoff would outlast the
+            # restart and leave the new master idle.
+            with single_attempt() if changing else contextlib.nullcontext():
+                xapi = await self._connected()
+                snap = await self._pool_cache.read(
+                    xapi, protection_key=self.config.recovery.protection_key, now=now
+                )
         except (XapiUnreachable, XapiError, XenhadError) as exc:
             self._xapi_failed(str(exc), now)
             return
@@ -397,21 +427,26 @@ class Daemon:
     async def _heartbeat_loop(self) -> None:
         interval = self.config.peers.interval
         while not self._stop.is_set():
-            view, link = self._view, self._link
-            if view is not None and link is not None:
-                link.send(
-                    [Peer(h.uuid, h.address) for h in view.hosts.values()],
-                    master=view.master,
-                    quorate=self._health.quorate,
-                    armed=self._watchdog is not None and self._watchdog.is_running,
-                    priority=self.config.failover.priority,
-                    vote=self._current_vote(),
-                    epoch=pool_lock.current_epoch(dict(view.other_config)),
-                    promoting=(self._failover is not None
-                               and self._failover.announces_promotion(self._clock.monotonic())),
-                )
+            self._beat()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=interval)
+
+    def _beat(self) -> None:
+        """One heartbeat to every host of the pool, saying what we know now."""
+        view, link = self._view, self._link
+        if view is None or link is None:
+            return
+        link.send(
+            [Peer(h.uuid, h.address) for h in view.hosts.values()],
+            master=view.master,
+            quorate=self._health.quorate,
+            armed=self._watchdog is not None and self._watchdog.is_running,
+            priority=self.config.failover.priority,
+            vote=self._current_vote(),
+            epoch=pool_lock.current_epoch(dict(view.other_config)),
+            promoting=(self._failover is not None
+                       and self._failover.announces_promotion(self._clock.monotonic())),
+        )
 
     def _current_vote(self) -> tuple[HostId, HostId] | None:
         vote = self._failover.vote if self._failover is not None else None
@@ -551,6 +586,10 @@ class Daemon:
             quorate=quorate, proven_off=frozenset(self._proven_off),
         )
         replaced = self._failover.take_replaced()
+        if replaced is not None:
+            # Our xapi is master now; the next tick recovers the slaves (from a view read
+            # after the new epoch), and every second counts: run it at once.
+            self._wake.set()
         if replaced is not None and replaced in view.hosts and replaced != self._me:
             # The survivors confirmed it down before electing us: its incident opens as
             # soon as we may act (lock held, every host rejoined), with no second wait.
@@ -560,6 +599,15 @@ class Daemon:
                         why="the replaced master; opened once every host has rejoined")
         if may_act:
             may_act = await self._failover.check_reconciled(xapi, view, now, self._probes, down)
+        if may_act and not self._may_act and not self._reread:
+            # Allowed to act from this tick's probes (every host rejoined), but this view was
+            # read before them: a host that just rejoined is disabled until its xapi has
+            # started (Pool.hello), and a VM placed on it would be refused. Act from a view
+            # read now, at once.
+            self._reread = True
+            self._wake.set()
+            return False
+        self._reread = False
         return may_act
 
     async def _watch_master(self, now: float) -> None:
@@ -572,8 +620,13 @@ class Daemon:
             return
         heard = self._heard_lately(now)
         answered = master.uuid in heard or (await self._probe(master)).answered
+        said = (self._current_vote(), failover.announces_promotion(now))
         await failover.watch_master(now, view, quorate=self._health.quorate,
                                     answered=answered, contact=self._contact(now))
+        if (self._current_vote(), failover.announces_promotion(now)) != said:
+            # The candidate counts ballots from heartbeats: ours goes out now, not up to an
+            # interval later, and so does the news that we are promoting.
+            self._beat()
 
     # -- verdicts and incidents --------------------------------------------------------
 

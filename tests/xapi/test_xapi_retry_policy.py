@@ -11,6 +11,7 @@ import pytest
 from xenhad.clock import ManualClock
 from xenhad.errors import ConfigError
 from xenhad.xapi import Safety, Xapi, XapiError, XapiUnreachable, may_retry, safety_of
+from xenhad.xapi.client import single_attempt
 
 AMBIGUOUS = XapiUnreachable("timed out", sent=True)
 REFUSED = XapiUnreachable("Connection refused", sent=False)
@@ -93,6 +94,31 @@ def test_backoff_waits_on_the_injected_clock_and_stops_after_the_attempts() -> N
     assert xapi.requests["session.login_with_password"] == 4
     # Three waits, each jittered in [0, min(2, 1 * 2**n)].
     assert 0 <= clock.monotonic() - start <= 6.0
+
+
+@pytest.mark.timeout(10)
+def test_inside_single_attempt_nothing_is_retried() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    clock = ManualClock()
+
+    async def scenario() -> Xapi:
+        xapi = Xapi(f"http://127.0.0.1:{port}", password="pw", timeout=1, retry_attempts=4,
+                    retry_backoff=1.0, clock=clock)
+        try:
+            with single_attempt(), pytest.raises(XapiUnreachable):
+                await xapi.login()
+            assert xapi.requests["session.login_with_password"] == 1
+            with pytest.raises(XapiUnreachable):  # outside it, retried as ever
+                await xapi.login()
+        finally:
+            await xapi.close()
+        return xapi
+
+    xapi = asyncio.run(scenario())
+    assert xapi.requests["session.login_with_password"] == 1 + 4
 
 
 def test_bad_endpoints_and_knobs_are_one_line_config_errors() -> None:

@@ -331,6 +331,10 @@ class Failover:
             return False
         self._waiting_for = []
         self._strays_seen = False
+        if recorded:
+            # Hosts seen following another master after this epoch was reconciled (a stale
+            # heartbeat, or strays recovered since) are all back: nothing new to record.
+            return True
         try:
             await _replace(xapi, view.pool_ref, RECONCILED_KEY, str(epoch),
                            exists=RECONCILED_KEY in view.other_config)

@@ -17,7 +17,9 @@ a property decided by `may_retry(method, error)` and nothing else:
   (`XapiUnreachable.sent` is False, e.g. connection refused). After an ambiguous timeout the
   call may have been performed; the caller gets the error and decides from fresh state.
 
-xapi failures (`XapiError`) are never retried here: they are answers.
+xapi failures (`XapiError`) are never retried here: they are answers. Inside
+`single_attempt()` nothing is retried: a caller that polls anyway (a daemon whose own xapi
+is restarting) must not sit out a backoff after that xapi is back.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import enum
 import urllib.parse
 import xmlrpc.client
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import XenAPI
@@ -60,6 +63,19 @@ API_VERSION = "1.0"
 RecordClass = Literal["pool", "host", "host_metrics", "VM"]
 Record = dict[str, Any]
 T = TypeVar("T")
+
+_single_attempt: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "xenhad_xapi_single_attempt", default=False)
+
+
+@contextlib.contextmanager
+def single_attempt() -> Iterator[None]:
+    """Calls made inside (and in tasks started inside) are tried once, never retried."""
+    token = _single_attempt.set(True)
+    try:
+        yield
+    finally:
+        _single_attempt.reset(token)
 
 
 class Safety(enum.Enum):
@@ -375,7 +391,7 @@ class Xapi:
         timeout: float | None = None,
     ) -> T:
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry_attempts),
+            stop=stop_after_attempt(1 if _single_attempt.get() else self.retry_attempts),
             wait=wait_random_exponential(multiplier=self.retry_backoff, max=self.retry_backoff_max),
             retry=retry_if_exception(lambda e: may_retry(method, e)),
             sleep=self._clock.sleep,
