@@ -8,22 +8,25 @@ the confirmation span 4T and `--heartbeat H` the heartbeats' window 4H), Redfish
 through each host's simulated BMC, a modelled VM start time. A slave crash and a master
 crash per pool.
 
-Floor = detection threshold + fence time (0 here: a simulated BMC answers at once) + the
-slowest single VM start (the modelled start plus the VM's own start_delay, which VM.start
-sleeps), plus, for a master crash, xapi's own restarts: the new master's after
-emergency_transition_to_master (Xapi_fuse), then each slave's after pool.recover_slaves
-told it the new master (xapi_pool.ml emergency_reset_master restarts xapi to take it into
-account), since no VM of the old master is reset before the slaves have rejoined and said
-what they run. The detection threshold is the silence a host needs before its first miss
-(two heartbeat intervals and 0.1 s, Daemon._heard) plus confirm_seconds. The "waves" floor
-is what the VMs' configuration allows on top: restart-priority VMs before best-effort ones,
-each `order` after the last (xapi_ha_vm_failover.ml), at most recovery.concurrency starts
-at a time. `--flat` gives every VM order 0, no start_delay and, if protected at all, the
-restart priority, so that with `--concurrency` at least the VMs lost only the mechanism
-stands between the crash and the floor. "xapi HA's restart" is what native HA would take to restart
-the same VMs once it has decided, from the same starts: restart_auto_run_vms
-(xapi_ha_vm_failover.ml) starts one VM after another. Phases are seconds after the crash,
-read from the daemons' own log lines. Prints numbers; asserts nothing.
+Floor = detection threshold + fence time (0 here: a simulated BMC answers at once) + one VM
+start (the modelled start: a VM's start_delay is slept inside VM.start after its domain
+runs, so it delays only what starts after it), plus, for a master crash, xapi's own
+restarts: the new master's after emergency_transition_to_master (Xapi_fuse), then each
+slave's after pool.recover_slaves told it the new master (xapi_pool.ml
+emergency_reset_master restarts xapi to take it into account), since no VM of the old
+master is reset before the slaves have rejoined and said what they run. The detection
+threshold is the silence a host needs before its first miss (two heartbeat intervals and
+0.1 s, Daemon._heard) plus confirm_seconds. The "waves" floor is what the VMs'
+configuration allows on top: restart-priority VMs before best-effort ones, each `order`
+after the last (xapi_ha_vm_failover.ml), at most recovery.concurrency starts at a time,
+each start taking the modelled start plus the VM's start_delay, but for the last round's,
+whose domains run before their delays are slept. `--flat` gives every VM order 0, no
+start_delay and, if protected at all, the restart priority, so that with `--concurrency` at
+least the VMs lost only the mechanism stands between the crash and the floor. "xapi HA's
+restart" is what native HA would take to restart the same VMs once it has decided, from the
+same starts: restart_auto_run_vms (xapi_ha_vm_failover.ml) starts one VM after another.
+Phases are seconds after the crash, read from the daemons' own log lines. Prints numbers;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -82,9 +85,14 @@ def at(stamp: str | None) -> float:
         tzinfo=datetime.timezone.utc).timestamp()
 
 
-def first(bed: Testbed, event: str) -> float | None:
-    found = [at(e.timestamp) for _, e in bed.events_named(event)]
+def first(bed: Testbed, event: str, since: float) -> float | None:
+    found = [t for _, e in bed.events_named(event) if (t := at(e.timestamp)) >= since]
     return min(found) if found else None
+
+
+def wave_key(rank: int, order: int) -> tuple[int, bool, int]:
+    """Restart before best-effort, then `order` ascending with negative orders last."""
+    return (rank, order < 0, order)
 
 
 def flatten(bed: Testbed) -> None:
@@ -120,11 +128,12 @@ def run(hosts: int, vms: int, vm_start: float, victim: str,
         lost = [vm for vm, rec in records.items()
                 if hosts_of.get(vm) == [victim] and rec["protection"] != "off"]
         db = {r["name_label"]: r for r in bed.pool.master_db().tables["VM"].values()}
-        starts = {vm: vm_start + int(db[vm].get("start_delay", 0) or 0) for vm in lost}
-        waves: dict[tuple[int, int], list[float]] = {}
+        delays = {vm: float(int(db[vm].get("start_delay", 0) or 0)) for vm in lost}
+        waves: dict[tuple[int, bool, int], list[float]] = {}
         for vm in lost:
             rank = 0 if records[vm]["protection"] == "restart" else 1
-            waves.setdefault((rank, int(db[vm].get("order", 0) or 0)), []).append(starts[vm])
+            waves.setdefault(wave_key(rank, int(db[vm].get("order", 0) or 0)),
+                             []).append(delays[vm])
         crashed = time.time()
         bed.crash(victim)
 
@@ -140,20 +149,25 @@ def run(hosts: int, vms: int, vm_start: float, victim: str,
                   if e.fields.get("phase") == "resetting"]
         phases: dict[str, float | None] = {
             "detected": first(bed, "failover.master_suspect" if victim == "host1"
-                              else "host.suspect"),
+                              else "host.suspect", crashed),
             "confirmed": first(bed, "failover.master_down" if victim == "host1"
-                               else "host.down"),
-            "promoted": first(bed, "failover.promoted"),
-            "slaves recovered": first(bed, "failover.slaves_recovered"),
+                               else "host.down", crashed),
+            "promoted": first(bed, "failover.promoted", crashed),
+            "slaves recovered": first(bed, "failover.slaves_recovered", crashed),
             "fenced": min(fenced) if fenced else None,
             "last VM running": done,
         }
         result = {k: (None if v is None else round(v - crashed, 2)) for k, v in phases.items()}
         result["VMs"] = float(len(lost))
-        result["slowest start"] = max(starts.values(), default=0.0)
-        result["waves"] = sum(math.ceil(len(w) / settings.concurrency) * max(w)
-                              for w in waves.values())
-        result["sequential"] = sum(starts.values())
+        result["slowest start"] = vm_start if lost else 0.0
+        ordered = [waves[k] for k in sorted(waves)]
+        result["waves"] = sum(
+            math.ceil(len(w) / settings.concurrency) * (vm_start + max(w)) for w in ordered
+        ) - (max(ordered[-1]) if ordered else 0.0)
+        # One after another, in the same order: every start but the last one's delay.
+        one_by_one = [d for w in ordered for d in sorted(w)]
+        result["sequential"] = sum(vm_start + d for d in one_by_one) - (
+            one_by_one[-1] if one_by_one else 0.0)
         return result
 
 
