@@ -3,8 +3,8 @@ whatever the pool size), against the naive design where every daemon reads every
 
 Run: .venv/bin/python bench/rest_cost.py [--hosts 3 16] [--seconds 30] [--contact-seconds 120]
          [--no-naive]
-One real daemon per simulated host, production intervals (detector.interval 2 s, peers
-every 1 s). The simulator counts each call on the xapi that answers it (a slave's database
+One real daemon per simulated host, production settings (detector.interval 2 s, peers
+every 1 s, xapi.timeout 10 s). The simulator counts each call on the xapi that answers it (a slave's database
 call on its master). Prints numbers; asserts nothing.
 """
 
@@ -22,6 +22,7 @@ PRODUCTION = {
     "detector": {"interval": 2.0, "confirm_misses": 3, "confirm_seconds": 10.0,
                  "probe_timeout": 1.5},
     "peers": {"interval": 1.0, "window": 4.0},
+    "xapi": {"timeout": 10.0},
 }
 
 
