@@ -1,7 +1,8 @@
 """Time to recover, by phase, against the floor configuration and physics allow.
 
 Run: .venv/bin/python bench/recovery_time.py [--pools 3x10 16x200] [--vm-start 2.0]
-         [--flat] [--concurrency N] [--tick SECONDS] [--heartbeat SECONDS] [--contact-seconds S]
+         [--flat] [--concurrency N] [--tick SECONDS] [--heartbeat SECONDS]
+         [--contact-seconds S] [--xapi-timeout S]
 One real daemon per simulated host (the testbed's settings: tick 0.5 s, heartbeats every
 0.5 s, a host confirmed down after 3 misses spanning 2 s; for big pools `--tick T` makes
 the confirmation span 4T and `--heartbeat H` the heartbeats' window 4H), Redfish fencing
@@ -54,6 +55,7 @@ class Settings:
     concurrency: int
     flat: bool
     contact_seconds: float = 180.0
+    xapi_timeout: float = float(DEFAULT_DAEMON["xapi"]["timeout"])
 
     @property
     def confirm(self) -> float:
@@ -71,6 +73,7 @@ class Settings:
                          "probe_timeout": min(0.8 * self.tick, 1.5)},
             "peers": {"interval": self.heartbeat, "window": 4 * self.heartbeat},
             "recovery": {"concurrency": self.concurrency},
+            "xapi": {"timeout": self.xapi_timeout},
         }
 
 
@@ -185,10 +188,12 @@ def main() -> None:
                     help="peers' heartbeat interval")
     ap.add_argument("--contact-seconds", type=float, default=DEFAULTS.contact_seconds,
                     help="how long the daemons may take to be all in contact")
+    ap.add_argument("--xapi-timeout", type=float, default=DEFAULTS.xapi_timeout,
+                    help="xapi.timeout (production: 10)")
     args = ap.parse_args()
     settings = Settings(tick=args.tick, heartbeat=args.heartbeat,
                         concurrency=args.concurrency, flat=args.flat,
-                        contact_seconds=args.contact_seconds)
+                        contact_seconds=args.contact_seconds, xapi_timeout=args.xapi_timeout)
     print(f"tick {settings.tick:g} s, heartbeats every {settings.heartbeat:g} s, confirmed "
           f"after {settings.confirm:g} s of misses (detection threshold "
           f"{settings.detection:g} s), concurrency {settings.concurrency}, "

@@ -4,8 +4,8 @@ whatever the pool size), against the naive design where every daemon reads every
 Run: .venv/bin/python bench/rest_cost.py [--hosts 3 16] [--seconds 30] [--contact-seconds 120]
          [--no-naive]
 One real daemon per simulated host, production settings (detector.interval 2 s, peers
-every 1 s, xapi.timeout 10 s). The simulator counts each call on the xapi that answers it (a slave's database
-call on its master). Prints numbers; asserts nothing.
+every 1 s, xapi.timeout 10 s). The simulator counts each call on the xapi that answers it
+(a slave's database call on its master). Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
