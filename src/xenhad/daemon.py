@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import random
 import signal
 import time
 from collections.abc import Sequence
@@ -77,6 +78,11 @@ follows and notices a wedged xapi, and the failover asks for every host every ti
 who follows whom changes (Failover.wants_fresh_probes). In a 64-host pool the probes were
 the master's largest cost at rest."""
 
+READ_BACKOFF_TICKS = 8
+"""After failed reads of the pool, a slave waits up to this many ticks (jittered, doubling
+from one) before the next: every slave's read goes to the master's xapi, and a master
+that is slow to answer must not get every slave's full read again every tick."""
+
 PROMOTING_TICK = 0.5
 """Seconds between ticks while our xapi restarts as the new master, at most."""
 
@@ -139,6 +145,9 @@ class Daemon:
         self._status_server: asyncio.AbstractServer | None = None
         self._metrics: Metrics | None = None
         self._last_snapshot = float("-inf")
+        self._read_failures = 0
+        self._next_read = float("-inf")
+        self._jitter = random.Random()
         self._ticks = 0
         self._pool_cache = PoolCache()
         self._alerts_config = configuration.AlertsConfig()
@@ -286,11 +295,13 @@ class Daemon:
         and heartbeats already say whether the master lives (and whom peers follow)."""
         view = self._view
         interval = self.config.detector.slave_interval
-        if view is None or view.master == self._me or self._peers is None or interval <= 0:
-            return True
         if self._failover is not None and (self._failover.master_in_doubt
                                            or self._failover.promoting):
             return True  # our xapi may have become a master, or a slave of a new one
+        if now < self._next_read:
+            return False  # backing off after failed reads (_read_failed)
+        if view is None or view.master == self._me or self._peers is None or interval <= 0:
+            return True
         if now - self._last_snapshot >= interval or not self._health.snapshot_ok:
             return True
         contact = self._contact(now)
@@ -305,16 +316,19 @@ class Daemon:
             # ask the next database for what changed since a generation of this one's.
             self._pool_cache.reset()
         try:
-            # While it restarts, each tick is one try: a retry's backoff would outlast the
-            # restart and leave the new master idle.
-            with single_attempt() if changing else contextlib.nullcontext():
+            # While our xapi restarts, each tick is one try: a retry's backoff would outlast
+            # the restart and leave the new master idle. A slave's ticks are its retries
+            # too, spaced by _read_failed.
+            with single_attempt() if changing or self._slave() else contextlib.nullcontext():
                 xapi = await self._connected()
                 snap = await self._pool_cache.read(
                     xapi, protection_key=self.config.recovery.protection_key, now=now
                 )
         except (XapiUnreachable, XapiError, XenhadError) as exc:
+            self._read_failed(now)
             self._xapi_failed(str(exc), now)
             return
+        self._read_failures, self._next_read = 0, float("-inf")
         view = snap.view
         for warning in snap.warnings:
             # Once per VM and value, not every tick: the operator fixes it or it stays known.
@@ -837,6 +851,18 @@ class Daemon:
         if self._xapi is None:
             self._xapi = await open_xapi(self.config)
         return self._xapi
+
+    def _slave(self) -> bool:
+        """Whether our reads of the pool go to another host's xapi (or may: no view yet)."""
+        return self._view is None or self._view.master != self._me
+
+    def _read_failed(self, now: float) -> None:
+        self._read_failures += 1
+        if self._slave():
+            ticks = min(READ_BACKOFF_TICKS, 2 ** (self._read_failures - 1))
+            # Jittered, so that slaves that failed together do not all come back together.
+            delay = self.config.detector.interval * ticks * self._jitter.uniform(0.5, 1.0)
+            self._next_read = now + delay
 
     def _xapi_failed(self, why: str, now: float) -> None:
         first = self._health.xapi_failing_since is None
