@@ -217,22 +217,6 @@ def test_a_vm_seen_running_elsewhere_before_the_fence_is_not_reset() -> None:
     assert not any(isinstance(a, ev.StartVm) and a.vm == "uuid-a" for a in d.actions)
 
 
-def test_the_next_order_waits_for_the_start_not_for_the_domain() -> None:
-    # VM.start returns after the VM's start_delay, slept once its domain runs: the next
-    # `order` starts after that, not as soon as a snapshot shows the domain running.
-    d = Drive(opened(vm("db", order=0), vm("app", order=1), unsafe=True))
-    d(ev.ResetDone(101, "uuid-db", True))
-    d(ev.ResetDone(101, "uuid-app", True))
-    (first,) = (a for a in d(ev.CapacityMeasured(102, ROOM)) if isinstance(a, ev.StartVm))
-    assert first.vm == "uuid-db"
-    assert not any(isinstance(a, ev.MeasureCapacity)
-                   for a in d(ev.VmObserved(104, "uuid-db", True, first.host)))
-    assert d.status("db") is VmStatus.STARTING
-    assert any(isinstance(a, ev.MeasureCapacity)
-               for a in d(ev.StartDone(134, "uuid-db", first.host, ev.StartOutcome.STARTED)))
-    assert d.status("db") is VmStatus.RUNNING
-
-
 def test_already_running_answer_counts_as_running() -> None:
     d = Drive(opened(vm("a"), unsafe=True))
     d(ev.ResetDone(101, "uuid-a", True))

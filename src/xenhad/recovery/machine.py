@@ -261,11 +261,8 @@ def _observed(incident: Incident, event: VmObserved, settings: Settings) -> Tran
     if task is None or task.status.final:
         return Transition(incident)
     elsewhere = event.resident_on is not None and event.resident_on != incident.host
-    if event.running and elsewhere and task.status is not VmStatus.STARTING:
-        # Running on a live host, whoever started it: never start it a second time. (Our
-        # own start in flight is left to its answer: VM.start sleeps the VM's start_delay
-        # after its domain runs, and the next `order` must wait for that, as xapi's HA
-        # does; should anyone else have started it, ours answers that it runs already.)
+    if event.running and elsewhere:
+        # Running on a live host, whoever started it: never start it a second time.
         updated = replace(task, status=VmStatus.RUNNING, host=event.resident_on, last_error="")
         return _settle(_with_task(incident, updated), event.now, ())
     if task.status is VmStatus.UNKNOWN and not event.running and not event.busy:
