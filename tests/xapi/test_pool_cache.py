@@ -4,7 +4,9 @@ a full read gives, through starts, crashes and a change of master."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,6 +21,15 @@ from xenhad.xapi import Xapi
 from .conftest import same_port_pool
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.asynccontextmanager
+async def logged_in(pool: SimPool) -> AsyncIterator[Xapi]:
+    """The facade, logged in to the master as the daemon's would be."""
+    async with Xapi(pool.url("host1"), password=pool.spec.root_password,
+                    timeout=2.0, clock=ManualClock()) as xapi:
+        await xapi.login()
+        yield xapi
 
 
 def comparable(view: PoolView) -> Any:
@@ -39,9 +50,7 @@ def test_one_call_per_read_and_the_same_view_as_a_full_read() -> None:
 
         async def scenario() -> None:
             cache = PoolCache()
-            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
-                            timeout=2.0, clock=ManualClock()) as xapi:
-                await xapi.login()
+            async with logged_in(pool) as xapi:
                 cached, full, calls = await both(cache, xapi, 1.0)
                 assert calls == 1 and comparable(cached) == comparable(full)
                 quiet = await cache.read(xapi, protection_key="xenhad", now=2.0)
@@ -131,9 +140,7 @@ def test_a_pool_only_event_keeps_every_vm_view_and_shows_the_new_pool() -> None:
 
         async def scenario() -> None:
             cache = PoolCache()
-            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
-                            timeout=2.0, clock=ManualClock()) as xapi:
-                await xapi.login()
+            async with logged_in(pool) as xapi:
                 odd = next(iter((await monitor.snapshot(
                     xapi, protection_key="xenhad", now=0.0)).vms.values()))
                 await xapi.call("VM.add_to_other_config", odd.ref, "xenhad", "sometimes")
@@ -157,9 +164,7 @@ def test_vm_events_rebuild_the_vm_views_even_among_pool_events() -> None:
 
         async def scenario() -> None:
             cache = PoolCache()
-            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
-                            timeout=2.0, clock=ManualClock()) as xapi:
-                await xapi.login()
+            async with logged_in(pool) as xapi:
                 view = (await cache.read(xapi, protection_key="xenhad", now=1.0)).view
                 running = [v for v in view.vms.values() if v.running]
                 protected = next(v for v in running if v.protection is Protection.RESTART)
@@ -194,9 +199,7 @@ def test_a_host_that_joins_is_resolved_in_the_vm_views_that_name_it() -> None:
 
         async def scenario() -> None:
             cache = PoolCache()
-            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
-                            timeout=2.0, clock=ManualClock()) as xapi:
-                await xapi.login()
+            async with logged_in(pool) as xapi:
                 view = (await cache.read(xapi, protection_key="xenhad", now=1.0)).view
                 vm = next(v for v in view.vms.values() if v.ref == vm_ref)
                 assert vm.affinity is None
@@ -226,9 +229,7 @@ def test_another_protection_key_reads_every_vms_protection_again() -> None:
 
         async def scenario() -> None:
             cache = PoolCache()
-            async with Xapi(pool.url("host1"), password=pool.spec.root_password,
-                            timeout=2.0, clock=ManualClock()) as xapi:
-                await xapi.login()
+            async with logged_in(pool) as xapi:
                 view = (await cache.read(xapi, protection_key="xenhad", now=1.0)).view
                 vm = next(v for v in view.vms.values() if v.protection is Protection.RESTART)
                 await xapi.call("VM.add_to_other_config", vm.ref, "ha-new", "off")

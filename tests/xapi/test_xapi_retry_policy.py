@@ -63,12 +63,18 @@ def test_an_answer_from_xapi_is_never_retried(method: str) -> None:
     assert not may_retry(method, ValueError("bug"))
 
 
-@pytest.mark.timeout(10)
-def test_backoff_waits_on_the_injected_clock_and_stops_after_the_attempts() -> None:
+def refused_port() -> int:
+    """A loopback port nothing listens on: a connection to it is refused at once."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+    port = int(s.getsockname()[1])
     s.close()
+    return port
+
+
+@pytest.mark.timeout(10)
+def test_backoff_waits_on_the_injected_clock_and_stops_after_the_attempts() -> None:
+    port = refused_port()
     clock = ManualClock()
 
     async def scenario() -> Xapi:
@@ -98,10 +104,7 @@ def test_backoff_waits_on_the_injected_clock_and_stops_after_the_attempts() -> N
 
 @pytest.mark.timeout(10)
 def test_inside_single_attempt_nothing_is_retried() -> None:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = refused_port()
     clock = ManualClock()
 
     async def scenario() -> Xapi:
