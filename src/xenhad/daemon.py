@@ -52,7 +52,7 @@ from xenhad.fencing.watchdog import (
 from xenhad.journal import Journal
 from xenhad.model import HostId, HostView, PoolView
 from xenhad.notify import Notifier
-from xenhad.peers.link import HeartbeatLink, Peer
+from xenhad.peers.link import HeartbeatLink, Peer, batch_seconds
 from xenhad.peers.table import PeerTable
 from xenhad.pool_cache import PoolCache
 from xenhad.recovery import events as ev
@@ -431,7 +431,7 @@ class Daemon:
         self._peers = PeerTable(self._me, view.pool_uuid, window=cfg.window)
         link = HeartbeatLink(
             me=self._me, pool=view.pool_uuid, secret=secret, table=self._peers,
-            clock=self._clock, peer_port=cfg.port,
+            clock=self._clock, peer_port=cfg.port, batch=batch_seconds(cfg.interval),
         )
         await link.open(self.config.xapi.source_address, cfg.listen_port or cfg.port)
         self._link = link
