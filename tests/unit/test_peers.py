@@ -182,3 +182,39 @@ def test_an_older_daemon_or_a_restarted_one_holds_the_evidence_up() -> None:
     later = dataclasses.replace(new, seq=2, sent_at=1030.0)
     t.receive(later, 35.0, 1030.0)
     assert t.evidence("x", 35.0) == 25.0
+
+
+@pytest.mark.parametrize(("key", "bad"), [
+    ("pool", None), ("from", 7), ("boot", ["b"]), ("seq", True), ("seq", 1.0), ("t", "now"),
+    ("t", False), ("master", None), ("quorate", 1), ("armed", "yes"), ("prio", False),
+    ("epoch", 2.0), ("promoting", 0),
+])
+def test_a_field_of_the_wrong_type_is_named_whichever_way_it_is_decoded(key: str,
+                                                                        bad: object) -> None:
+    # decode checks ours (exact types) in one comparison, then field by field: both must
+    # refuse the same things, with the field named.
+    fields = json.loads(encode(hb("a"), SECRET)[36:])
+    fields[key] = bad
+    payload = json.dumps(fields).encode()
+    data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+    with pytest.raises(HeartbeatError, match=repr(key)):
+        decode(data, SECRET)
+
+
+def test_a_whole_number_timestamp_is_still_a_time() -> None:
+    fields = json.loads(encode(hb("a"), SECRET)[36:])
+    fields["t"] = 1000
+    payload = json.dumps(fields).encode()
+    data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+    assert decode(data, SECRET) == hb("a")
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"pool":"p","from":"a","boot":"b","seq":1,"t":1' + b"0" * 400 + b',"master":"m",'
+    b'"heard":[],"quorate":true}',
+    b"[" * 30_000 + b"]" * 30_000,
+])
+def test_a_time_beyond_any_float_or_json_nested_past_any_stack_is_refused(payload: bytes) -> None:
+    data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+    with pytest.raises(HeartbeatError):
+        decode(data, SECRET)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from xenhad.model import HostId
 
 MAGIC = b"XHB1"
@@ -121,21 +123,42 @@ def decode(data: bytes, secret: bytes) -> Heartbeat:
     if len(data) <= len(MAGIC) + _MAC or len(data) > MAX_SIZE:
         raise HeartbeatError(f"a heartbeat of {len(data)} bytes is truncated or oversized")
     mac, payload = data[len(MAGIC):len(MAGIC) + _MAC], data[len(MAGIC) + _MAC:]
-    if not hmac.compare_digest(mac, hmac.new(secret, payload, hashlib.sha256).digest()):
+    if not hmac.compare_digest(mac, hmac.digest(secret, payload, "sha256")):
         raise HeartbeatError("bad MAC: another pool secret, or tampered")
     try:
-        # json.loads(payload) for bytes, minus building a decoder per call for parse_constant.
-        raw = _JSON.decode(payload.decode(json.detect_encoding(payload), "surrogatepass"))
-    except (ValueError, UnicodeDecodeError):
-        raise HeartbeatError("authenticated payload is not JSON") from None
+        raw = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raw = _strict_json(payload)
     if not isinstance(raw, dict):
         raise HeartbeatError("authenticated payload is not an object")
+    get = raw.get
+    scalars: tuple[Any, ...] = (
+        get("pool"), get("from"), get("boot"), get("seq"), get("master"), get("quorate"),
+        get("armed", False), get("prio", 0), get("epoch", 0), get("promoting", False),
+    )
+    # Every heartbeat of ours passes this one comparison of exact types (bool is not int
+    # here); anything else takes the checks field by field, which name the culprit.
+    if tuple(map(type, scalars)) != _SCALAR_TYPES or type(get("t")) not in _NUMBERS:
+        return _checked(raw)
+    pool, sender, boot, seq, master, quorate, armed, priority, epoch, promoting = scalars
+    return Heartbeat(
+        pool=pool, sender=sender, boot=boot, seq=seq, sent_at=_time(raw["t"]), master=master,
+        heard=tuple(_strings(raw, "heard")), quorate=quorate, armed=armed, priority=priority,
+        vote=_vote(get("vote")), last_heard=_ages(get("ages")), epoch=epoch,
+        promoting=promoting,
+    )
+
+
+_SCALAR_TYPES = (str, str, str, int, str, bool, bool, int, int, bool)
+
+
+def _checked(raw: dict[str, Any]) -> Heartbeat:
     return Heartbeat(
         pool=_field(raw, "pool", str),
         sender=_field(raw, "from", str),
         boot=_field(raw, "boot", str),
         seq=_field(raw, "seq", int),
-        sent_at=float(_field(raw, "t", (int, float))),
+        sent_at=_time(_field(raw, "t", (int, float))),
         master=_field(raw, "master", str),
         heard=tuple(_strings(raw, "heard")),
         quorate=_field(raw, "quorate", bool),
@@ -146,6 +169,25 @@ def decode(data: bytes, secret: bytes) -> Heartbeat:
         epoch=_field(raw, "epoch", int, 0),
         promoting=_field(raw, "promoting", bool, False),
     )
+
+
+def _strict_json(payload: bytes) -> Any:
+    """The standard library's reading of what orjson refused: NaN, a number too large for
+    64 bits, a lone surrogate are JSON to it (and refused later, field by field, as they
+    always were), and anything else is not JSON to either. orjson reads every heartbeat a
+    daemon sends, at a third of the cost: 63 arrive each second in a 64-host pool."""
+    try:
+        # json.loads(payload) for bytes, minus building a decoder per call for parse_constant.
+        return _JSON.decode(payload.decode(json.detect_encoding(payload), "surrogatepass"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise HeartbeatError("authenticated payload is not JSON") from None
+
+
+def _time(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float
+        raise HeartbeatError("field 't' is not a time") from None
 
 
 def _vote(value: object) -> tuple[HostId, HostId] | None:
@@ -186,7 +228,7 @@ def _field(
     raw: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None
 ) -> Any:
     value = raw.get(key, default)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise HeartbeatError(f"field {key!r} is missing or of the wrong type")
     return value
 
