@@ -8,7 +8,7 @@ heartbeats every 1 s), twice:
 - with peers: the heartbeats the other hosts' daemons would send (xenhad's own codec and
   pool secret, through the simulated network) come from one sender thread in this process,
   since 63 more daemons on 2 cores would measure the machine. A host heard by heartbeat is
-  probed every 15th tick only (daemon.PROBE_HEARD_EVERY).
+  probed every 60th tick only (daemon.PROBE_HEARD_EVERY).
 Prints numbers; asserts nothing.
 """
 

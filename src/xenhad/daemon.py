@@ -71,12 +71,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("xenhad.daemon")
 
-PROBE_HEARD_EVERY = 15
-"""A host whose heartbeats arrive is probed only every this many ticks (30 s at the default
+PROBE_HEARD_EVERY = 60
+"""A host whose heartbeats arrive is probed only every this many ticks (2 min at the default
 tick): its heartbeats already say it lives, so the probe only refreshes whom its xapi
-follows and notices a wedged xapi, and the failover asks for every host every tick while
-who follows whom changes (Failover.wants_fresh_probes). In a 64-host pool the probes were
-the master's largest cost at rest."""
+follows and notices a wedged xapi. Whenever that must be fresh, every host is probed every
+tick instead: while who follows whom changes (Failover.wants_fresh_probes), and before the
+offline sweep starts a VM (_restart_offline). A probe costs ~1 ms of CPU over TLS
+(bench/probe_cost.py): in a 64-host pool the probes were the master's largest cost at
+rest."""
 
 READ_BACKOFF_TICKS = 8
 """After failed reads of the pool, a slave waits up to this many ticks (jittered, doubling
@@ -159,6 +161,10 @@ class Daemon:
         """This master may act from the next view on (read at once): see _master_duties."""
         self._next_offline_sweep = 0.0
         self._all_joined_since: float | None = None
+        self._sweep_wants_probes = False
+        """The offline sweep found VMs to start: every host is probed each tick until then."""
+        self._probed_all_at = float("-inf")
+        """The last tick at which every other host was probed."""
         self._proven_off: set[HostId] = set()
         """Hosts fenced by an incident that closed done, and not back since."""
 
@@ -369,7 +375,7 @@ class Daemon:
         # whom its xapi follows (failover) and to notice a wedged xapi.
         heard = self._heard_lately(now)
         self._ticks += 1
-        everyone = self._ticks % PROBE_HEARD_EVERY == 0 or (
+        everyone = self._ticks % PROBE_HEARD_EVERY == 0 or self._sweep_wants_probes or (
             self._failover is not None and self._failover.wants_fresh_probes)
         probed = [h for h in others
                   if everyone or h.uuid not in heard or h.uuid not in self._probes]
@@ -378,8 +384,10 @@ class Daemon:
             self._probes[h.uuid] = Joined(r.answered, r.master_address if r.is_slave else None)
         for gone in set(self._probes) - {h.uuid for h in others}:
             del self._probes[gone]
-        if everyone and self._failover is not None:
-            self._failover.probed_all(now)
+        if everyone:
+            self._probed_all_at = now
+            if self._failover is not None:
+                self._failover.probed_all(now)
         answered_now = {h.uuid: r.answered for h, r in zip(probed, results)}
         answers = [answered_now.get(h.uuid, False) or h.uuid in heard for h in others]
         observations = {
@@ -678,6 +686,7 @@ class Daemon:
         again after the longest retry backoff."""
         me = view.hosts.get(self._me)
         address = me.address if me is not None else None
+        self._sweep_wants_probes = False
         if self._runners or not self._health.quorate or any(
             h.maintenance for h in view.hosts.values()  # an operator is at work: hands off
         ) or not all(
@@ -697,6 +706,12 @@ class Daemon:
         if now < self._next_offline_sweep or view.taken_at < self._all_joined_since + hold:
             return
         vms = offline_protected(view)
+        if vms and self._probed_all_at != now:
+            # A heard host is probed only now and then (PROBE_HEARD_EVERY): whether every
+            # xapi follows us is asked again, of every host, and the next tick acts on it.
+            self._sweep_wants_probes = True
+            self._wake.set()
+            return
         if not vms:
             return
         self._next_offline_sweep = now + self.config.recovery.retry_backoff_max

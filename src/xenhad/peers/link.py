@@ -8,7 +8,9 @@ waiting is read, and the socket is not watched again for `batch` seconds. In a 6
 asyncio datagram endpoint does), the turns cost about as much as the heartbeats themselves
 (bench/footprint.py). A heartbeat read late is stamped late, which places the sender's
 contact later than it was: self-fence deadlines move later (the safe direction), and a dead
-sender is doubted at most `batch` seconds later.
+sender is doubted at most `batch` seconds later. The self-fence proof (table.latest_feed)
+assumes a heartbeat is handled within one interval of its sending: a batch takes at most a
+quarter of that, and leaves the network the rest.
 """
 
 from __future__ import annotations
