@@ -450,8 +450,7 @@ class Daemon:
         interval = self.config.peers.interval
         while not self._stop.is_set():
             self._beat()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+            await asyncio.sleep(interval)  # the stop cancels this task
 
     def _beat(self) -> None:
         """One heartbeat to every host of the pool, saying what we know now."""

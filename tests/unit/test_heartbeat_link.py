@@ -7,6 +7,8 @@ import asyncio
 import socket
 import time
 
+import pytest
+
 from xenhad.clock import SystemClock
 from xenhad.peers.heartbeat import Heartbeat, encode
 from xenhad.peers.link import HeartbeatLink, batch_seconds
@@ -40,12 +42,12 @@ async def linked(batch: float) -> tuple[HeartbeatLink, socket.socket, tuple[str,
     return link, sender, ("127.0.0.1", port)
 
 
-def test_heartbeats_arriving_while_the_link_holds_off_are_read_together_after_it() -> None:
+def test_heartbeats_arriving_between_two_batches_are_read_together_with_the_next() -> None:
     async def scenario() -> None:
         link, sender, to = await linked(batch=1.0)
         try:
             sender.sendto(beat("a", 1), to)
-            await until(lambda: link.received == 1)  # the first after a quiet spell: at once
+            await until(lambda: link.received == 1)  # a batch was read just now
             for seq in range(2, 12):
                 sender.sendto(beat("a", seq), to)
             await asyncio.sleep(0.2)
@@ -80,3 +82,6 @@ def test_the_batch_is_a_quarter_interval_and_never_more_than_a_quarter_second() 
     assert batch_seconds(0.5) == 0.125
     assert batch_seconds(1.0) == 0.25
     assert batch_seconds(5.0) == 0.25
+    with pytest.raises(ValueError, match="batch"):
+        HeartbeatLink(me="me", pool="pool", secret=SECRET, table=PeerTable("me", "pool",
+                      window=1.0), clock=SystemClock(), peer_port=0, batch=0.0)

@@ -2,15 +2,14 @@
 
 I/O only: what a heartbeat says and what it means live in heartbeat.py and table.py.
 
-Received heartbeats are read in batches: when the socket turns readable, every datagram
-waiting is read, and the socket is not watched again for `batch` seconds. In a 64-host pool
-63 heartbeats arrive each second, spread over it; read one per event-loop turn (what an
-asyncio datagram endpoint does), the turns cost about as much as the heartbeats themselves
-(bench/footprint.py). A heartbeat read late is stamped late, which places the sender's
-contact later than it was: self-fence deadlines move later (the safe direction), and a dead
-sender is doubted at most `batch` seconds later. The self-fence proof (table.latest_feed)
-assumes a heartbeat is handled within one interval of its sending: a batch takes at most a
-quarter of that, and leaves the network the rest.
+Received heartbeats are read in batches: every `batch` seconds, every datagram waiting in
+the socket is read. In a 64-host pool 63 heartbeats arrive each second, spread over it;
+read one per event-loop turn (what an asyncio datagram endpoint does), the turns cost about
+as much as the heartbeats themselves (bench/footprint.py). A heartbeat read late is stamped
+late, which places the sender's contact later than it was: self-fence deadlines move later
+(the safe direction), and a dead sender is doubted at most `batch` seconds later. The
+self-fence proof (table.latest_feed) assumes a heartbeat is handled within one interval of
+its sending: a batch takes at most a quarter of that, and leaves the network the rest.
 """
 
 from __future__ import annotations
@@ -64,8 +63,10 @@ class HeartbeatLink:
         table: PeerTable,
         clock: Clock,
         peer_port: int,
-        batch: float = 0.0,
+        batch: float,
     ) -> None:
+        if batch <= 0:
+            raise ValueError(f"batch = {batch}: expected seconds > 0")
         self._me = me
         self._pool = pool
         self._secret = secret
@@ -77,7 +78,7 @@ class HeartbeatLink:
         self._batch = batch
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._resume: asyncio.TimerHandle | None = None
+        self._resume: asyncio.Handle | None = None
         self._complained: dict[str, float] = {}
         self.sent = 0
         self.received = 0
@@ -101,7 +102,7 @@ class HeartbeatLink:
                 f"{exc.strerror}; free the port or change peers.listen_port"
             ) from None
         self._sock, self._loop = sock, asyncio.get_running_loop()
-        self._listen()
+        self._resume = self._loop.call_soon(self._read_batch)
         log.info("peers.listening", address=address, port=listen_port,
                  receive_buffer=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
@@ -109,25 +110,18 @@ class HeartbeatLink:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
-        if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
+        if self._sock is not None:
             self._sock.close()
         self._sock = None
 
-    def _listen(self) -> None:
-        self._resume = None
-        if self._sock is not None and self._loop is not None:
-            self._loop.add_reader(self._sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
+    def _read_batch(self) -> None:
         sock, loop = self._sock, self._loop
         if sock is None or loop is None:
             return
-        loop.remove_reader(sock.fileno())
         emptied = self._read_all(sock)
-        # Left unwatched for a while, the socket gathers the next batch; after a flood
-        # that filled a whole batch, it is read again at once.
-        self._resume = loop.call_later(self._batch if emptied else 0.0, self._listen)
+        # A timer, not a reader: one event-loop turn per batch, however many arrived. After
+        # a flood that filled a whole batch, the socket is read again at once.
+        self._resume = loop.call_later(self._batch if emptied else 0.0, self._read_batch)
 
     def _read_all(self, sock: socket.socket) -> bool:
         # The whole batch is stamped as read now: no heartbeat of it is stamped before it
