@@ -17,9 +17,9 @@ SET = Settings(best_effort_attempts=2, retry_backoff=5.0, retry_backoff_max=40.0
 
 
 def vm(name: str, protection: Protection = Protection.RESTART, *, order: int = 0,
-       memory: int = 2 * GiB, affinity: str | None = None) -> VmSnapshot:
+       memory: int = 2 * GiB, affinity: str | None = None, start_delay: int = 0) -> VmSnapshot:
     return VmSnapshot(uuid=f"uuid-{name}", name=name, protection=protection, memory=memory,
-                      affinity=affinity, order=order)
+                      affinity=affinity, order=order, start_delay=start_delay)
 
 
 def opened(*vms: VmSnapshot, unsafe: bool = False, now: float = 100.0) -> ev.Opened:
@@ -240,9 +240,45 @@ def test_resumed_reissues_what_was_in_flight() -> None:
     assert not any(isinstance(a, ev.StartVm) for a in t.actions)
 
 
+def test_the_next_order_waits_out_the_start_delay_of_a_vm_seen_running() -> None:
+    # VM.start answers once the VM's start_delay has passed after its domain came up; a
+    # snapshot can show the domain first. The VM is running (final) at once, but the next
+    # `order` waits out the delay, counted from the snapshot, as xapi's HA would.
+    d = Drive(opened(vm("db", order=0, start_delay=30), vm("app", order=1), unsafe=True))
+    d(ev.ResetDone(101, "uuid-db", True))
+    d(ev.ResetDone(101, "uuid-app", True))
+    (first,) = (a for a in d(ev.CapacityMeasured(102, ROOM)) if isinstance(a, ev.StartVm))
+    assert first.vm == "uuid-db"
+    assert d(ev.VmObserved(104, "uuid-db", True, first.host)) == ()
+    assert d.status("db") is VmStatus.RUNNING
+    assert d(ev.Wake(133.9)) == ()
+    assert d(ev.Wake(134)) == (ev.MeasureCapacity(exclude="dead"),)
+    # The start's answer, whenever it comes, changes nothing.
+    d(ev.StartDone(135, "uuid-db", first.host, ev.StartOutcome.STARTED))
+    assert d.status("db") is VmStatus.RUNNING
+
+
+def test_an_answered_start_has_slept_its_delay_already() -> None:
+    d = Drive(opened(vm("db", order=0, start_delay=30), vm("app", order=1), unsafe=True))
+    d(ev.ResetDone(101, "uuid-db", True))
+    d(ev.ResetDone(101, "uuid-app", True))
+    (first,) = (a for a in d(ev.CapacityMeasured(102, ROOM)) if isinstance(a, ev.StartVm))
+    assert d(ev.StartDone(133, "uuid-db", first.host, ev.StartOutcome.STARTED)) == (
+        ev.MeasureCapacity(exclude="dead"),)
+    assert d(ev.VmObserved(134, "uuid-db", True, first.host)) == ()
+
+
+def test_a_journal_from_before_start_delay_reads_as_no_delay() -> None:
+    raw = ev.encode(opened(vm("a")))
+    for snapshot in raw["vms"]:
+        del snapshot["start_delay"]
+    decoded = ev.decode(raw)
+    assert isinstance(decoded, ev.Opened) and decoded.vms[0].start_delay == 0
+
+
 def test_journal_codec_round_trips_every_event() -> None:
     samples: list[ev.Event] = [
-        opened(vm("a", affinity="h1", order=3), vm("b", Protection.BEST_EFFORT)),
+        opened(vm("a", affinity="h1", order=3, start_delay=10), vm("b", Protection.BEST_EFFORT)),
         ev.FenceDone(1, True, "redfish", "off"),
         ev.ResetDone(2, "v", False, "HOST_IS_LIVE", "x"),
         ev.CapacityMeasured(3, (("h1", 5), ("h2", 7))),

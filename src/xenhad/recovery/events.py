@@ -207,6 +207,7 @@ def _encode_vm(vm: VmSnapshot) -> dict[str, Any]:
         "memory": vm.memory,
         "affinity": vm.affinity,
         "order": vm.order,
+        "start_delay": vm.start_delay,
     }
 
 
@@ -218,4 +219,5 @@ def _decode_vm(raw: Mapping[str, Any]) -> VmSnapshot:
         memory=int(raw["memory"]),
         affinity=raw.get("affinity"),
         order=int(raw.get("order", 0)),
+        start_delay=int(raw.get("start_delay", 0)),  # absent from older journals
     )

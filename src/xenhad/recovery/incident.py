@@ -56,11 +56,13 @@ class VmSnapshot:
     memory: int
     affinity: HostId | None = None
     order: int = 0
+    start_delay: int = 0
+    """Seconds before the next `order` starts once this VM runs (VM.start_delay)."""
 
     @classmethod
     def of(cls, vm: VmView) -> VmSnapshot:
         return cls(uuid=vm.uuid, name=vm.name, protection=vm.protection, memory=vm.memory,
-                   affinity=vm.affinity, order=vm.order)
+                   affinity=vm.affinity, order=vm.order, start_delay=vm.start_delay)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class Incident:
     retry_at: float = 0.0
     capacity_pending: bool = False
     """A capacity measurement was asked for and its answer has not come back."""
+    next_wave_at: float = 0.0
+    """The next wave starts no earlier: a VM of this one was seen running before our start
+    of it answered, and its start_delay is counted from then (machine._observed)."""
     closed_at: float | None = None
     note: str = ""
 

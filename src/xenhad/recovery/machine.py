@@ -264,6 +264,15 @@ def _observed(incident: Incident, event: VmObserved, settings: Settings) -> Tran
     if event.running and elsewhere:
         # Running on a live host, whoever started it: never start it a second time.
         updated = replace(task, status=VmStatus.RUNNING, host=event.resident_on, last_error="")
+        if task.status is VmStatus.STARTING and task.vm.start_delay > 0:
+            # Our start has not answered: VM.start sleeps the VM's start_delay once its
+            # domain runs (Xapi_vm_helpers.start_delay), and xapi's HA starts the next
+            # order after that. The delay is counted from now, which is no earlier than
+            # the domain came up. The task is final all the same: should the answer never
+            # come (its host lost), the VM is safe from a second start, and the incident
+            # closes.
+            incident = replace(incident, next_wave_at=max(
+                incident.next_wave_at, event.now + task.vm.start_delay))
         return _settle(_with_task(incident, updated), event.now, ())
     if task.status is VmStatus.UNKNOWN and not event.running and not event.busy:
         # The start that timed out did not happen (or failed): it may be tried again.
@@ -350,7 +359,7 @@ def _settle(incident: Incident, now: float, actions: tuple[Action, ...]) -> Tran
     in_flight = incident.capacity_pending or incident.tasks(VmStatus.STARTING) or any(
         isinstance(a, StartVm) for a in actions
     )
-    if not in_flight and _eligible(incident, now):
+    if not in_flight and now >= incident.next_wave_at and _eligible(incident, now):
         return Transition(
             replace(incident, capacity_pending=True),
             (*actions, MeasureCapacity(exclude=incident.host)),
