@@ -85,3 +85,20 @@ def test_the_batch_is_a_quarter_interval_and_never_more_than_a_quarter_second() 
     with pytest.raises(ValueError, match="batch"):
         HeartbeatLink(me="me", pool="pool", secret=SECRET, table=PeerTable("me", "pool",
                       window=1.0), clock=SystemClock(), peer_port=0, batch=0.0)
+
+
+def test_an_ipv6_source_address_listens_on_ipv6() -> None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+    async def scenario() -> None:
+        table = PeerTable("me", "pool", window=60.0)
+        link = HeartbeatLink(me="me", pool="pool", secret=SECRET, table=table,
+                             clock=SystemClock(), peer_port=0, batch=0.1)
+        await link.open("::1", 0)
+        link.close()
+
+    asyncio.run(scenario())

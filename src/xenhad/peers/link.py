@@ -87,7 +87,8 @@ class HeartbeatLink:
 
     async def open(self, bind_address: str, listen_port: int) -> None:
         address = bind_address or "0.0.0.0"
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET  # xapi.source_address
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             with contextlib.suppress(OSError):  # a smaller buffer only risks lost datagrams
