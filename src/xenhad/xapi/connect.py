@@ -31,6 +31,7 @@ def xapi_from_config(config: Config, *, clock: Clock | None = None) -> Xapi:
             retry[name] = getattr(x, name)
     return Xapi(
         endpoint,
+        workers=call_threads(config.recovery.concurrency),
         username=x.username,
         password=password,
         source_address=x.source_address or None,
@@ -41,6 +42,22 @@ def xapi_from_config(config: Config, *, clock: Clock | None = None) -> Xapi:
         unread=UNREAD,
         **retry,
     )
+
+
+READ_THREADS = 4
+"""XAPI calls that watch the pool (reads, event.from, resets, the lock) can always run."""
+
+INCIDENTS_AT_ONCE = 4
+"""Incidents whose starts are sized for; more share the threads (and wait for them)."""
+
+
+def call_threads(concurrency: int) -> int:
+    """Threads for XAPI calls: a VM.start holds one for the whole boot, start_delay
+    included, so recovery.concurrency starts in each of a few incidents must leave threads
+    for the reads that watch the pool. With 4 threads for everything, a 64-host crash's
+    starts went 4 at a time whatever recovery.concurrency said, and while 4 ran the pool
+    was not read. Threads are made as calls need them: at rest there are one or two."""
+    return READ_THREADS + INCIDENTS_AT_ONCE * concurrency
 
 
 async def open_xapi(config: Config, *, clock: Clock | None = None, local: bool = False) -> Xapi:
