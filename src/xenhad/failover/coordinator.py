@@ -296,7 +296,7 @@ class Failover:
         self._promoting_logged = frozenset()
         if not quorate or self._rival_answers(view, contact, probes):
             return False
-        await self._recover_strays(xapi, view, now, contact, probes, down - proven_off)
+        await self._recover_strays(xapi, view, now, contact, probes, down - proven_off, down)
         await self._sync(xapi, now)
         return await self._hold_lock(xapi, view)
 
@@ -418,16 +418,27 @@ class Failover:
         contact: Contact,
         probes: Mapping[HostId, Joined],
         down: frozenset[HostId],
+        dead: frozenset[HostId],
     ) -> None:
         me = view.hosts.get(self.me)
         address = me.address if me is not None else ""
+
+        def stray(h: HostId) -> bool:
+            probe = probes.get(h)
+            if probe is not None and probe.answered and probe.follows != address:
+                return True
+            named = contact.masters.get(h)
+            if h not in contact.mutual or named in (None, self.me):
+                return False
+            # Its heartbeat names another master. One that is dead, while its xapi answers
+            # that it follows us, is only a daemon that has not read the pool since: its
+            # xapi rejoined us, and telling it again would restart that xapi once more (at
+            # 64 hosts, every slave's, every recover_retry, while each re-read the pool).
+            return not (named in dead and probe is not None and probe.follows == address)
+
         strays = sorted(
             h.uuid for h in view.hosts.values()
-            if h.uuid != self.me and h.uuid not in down and (
-                (h.uuid in probes and probes[h.uuid].answered
-                 and probes[h.uuid].follows != address)
-                or (h.uuid in contact.mutual and contact.masters.get(h.uuid) not in (None, self.me))
-            )
+            if h.uuid != self.me and h.uuid not in down and stray(h.uuid)
         )
         if strays:
             # A host that followed another master may run VMs our database never heard of
