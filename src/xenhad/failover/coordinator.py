@@ -430,11 +430,12 @@ class Failover:
             named = contact.masters.get(h)
             if h not in contact.mutual or named in (None, self.me):
                 return False
-            # Its heartbeat names another master. One that is dead, while its xapi answers
-            # that it follows us, is only a daemon that has not read the pool since: its
-            # xapi rejoined us, and telling it again would restart that xapi once more (at
-            # 64 hosts, every slave's, every recover_retry, while each re-read the pool).
-            return not (named in dead and probe is not None and probe.follows == address)
+            # Its heartbeat names another master: a live one is a rival it follows. A dead
+            # one is what its daemon read before the promotion and has not read since;
+            # whether its xapi follows us is for the probe to say (above), and telling it
+            # again on the heartbeat's word restarted its xapi once more (at 64 hosts,
+            # every slave's, every recover_retry, while each re-read the pool).
+            return named not in dead
 
         strays = sorted(
             h.uuid for h in view.hosts.values()
