@@ -327,9 +327,16 @@ class Daemon:
             # too, spaced by _read_failed.
             with single_attempt() if changing or self._slave() else contextlib.nullcontext():
                 xapi = await self._connected()
-                snap = await self._pool_cache.read(
-                    xapi, protection_key=self.config.recovery.protection_key, now=now
-                )
+                protection = self.config.recovery.protection_key
+                # A slave reads no VM: it acts on none. Whoever may be master by the end of
+                # this read (we promote, or were master) reads them all.
+                vms = changing or not self._slave()
+                snap = await self._pool_cache.read(xapi, protection_key=protection, now=now,
+                                                   vms=vms)
+                if not vms and snap.view.master == self._me:
+                    # Master now (an operator's doing, or a promotion seen late): the view
+                    # this master acts on holds every VM, always.
+                    snap = await self._pool_cache.read(xapi, protection_key=protection, now=now)
         except (XapiUnreachable, XapiError, XenhadError) as exc:
             self._read_failed(now)
             self._xapi_failed(str(exc), now)

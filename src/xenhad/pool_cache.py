@@ -28,6 +28,11 @@ from xenhad.xapi.errors import XapiReplyError
 CLASSES: tuple[str, ...] = ("pool", "host", "host_metrics", "VM")
 """What a PoolView is made of, as event.from and get_all_records name them."""
 
+WITHOUT_VMS: tuple[str, ...] = ("pool", "host", "host_metrics")
+"""What a slave's daemon reads (PoolCache.read with vms=False): it acts on no VM until it is
+master, and after a change of master 63 full reads at once through the new master's xapi
+were more than it could serve at 64 hosts and 1,000 VMs (bench/RESULTS.md)."""
+
 
 class EventSource(Protocol):
     logins: int
@@ -53,6 +58,7 @@ class PoolCache:
         self._built_key = ""
         self._changed = True
         self._vms_changed = True
+        self._classes = CLASSES
 
     def reset(self) -> None:
         """Forget everything: the next read is a full one (after an error, a new master)."""
@@ -61,7 +67,14 @@ class PoolCache:
         self._master = None
         self._built, self._changed, self._vms_changed = None, True, True
 
-    async def read(self, xapi: EventSource, *, protection_key: str, now: float) -> Snapshot:
+    async def read(self, xapi: EventSource, *, protection_key: str, now: float,
+                   vms: bool = True) -> Snapshot:
+        """The pool as XAPI has it now. With `vms` false, a view without any VM (what a
+        slave's daemon needs); a read with them after one without starts over."""
+        classes = CLASSES if vms else WITHOUT_VMS
+        if classes != self._classes:
+            self._classes = classes
+            self._token = None
         if xapi.logins != self._logins:
             self._token = None
         if self._token is None or now - self._full_at >= self.full_every:
@@ -97,7 +110,7 @@ class PoolCache:
             # The pool changed masters under the same session: our token and objects may
             # be another database's. Read it all again, now.
             self.reset()
-            return await self.read(xapi, protection_key=protection_key, now=now)
+            return await self.read(xapi, protection_key=protection_key, now=now, vms=vms)
         self._master = snap.view.master
         self._built, self._built_key = snap, protection_key
         self._changed = self._vms_changed = False
@@ -105,7 +118,7 @@ class PoolCache:
 
     async def _fetch(self, xapi: EventSource) -> None:
         self._logins = xapi.logins
-        reply = await xapi.event_from(list(CLASSES), self._token or "", 0.0)
+        reply = await xapi.event_from(list(self._classes), self._token or "", 0.0)
         self.calls += 1
         self._apply(reply)
 
@@ -140,7 +153,7 @@ class PoolCache:
                 k: v for k, v in snapshot.items() if k in keep}
         counts = reply.get("valid_ref_counts")
         if isinstance(counts, dict):
-            for cls in CLASSES:
+            for cls in self._classes:
                 expected = counts.get(cls.lower())
                 held = len(self._records.get(cls.lower(), {}))
                 if expected is not None and int(expected) != held:

@@ -243,3 +243,21 @@ def test_another_protection_key_reads_every_vms_protection_again() -> None:
                 assert cache.full_reads == 1
 
         asyncio.run(scenario())
+
+
+def test_a_read_without_vms_holds_none_and_a_read_with_them_after_it_holds_them_all() -> None:
+    with same_port_pool(PoolSpec(hosts=3, vms=12, seed=5)) as pool:
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with logged_in(pool) as xapi:
+                light = (await cache.read(xapi, protection_key="xenhad", now=1.0,
+                                          vms=False)).view
+                assert not light.vms and len(light.hosts) == 3
+                again = (await cache.read(xapi, protection_key="xenhad", now=2.0,
+                                          vms=False)).view
+                assert not again.vms
+                cached, full, calls = await both(cache, xapi, 3.0)
+                assert calls == 1 and cached.vms and comparable(cached) == comparable(full)
+
+        asyncio.run(scenario())
