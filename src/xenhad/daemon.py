@@ -1056,6 +1056,7 @@ def _failover_settings(config: Config) -> FailoverSettings:
         sync_interval=f.sync_interval,
         lock_ttl=f.lock_ttl,
         promote_timeout=f.promote_timeout,
+        listen=config.peers.window,
     )
 
 

@@ -63,6 +63,9 @@ class FailoverSettings:
     """How long a transition may take before it is tried again."""
     rejoin_grace: float = 60.0
     """After our own promotion, how long we ignore a majority still naming the old master."""
+    listen: float = 0.0
+    """How long a master listens for heartbeats before it takes a host that answers as a
+    master, and whose daemon says nothing, for a stray (peers.window)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,9 @@ class Failover:
         self._probes_fresh_since = float("-inf")
         self._rejoin: tuple[HostId, int] | None = None
         self._replaced: HostId | None = None
+        self._master_since: float | None = None
+        """When this daemon began acting as master (as_master): until `listen` has passed,
+        it may not have heard a rival's heartbeat yet."""
 
     @property
     def vote(self) -> Vote | None:
@@ -176,6 +182,7 @@ class Failover:
         contact: Contact,
     ) -> None:
         old = view.master
+        self._master_since = None
         if old != self._watched:
             self._watch = Detector(self._watch.settings)
             self._watched = old
@@ -261,6 +268,8 @@ class Failover:
         # doubt" for good, and every read of the pool on the short budget that is meant for
         # a slave whose master is silent (at 64 hosts and 1,000 VMs, one it never met).
         watched, self._watched = self._watched, None
+        if self._master_since is None:
+            self._master_since = now
         if self._promoting_at is not None:
             self._promoting_at = None
             self._promoted_at = now
@@ -423,13 +432,23 @@ class Failover:
         me = view.hosts.get(self.me)
         address = me.address if me is not None else ""
 
+        listened = self._master_since is not None and (
+            now - self._master_since >= self.settings.listen)
+
         def stray(h: HostId) -> bool:
             probe = probes.get(h)
+            named = contact.masters.get(h)
+            if probe is not None and probe.answered and probe.follows is None:
+                # It answers as a master. One whose daemon lives and says so gives way on
+                # its own side (_outvoted: to a majority, else to the later promotion):
+                # told to be our slave while it told us to be its own, the pool had no
+                # master at all (chaos seed 7400023200013). One whose daemon is silent,
+                # once we have listened long enough to hear it, is told.
+                return listened and not (h in contact.mutual and named == h)
             if probe is not None and probe.answered and probe.follows != address:
                 return True
-            named = contact.masters.get(h)
-            if h not in contact.mutual or named in (None, self.me):
-                return False
+            if h not in contact.mutual or named in (None, self.me, h):
+                return False  # (itself: a rival whose daemon lives, as above)
             # Its heartbeat names another master: a live one is a rival it follows. A dead
             # one is what its daemon read before the promotion and has not read since;
             # whether its xapi follows us is for the probe to say (above), and telling it
