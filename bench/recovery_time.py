@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/recovery_time.py [--pools 3x10 16x200] [--vm-start 2.0]
          [--flat] [--concurrency N] [--tick SECONDS] [--heartbeat SECONDS]
-         [--contact-seconds S] [--xapi-timeout S]
+         [--contact-seconds S] [--xapi-timeout S] [--crash slave|master|both]
 One real daemon per simulated host (the testbed's settings: tick 0.5 s, heartbeats every
 0.5 s, a host confirmed down after 3 misses spanning 2 s; for big pools `--tick T` makes
 the confirmation span 4T and `--heartbeat H` the heartbeats' window 4H), Redfish fencing
@@ -190,6 +190,8 @@ def main() -> None:
                     help="how long the daemons may take to be all in contact")
     ap.add_argument("--xapi-timeout", type=float, default=DEFAULTS.xapi_timeout,
                     help="xapi.timeout (production: 10)")
+    ap.add_argument("--crash", choices=["slave", "master", "both"], default="both",
+                    help="which host to crash in each pool")
     args = ap.parse_args()
     settings = Settings(tick=args.tick, heartbeat=args.heartbeat,
                         concurrency=args.concurrency, flat=args.flat,
@@ -207,6 +209,8 @@ def main() -> None:
     for pool in args.pools:
         hosts, vms = (int(x) for x in pool.split("x"))
         for victim, kind in (("host2", "slave"), ("host1", "master")):
+            if args.crash not in (kind, "both"):
+                continue
             try:
                 r = run(hosts, vms, args.vm_start, victim, settings)
             except TimeoutError as exc:

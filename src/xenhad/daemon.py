@@ -85,8 +85,11 @@ READ_BACKOFF_TICKS = 8
 from one) before the next: every slave's read goes to the master's xapi, and a master
 that is slow to answer must not get every slave's full read again every tick."""
 
-PROMOTING_TICK = 0.5
-"""Seconds between ticks while our xapi restarts as the new master, at most."""
+URGENT_TICK = 0.5
+"""Seconds between ticks, at most, while a master's failover is under way: as a slave whose
+master is in doubt (voters confirm it, and the candidate counts their ballots, within this
+of each other), while our xapi restarts as the new master, and as that new master while
+the slaves rejoin it."""
 
 HISTORY_SECONDS = 30 * 24 * 3600
 """How long closed incidents stay in the journal (for `xenhad history`)."""
@@ -149,6 +152,7 @@ class Daemon:
         self._last_snapshot = float("-inf")
         self._read_failures = 0
         self._next_read = float("-inf")
+        self._self_probed_at = float("-inf")
         self._jitter = random.Random()
         self._ticks = 0
         self._pool_cache = PoolCache()
@@ -210,31 +214,62 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_config()
-            interval = self.config.detector.interval
-            if self._failover is not None and self._failover.promoting:
-                # Our xapi comes back as master any moment: the sooner a tick sees it, the
-                # sooner the slaves are recovered and the dead master's VMs restarted.
-                interval = min(interval, PROMOTING_TICK)
             try:
                 await asyncio.wait_for(self._tick(), timeout=2 * self._tick_budget())
             except asyncio.TimeoutError:
                 self._xapi_failed("a tick took longer than twice its budget", started)
             self._report()
-            elapsed = self._clock.monotonic() - started
-            await self._pause(max(0.05, interval - elapsed))
+            ended = self._clock.monotonic()
+            await self._pause(max(0.05, self._interval(ended) - (ended - started)))
+
+    def _interval(self, now: float) -> float:
+        """Seconds from one tick's start to the next, as of the tick just done."""
+        interval = self.config.detector.interval
+        failover = self._failover
+        if failover is not None and (failover.promoting or failover.master_in_doubt
+                                     or failover.awaits_rejoin(now)):
+            # The master may be dead, our xapi comes back as master any moment, or the
+            # slaves rejoin us: the sooner a tick sees it, the sooner the dead master's VMs
+            # run again.
+            return min(interval, URGENT_TICK)
+        return interval
 
     async def _pause(self, timeout: float) -> None:
-        """Until the next tick: `timeout`, or less on stop or a wake-up."""
-        if self._wake.is_set():
-            self._wake.clear()
-            return
+        """Until the next tick: `timeout`, or less on stop, on a wake-up, or when our
+        master falls silent. Its first miss then counts from its silence, not from the
+        next tick, up to an interval later: every voter confirms it within URGENT_TICK of
+        the others, and the floor of a master's failover has no tick in it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not (self._wake.is_set() or self._stop.is_set()):
+            left = end - loop.time()
+            if left <= 0:
+                return
+            heard = self._master_heard_at()
+            silent_in = None if heard is None else (
+                heard + self._heard_within() - self._clock.monotonic())
+            if silent_in is None or not 0 < silent_in < left:
+                await self._wait_for_wake(left)
+                break
+            await self._wait_for_wake(silent_in + 0.01)
+            if self._master_heard_at() == heard:
+                return  # no heartbeat since: from now on the master misses
+        self._wake.clear()
+
+    async def _wait_for_wake(self, timeout: float) -> None:
         waits = [asyncio.ensure_future(e.wait()) for e in (self._stop, self._wake)]
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
-        self._wake.clear()
+
+    def _master_heard_at(self) -> float | None:
+        """As a slave that watches its master: when its last heartbeat arrived."""
+        view, peers = self._view, self._peers
+        if view is None or peers is None or self._failover is None or view.master == self._me:
+            return None
+        return peers.heard_at(view.master)
 
     def _tick_budget(self) -> float:
         # One snapshot (with its retries) and one round of probes, in the worst case.
@@ -301,9 +336,10 @@ class Daemon:
         and heartbeats already say whether the master lives (and whom peers follow)."""
         view = self._view
         interval = self.config.detector.slave_interval
-        if self._failover is not None and (self._failover.master_in_doubt
-                                           or self._failover.promoting):
-            return True  # our xapi may have become a master, or a slave of a new one
+        if self._failover is not None and self._failover.promoting:
+            return True  # our xapi may have become a master
+        if self._failover is not None and self._failover.master_in_doubt:
+            return True  # if our xapi follows a new master by now (_follows_another)
         if now < self._next_read:
             return False  # backing off after failed reads (_read_failed)
         if view is None or view.master == self._me or self._peers is None or interval <= 0:
@@ -315,6 +351,9 @@ class Daemon:
 
     async def _watch(self, now: float) -> None:
         if not self._snapshot_due(now):
+            return
+        if (self._failover is not None and self._failover.master_in_doubt
+                and not await self._follows_another()):
             return
         changing = self._failover is not None and self._failover.role_changing(now)
         if changing:
@@ -374,6 +413,28 @@ class Daemon:
             return
         await self._observe(view, now)
 
+    async def _follows_another(self) -> bool:
+        """As a slave whose master is in doubt: whether our own xapi now follows another
+        master, or is one (a new master told it, or an operator made it one), so that a
+        read of the pool would be answered. Until then our xapi forwards every read to the
+        silent master and retries for ever (master_connection.ml): the read would only
+        hold up the urgent ticks that watch the master, for its whole budget. Our xapi
+        answers a login at once, itself, with HOST_IS_SLAVE and whom it follows
+        (xapi_session.ml)."""
+        view = self._view
+        if view is None or self._me not in view.hosts or view.master not in view.hosts:
+            return True
+        now = self._clock.monotonic()
+        if now - self._self_probed_at < self.config.detector.interval:
+            # Once an interval, not every urgent tick: a slave's daemon acts on nothing, and
+            # the new master's xapi has better to do, just after a promotion, than serve 63
+            # slaves' reads at once.
+            return False
+        self._self_probed_at = now
+        mine = await self._probe(view.hosts[self._me])
+        return mine.answered and (not mine.is_slave
+                                  or mine.master_address != view.hosts[view.master].address)
+
     async def _observe(self, view: PoolView, now: float) -> None:
         others = [h for h in view.hosts.values() if h.uuid != self._me]
         # A host answers when its xapi does, or when its daemon's heartbeat reached us: a
@@ -382,19 +443,26 @@ class Daemon:
         # whom its xapi follows (failover) and to notice a wedged xapi.
         heard = self._heard_lately(now)
         self._ticks += 1
-        everyone = self._ticks % PROBE_HEARD_EVERY == 0 or self._sweep_wants_probes or (
-            self._failover is not None and self._failover.wants_fresh_probes)
+        everyone = self._ticks % PROBE_HEARD_EVERY == 0 or self._sweep_wants_probes
+        fresh = self._failover is not None and self._failover.wants_fresh_probes
+        # Hosts that follow us since we last told the slaves to are not asked again while
+        # the others rejoin, every urgent tick: the new master's xapi is at its busiest.
+        settled = self._failover.rejoined if fresh and self._failover is not None \
+            else frozenset()
         probed = [h for h in others
-                  if everyone or h.uuid not in heard or h.uuid not in self._probes]
+                  if everyone or (fresh and h.uuid not in settled) or h.uuid not in heard
+                  or h.uuid not in self._probes]
         results = await asyncio.gather(*(self._probe(h) for h in probed))
         for h, r in zip(probed, results):
             self._probes[h.uuid] = Joined(r.answered, r.master_address if r.is_slave else None)
         for gone in set(self._probes) - {h.uuid for h in others}:
             del self._probes[gone]
-        if everyone:
+        covered = {h.uuid for h in probed}
+        if len(covered) == len(others):
             self._probed_all_at = now
-            if self._failover is not None:
-                self._failover.probed_all(now)
+        if self._failover is not None and all(h.uuid in covered or h.uuid in settled
+                                              for h in others):
+            self._failover.probed_all(now)
         answered_now = {h.uuid: r.answered for h, r in zip(probed, results)}
         answers = [answered_now.get(h.uuid, False) or h.uuid in heard for h in others]
         observations = {
@@ -555,7 +623,10 @@ class Daemon:
         long to doubt a host whose xapi is silent too.)"""
         if self._peers is None:
             return frozenset()
-        return self._peers.heard(now, within=2 * self.config.peers.interval + 0.1)
+        return self._peers.heard(now, within=self._heard_within())
+
+    def _heard_within(self) -> float:
+        return 2 * self.config.peers.interval + 0.1
 
     def _make_failover(self) -> Failover | None:
         cfg = self.config.failover

@@ -48,6 +48,11 @@ becoming master: xapi restarts as one 10 s after the call (Xapi_fuse) and is up 
 seconds later. A promotion not done by then is one whose call was lost or whose xapi hangs;
 the old master, if it is back, must not wait on it (promote_timeout retries it)."""
 
+REJOIN_WATCH = 30.0
+"""Seconds after our promotion during which hosts not yet rejoined are awaited urgently:
+each restarts its xapi (pool.recover_slaves) and is back within seconds. One still away
+after this is not coming back soon, and waits at the daemon's usual pace."""
+
 RECONCILED_KEY = "xenhad_reconciled"
 """pool.other_config: the promotion epoch whose new master saw every host rejoin."""
 
@@ -119,6 +124,9 @@ class Failover:
         self._last_step_down = float("-inf")
         self._lock_why = ""
         self._waiting_for: list[str] = []
+        self._rejoined: set[HostId] = set()
+        """Hosts whose last answer to our probe, since we last told the slaves to follow
+        us, was that they do."""
         self._strays_seen = False
         self._rivals_logged: list[str] = []
         self._promoting_logged: frozenset[HostId] = frozenset()
@@ -141,9 +149,24 @@ class Failover:
 
     @property
     def wants_fresh_probes(self) -> bool:
-        """Whom each host's xapi follows is changing (we recovered slaves, or wait for them
-        to rejoin): every host should be probed every tick, heard or not."""
-        return bool(self._waiting_for) or self._last_recover > self._probes_fresh_since
+        """Whom each host's xapi follows is changing (we recovered slaves, wait for them to
+        rejoin, or another master answers): every host should be probed every tick, heard
+        or not."""
+        return bool(self._waiting_for) or self._last_recover > self._probes_fresh_since \
+            or bool(self._rivals_logged)
+
+    def awaits_rejoin(self, now: float) -> bool:
+        """Just promoted, we wait for the slaves to rejoin: no VM of the dead master is
+        reset before they have, so every tick of the wait is downtime."""
+        return bool(self._waiting_for) and self._promoted_at is not None and (
+            now - self._promoted_at < REJOIN_WATCH)
+
+    @property
+    def rejoined(self) -> frozenset[HostId]:
+        """Hosts whose last answer to our probe, since we last told the slaves to follow
+        us, was that they do: while others rejoin, they need no fresh probe. While another
+        master answers, every host does."""
+        return frozenset() if self._rivals_logged else frozenset(self._rejoined)
 
     def probed_all(self, now: float) -> None:
         self._probes_fresh_since = now
@@ -274,6 +297,7 @@ class Failover:
             self._promoting_at = None
             self._promoted_at = now
             self._replaced = watched
+            self._rejoined.clear()
             self._mark("promoted", now)
             try:
                 await self._raise_epoch(xapi, view)
@@ -328,10 +352,17 @@ class Failover:
             return True
         me = view.hosts.get(self.me)
         address = me.address if me is not None else ""
+        for host, probe in probes.items():
+            if probe.answered and probe.follows == address:
+                self._rejoined.add(host)
+            elif probe.answered:
+                self._rejoined.discard(host)
+        # A probe that timed out says nothing new: a host seen following us since we told
+        # it has rejoined, however loaded its xapi (at 64 hosts, with every slave's xapi
+        # restarting at once, one tick's probes timed out and the wait began again).
         waiting = sorted(
             h.name for h in view.hosts.values()
-            if h.uuid != self.me and h.uuid not in down
-            and not (h.uuid in probes and probes[h.uuid].follows == address)
+            if h.uuid != self.me and h.uuid not in down and h.uuid not in self._rejoined
         )
         if waiting:
             if waiting != self._waiting_for:
@@ -374,14 +405,21 @@ class Failover:
         if self._promoted_at is not None and now - self._promoted_at < self.settings.rejoin_grace:
             return False  # the slaves we are recovering still name the old master
         followed: dict[HostId, int] = {}
+        follows = _follows(view, contact, probes)
         for peer in contact.mutual:
-            master = contact.masters.get(peer)
+            master = follows.get(peer)
             if master is not None and master != self.me and master in view.hosts:
                 followed[master] = followed.get(master, 0) + 1
+        def master_now(h: HostId) -> bool:
+            # Its xapi answered as a master, and its daemon (if heard) says so too: a probe
+            # of a host we hear is taken only every few minutes, and one that has stepped
+            # down since still answers as a master in it.
+            probe = probes.get(h)
+            return probe is not None and probe.answered and probe.follows is None \
+                and follows.get(h) == h
+
         for master, count in followed.items():
-            probe = probes.get(master)
-            if count * 2 > len(view.hosts) and probe is not None and probe.answered \
-                    and probe.follows is None:
+            if count * 2 > len(view.hosts) and master_now(master):
                 self._rejoin = (master, count)
                 return True
         if self._followed_by_majority(view, contact, probes):
@@ -391,9 +429,7 @@ class Failover:
         # sides compute alike. The later promotion first (the higher epoch: an old master
         # that rebooted into its old role yields to the one the survivors elected), then
         # as the election decides: priority, then the lower uuid.
-        rivals = [h for h in contact.mutual
-                  if h in view.hosts and (p := probes.get(h)) is not None and p.answered
-                  and p.follows is None]
+        rivals = [h for h in contact.mutual if h in view.hosts and master_now(h)]
         mine = pool_lock.current_epoch(dict(view.other_config))
         ranked = sorted([self.me, *rivals],
                         key=lambda h: (-contact.epochs.get(h, 0), -contact.priorities.get(h, 0),
@@ -468,6 +504,7 @@ class Failover:
         if not strays or now - self._last_recover < self.settings.recover_retry:
             return
         self._last_recover = now
+        self._rejoined.clear()  # every host told restarts its xapi: seen anew once it has
         names = [_name(view, h) for h in strays]
         try:
             refs = await xapi.pool_recover_slaves()
@@ -508,16 +545,8 @@ class Failover:
 
     def _followed_by_majority(self, view: PoolView, contact: Contact,
                               probes: Mapping[HostId, Joined]) -> bool:
-        me = view.hosts.get(self.me)
-        address = me.address if me is not None else ""
-        # A probe that says a host follows us is believed unless the host's own heartbeat,
-        # fresher, names another master.
-        followers: set[HostId] = {self.me} | {
-            h for h in view.hosts
-            if contact.masters.get(h) == self.me
-            or (h in probes and probes[h].follows == address
-                and contact.masters.get(h) in (None, self.me))
-        }
+        follows = _follows(view, contact, probes)
+        followers: set[HostId] = {self.me} | {h for h, m in follows.items() if m == self.me}
         members = len(view.hosts)
         if contact.witness is not None:
             members += 1
@@ -584,6 +613,32 @@ class Failover:
             return {}
         return {phase: round(t - start, 2) for phase, t in
                 sorted(self._timeline.items(), key=lambda kv: kv[1])}
+
+
+def _follows(view: PoolView, contact: Contact,
+             probes: Mapping[HostId, Joined]) -> dict[HostId, HostId]:
+    """Whom each host follows, as far as its heartbeat and our last probe of it agree. A
+    heartbeat names the master its daemon last read, which can be minutes old (a slave
+    reads the pool now and then, and not at all while its master is silent); the probe
+    says whom its xapi followed when it answered. Either alone is taken. A host of which
+    they disagree counts for no master: after a double crash, a slave whose heartbeat still
+    named the old master, while its xapi followed the one promoted since, made a majority
+    for each of the two masters when both came back, and both stepped down (chaos seed
+    7600023800054)."""
+    by_address = {h.address: h.uuid for h in view.hosts.values()}
+    follows: dict[HostId, HostId] = {}
+    for h in view.hosts:
+        named = contact.masters.get(h)
+        probe = probes.get(h)
+        probed: HostId | None = None
+        if probe is not None and probe.answered:
+            probed = h if probe.follows is None else by_address.get(probe.follows, "")
+        if named is not None and probed is not None and named != probed:
+            continue
+        master = named if named is not None else probed
+        if master:
+            follows[h] = master
+    return follows
 
 
 async def _replace(xapi: Xapi, pool_ref: str, key: str, value: str, *, exists: bool) -> None:

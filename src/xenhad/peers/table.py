@@ -73,6 +73,11 @@ class PeerTable:
         limit = self.window if within is None else within
         return frozenset(h for h, last in self._last.items() if now - last.at <= limit)
 
+    def heard_at(self, host: HostId) -> float | None:
+        """When the last heartbeat from `host` arrived (None: never)."""
+        last = self._last.get(host)
+        return last.at if last is not None else None
+
     def mutual(self, now: float) -> frozenset[HostId]:
         return frozenset(
             h for h, last in self._last.items()

@@ -1,0 +1,59 @@
+"""Two masters back at once (the old one and the one promoted since, after both crashed):
+exactly one of them gives way, even while a slave's heartbeat still names the old master
+that its xapi no longer follows (chaos seed 7600023800054: both stepped down, and the pool
+was left with no master)."""
+
+from __future__ import annotations
+
+from xenhad.config import parse
+from xenhad.detector import DetectorSettings
+from xenhad.failover.actions import FailoverActions
+from xenhad.failover.coordinator import Contact, Failover, FailoverSettings, Joined
+from xenhad.failover.lock import EPOCH_KEY
+from xenhad.model import HostView, PoolView
+
+OLD, SLAVE, NEW = "h1", "h2", "h3"
+ADDRESS = {OLD: "10.0.0.1", SLAVE: "10.0.0.2", NEW: "10.0.0.3"}
+EPOCH = {OLD: 0, NEW: 1}
+"""The old master's database predates the promotion; the new master raised the epoch."""
+
+
+def failover(me: str) -> Failover:
+    config = parse("", source="t", env={})
+    return Failover(me, FailoverSettings(), DetectorSettings(), FailoverActions(config),
+                    wall=lambda: 0.0)
+
+
+def view_of(me: str) -> PoolView:
+    hosts = {h: HostView(h, f"ref-{h}", h, ADDRESS[h], True, True) for h in ADDRESS}
+    return PoolView("pool", me, False, hosts, {}, other_config={EPOCH_KEY: str(EPOCH[me])})
+
+
+def seen_by(me: str) -> tuple[Contact, dict[str, Joined]]:
+    """The slave's daemon has not read the pool since the promotion: its heartbeat names
+    the old master. Its xapi answers our probe as the new master's slave."""
+    other = NEW if me == OLD else OLD
+    contact = Contact(frozenset({SLAVE, other}), masters={SLAVE: OLD, other: other},
+                      epochs={SLAVE: 0, other: EPOCH[other]})
+    probes = {SLAVE: Joined(True, ADDRESS[NEW]), other: Joined(True, None)}
+    return contact, probes
+
+
+def test_the_new_master_stays_and_the_old_one_gives_way() -> None:
+    new, old = failover(NEW), failover(OLD)
+    contact, probes = seen_by(NEW)
+    assert not new._outvoted(view_of(NEW), 100.0, contact, probes)
+    assert new._rival_answers(view_of(NEW), contact, probes)  # acts on nothing meanwhile
+    contact, probes = seen_by(OLD)
+    assert old._rival_answers(view_of(OLD), contact, probes)  # recovers no slave
+    assert old._outvoted(view_of(OLD), 100.0, contact, probes)
+    assert old._rejoin is not None and old._rejoin[0] == NEW
+
+
+def test_a_slave_whose_heartbeat_and_probe_agree_makes_a_majority() -> None:
+    new = failover(NEW)
+    contact = Contact(frozenset({SLAVE, OLD}), masters={SLAVE: NEW, OLD: OLD},
+                      epochs={SLAVE: 1, OLD: 0})
+    probes = {SLAVE: Joined(True, ADDRESS[NEW]), OLD: Joined(True, None)}
+    assert not new._rival_answers(view_of(NEW), contact, probes)
+    assert not new._outvoted(view_of(NEW), 100.0, contact, probes)
