@@ -85,6 +85,10 @@ READ_BACKOFF_TICKS = 8
 from one) before the next: every slave's read goes to the master's xapi, and a master
 that is slow to answer must not get every slave's full read again every tick."""
 
+READ_SPREAD_TICKS = 4
+"""A slave whose xapi has just rejoined a new master reads the pool within this many ticks,
+at random: it acts on nothing, and the new master is at its busiest."""
+
 URGENT_TICK = 0.5
 """Seconds between ticks, at most, while a master's failover is under way: as a slave whose
 master is in doubt (voters confirm it, and the candidate counts their ballots, within this
@@ -153,6 +157,9 @@ class Daemon:
         self._read_failures = 0
         self._next_read = float("-inf")
         self._self_probed_at = float("-inf")
+        self._read_from: float | None = None
+        """When a slave whose master is in doubt, and whose xapi follows a new master, reads
+        the pool (_follows_another)."""
         self._jitter = random.Random()
         self._ticks = 0
         self._pool_cache = PoolCache()
@@ -381,6 +388,7 @@ class Daemon:
             self._xapi_failed(str(exc), now)
             return
         self._read_failures, self._next_read = 0, float("-inf")
+        self._read_from = None
         view = snap.view
         for warning in snap.warnings:
             # Once per VM and value, not every tick: the operator fixes it or it stays known.
@@ -414,17 +422,19 @@ class Daemon:
         await self._observe(view, now)
 
     async def _follows_another(self) -> bool:
-        """As a slave whose master is in doubt: whether our own xapi now follows another
-        master, or is one (a new master told it, or an operator made it one), so that a
-        read of the pool would be answered. Until then our xapi forwards every read to the
-        silent master and retries for ever (master_connection.ml): the read would only
-        hold up the urgent ticks that watch the master, for its whole budget. Our xapi
-        answers a login at once, itself, with HOST_IS_SLAVE and whom it follows
-        (xapi_session.ml)."""
+        """As a slave whose master is in doubt: whether to read the pool now, because our
+        own xapi follows another master (a new master told it; the read is spread, see
+        below) or is one (an operator made it one), so that a read would be answered.
+        Until then our xapi forwards every read to the silent master and retries for ever
+        (master_connection.ml): the read would only hold up the urgent ticks that watch
+        the master, for its whole budget. Our xapi answers a login at once, itself, with
+        HOST_IS_SLAVE and whom it follows (xapi_session.ml)."""
         view = self._view
         if view is None or self._me not in view.hosts or view.master not in view.hosts:
             return True
         now = self._clock.monotonic()
+        if self._read_from is not None:
+            return now >= self._read_from
         if now - self._self_probed_at < self.config.detector.interval:
             # Once an interval, not every urgent tick: a slave's daemon acts on nothing, and
             # the new master's xapi has better to do, just after a promotion, than serve 63
@@ -432,8 +442,18 @@ class Daemon:
             return False
         self._self_probed_at = now
         mine = await self._probe(view.hosts[self._me])
-        return mine.answered and (not mine.is_slave
-                                  or mine.master_address != view.hosts[view.master].address)
+        if not mine.answered:
+            return False
+        if not mine.is_slave:
+            return True  # master now: it reads every VM at once, and acts
+        if mine.master_address == view.hosts[view.master].address:
+            return False
+        # A new master's slave. It is read at a random point of the next few intervals:
+        # right after the slaves rejoin, the new master resets and restarts the dead one's
+        # VMs, and the slaves' reads, all at once, slowed that in a 64-host simulator.
+        spread = READ_SPREAD_TICKS * self.config.detector.interval
+        self._read_from = now + self._jitter.uniform(0.0, spread)
+        return False
 
     async def _observe(self, view: PoolView, now: float) -> None:
         others = [h for h in view.hosts.values() if h.uuid != self._me]
