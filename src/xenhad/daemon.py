@@ -552,16 +552,18 @@ class Daemon:
         view, link = self._view, self._link
         if view is None or link is None:
             return
+        now = self._clock.monotonic()
         link.send(
             [Peer(h.uuid, h.address) for h in view.hosts.values()],
-            master=view.master,
+            master=(view.master if self._failover is None
+                    else self._failover.announced_master(view.master, now)),
             quorate=self._health.quorate,
             armed=self._watchdog is not None and self._watchdog.is_running,
             priority=self.config.failover.priority,
             vote=self._current_vote(),
             epoch=pool_lock.current_epoch(dict(view.other_config)),
             promoting=(self._failover is not None
-                       and self._failover.announces_promotion(self._clock.monotonic())),
+                       and self._failover.announces_promotion(now)),
         )
 
     def _current_vote(self) -> tuple[HostId, HostId] | None:
@@ -700,10 +702,13 @@ class Daemon:
             if self._detector.state(h) in (HostState.DOWN, HostState.RETURNING)
         )
         xapi = await self._connected()
+        announced = self._failover.announced_master(view.master, now)
         may_act = await self._failover.as_master(
             xapi, view, now, contact=self._contact(now), probes=self._probes, down=down,
             quorate=quorate, proven_off=frozenset(self._proven_off),
         )
+        if self._failover.announced_master(view.master, now) != announced:
+            self._beat()  # we step down: the other master must hear it now, not later
         replaced = self._failover.take_replaced()
         if replaced is not None:
             # Our xapi is master now; the next tick recovers the slaves (from a view read

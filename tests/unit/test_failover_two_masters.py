@@ -5,10 +5,18 @@ was left with no master)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from xenhad.config import parse
 from xenhad.detector import DetectorSettings
 from xenhad.failover.actions import FailoverActions
-from xenhad.failover.coordinator import Contact, Failover, FailoverSettings, Joined
+from xenhad.failover.coordinator import (
+    STEP_DOWN_HOLD,
+    Contact,
+    Failover,
+    FailoverSettings,
+    Joined,
+)
 from xenhad.failover.lock import EPOCH_KEY
 from xenhad.model import HostView, PoolView
 
@@ -57,3 +65,15 @@ def test_a_slave_whose_heartbeat_and_probe_agree_makes_a_majority() -> None:
     probes = {SLAVE: Joined(True, ADDRESS[NEW]), OLD: Joined(True, None)}
     assert not new._rival_answers(view_of(NEW), contact, probes)
     assert not new._outvoted(view_of(NEW), 100.0, contact, probes)
+
+
+def test_a_master_stepping_down_names_the_one_it_rejoins() -> None:
+    old = failover(OLD)
+    contact, probes = seen_by(OLD)
+    assert old._outvoted(view_of(OLD), 100.0, contact, probes)
+    assert old.announced_master(OLD, 100.0) == OLD
+    # No xapi here: the call fails and says so; the step-down is announced all the same,
+    # for its hold (the other master must not count us as one meanwhile).
+    asyncio.run(old._step_down(view_of(OLD), 100.0))
+    assert old.announced_master(OLD, 101.0) == NEW
+    assert old.announced_master(OLD, 100.0 + STEP_DOWN_HOLD) == OLD

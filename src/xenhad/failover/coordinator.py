@@ -132,6 +132,7 @@ class Failover:
         self._promoting_logged: frozenset[HostId] = frozenset()
         self._probes_fresh_since = float("-inf")
         self._rejoin: tuple[HostId, int] | None = None
+        self._stepping_to: HostId | None = None
         self._replaced: HostId | None = None
         self._master_since: float | None = None
         """When this daemon began acting as master (as_master): until `listen` has passed,
@@ -154,6 +155,16 @@ class Failover:
         or not."""
         return bool(self._waiting_for) or self._last_recover > self._probes_fresh_since \
             or bool(self._rivals_logged)
+
+    def announced_master(self, read: HostId, now: float) -> HostId:
+        """The master our heartbeats name: the one our last read of the pool says, or,
+        while we step down, the one we rejoin. Our xapi still answers as a master until it
+        restarts as that one's slave, and a heartbeat naming ourselves meanwhile made us a
+        master with a majority in the other master's eyes: it stepped down too, and the
+        pool had none (chaos seed 7700024100004)."""
+        if self._stepping_to is not None and now - self._last_step_down < STEP_DOWN_HOLD:
+            return self._stepping_to
+        return read
 
     def awaits_rejoin(self, now: float) -> bool:
         """Just promoted, we wait for the slaves to rejoin: no VM of the dead master is
@@ -444,6 +455,7 @@ class Failover:
         assert self._rejoin is not None
         master, count = self._rejoin
         self._last_step_down = now
+        self._stepping_to = master
         log.error("failover.stepping_down", new_master=view.hosts[master].name,
                   followers=count, pool=len(view.hosts),
                   why=("a majority follows another master" if count * 2 > len(view.hosts)
