@@ -421,6 +421,7 @@ class Failover:
             master = follows.get(peer)
             if master is not None and master != self.me and master in view.hosts:
                 followed[master] = followed.get(master, 0) + 1
+
         def master_now(h: HostId) -> bool:
             # Its xapi answered as a master, and its daemon (if heard) says so too: a probe
             # of a host we hear is taken only every few minutes, and one that has stepped
