@@ -343,10 +343,11 @@ class Daemon:
         and heartbeats already say whether the master lives (and whom peers follow)."""
         view = self._view
         interval = self.config.detector.slave_interval
-        if self._failover is not None and self._failover.promoting:
-            return True  # our xapi may have become a master
-        if self._failover is not None and self._failover.master_in_doubt:
-            return True  # if our xapi follows a new master by now (_follows_another)
+        if self._failover is not None and (self._failover.master_in_doubt
+                                           or self._failover.promoting):
+            # Our xapi may have become a master, or a slave of a new one (which, while the
+            # master is in doubt, _follows_another asks it first).
+            return True
         if now < self._next_read:
             return False  # backing off after failed reads (_read_failed)
         if view is None or view.master == self._me or self._peers is None or interval <= 0:

@@ -434,7 +434,7 @@ class Failover:
             if count * 2 > len(view.hosts) and master_now(master):
                 self._rejoin = (master, count)
                 return True
-        if self._followed_by_majority(view, contact, probes):
+        if self._followed_by_majority(view, contact, follows):
             return False
         # No master has a majority (a host of the pool is down, and two masters split the
         # rest): neither may act (_rival_answers), so one must give way, by a rule both
@@ -546,7 +546,8 @@ class Failover:
                          and p.follows is None}
                         | {_name(view, h) for h, m in contact.masters.items()
                            if h == m and h != self.me and h in view.hosts})
-        if not rivals or self._followed_by_majority(view, contact, probes):
+        if not rivals or self._followed_by_majority(view, contact,
+                                                    _follows(view, contact, probes)):
             self._rivals_logged = []
             return False
         if rivals != self._rivals_logged:
@@ -557,8 +558,8 @@ class Failover:
         return True
 
     def _followed_by_majority(self, view: PoolView, contact: Contact,
-                              probes: Mapping[HostId, Joined]) -> bool:
-        follows = _follows(view, contact, probes)
+                              follows: Mapping[HostId, HostId]) -> bool:
+        """`follows`: as _follows has it."""
         followers: set[HostId] = {self.me} | {h for h, m in follows.items() if m == self.me}
         members = len(view.hosts)
         if contact.witness is not None:
