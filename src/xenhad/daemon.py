@@ -598,6 +598,12 @@ class Daemon:
             if not await watchdog.activate():
                 return
             self._watchdog = watchdog
+            await self._watchdog.keepalive(healthy=True, quorate=self._health.quorate)
+            # Peers learn it now, not up to an interval later: until they have heard us
+            # armed, our silence proves nothing, and a crash in that window leaves our VMs
+            # waiting for a fence that may never come (a dead BMC).
+            self._beat()
+            return
         await self._watchdog.keepalive(healthy=True, quorate=self._health.quorate)
 
     def _self_fence_proof(self, host: HostView) -> SelfFenceProof | None:
