@@ -111,6 +111,9 @@ class DetectorConfig:
     slave_interval: float = 120.0
     """How often a slave's daemon reads the pool (through its master's xapi) while
     heartbeats say all is well; 0: every tick. Its master is watched every tick anyway."""
+    hung_xapi_fence_after: float = 0.0
+    """Seconds a host whose daemon beats may have a silent xapi before it is treated as
+    down (fenced, its VMs restarted); 0: never, it is left alone and said loudly."""
 
 
 @dataclass(frozen=True)
@@ -551,6 +554,8 @@ def _parse_detector(t: Table) -> DetectorConfig:
     probe_timeout = t.seconds("probe_timeout", d.probe_timeout)
     probe_url = t.string("probe_url", d.probe_url)
     slave_interval = t.seconds("slave_interval", d.slave_interval, allow_zero=True)
+    hung_xapi_fence_after = t.seconds("hung_xapi_fence_after", d.hung_xapi_fence_after,
+                                      allow_zero=True)
     parts = urlsplit(probe_url.replace("{address}", "127.0.0.1"))
     if "{address}" not in probe_url or parts.scheme not in ("http", "https") or not parts.hostname:
         raise t.error(
@@ -575,6 +580,7 @@ def _parse_detector(t: Table) -> DetectorConfig:
         probe_timeout=probe_timeout,
         probe_url=probe_url,
         slave_interval=slave_interval,
+        hung_xapi_fence_after=hung_xapi_fence_after,
     )
 
 
@@ -704,9 +710,12 @@ def _parse_peers(t: Table) -> PeersConfig:
     listen_port = t.integer("listen_port", d.listen_port, minimum=0, maximum=65535)
     interval = t.seconds("interval", d.interval)
     window = t.seconds("window", d.window)
-    if window < 2 * interval:
-        # One lost datagram must not put a peer out of contact.
-        t.blame_pair("window", window, ">=", "interval", 2 * interval)
+    if window < 3 * interval:
+        # Contact is proven by a round trip (peers/table.py): the echo of a heartbeat of
+        # ours comes back up to 2.5 intervals after we sent it (each side waits up to an
+        # interval to send and a quarter of one to read), and one lost datagram must not
+        # put a peer out of contact.
+        t.blame_pair("window", window, ">=", "interval", 3 * interval)
     return PeersConfig(secret_file, secret_credential, port, listen_port, interval, window)
 
 

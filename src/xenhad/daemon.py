@@ -34,6 +34,7 @@ from xenhad.detector import (
     Observation,
     Verdict,
     VerdictKind,
+    describe,
 )
 from xenhad.errors import XenhadError
 from xenhad.failover import lock as pool_lock
@@ -98,6 +99,9 @@ the slaves rejoin it."""
 HISTORY_SECONDS = 30 * 24 * 3600
 """How long closed incidents stay in the journal (for `xenhad history`)."""
 
+
+_NEVER = Joined(False, None)
+"""A host never probed: its xapi has not been seen answering."""
 
 @dataclass
 class Health:
@@ -178,6 +182,7 @@ class Daemon:
         """The last tick at which every other host was probed."""
         self._proven_off: set[HostId] = set()
         """Hosts fenced by an incident that closed done, and not back since."""
+        self._said_two_hosts = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -276,7 +281,7 @@ class Daemon:
         view, peers = self._view, self._peers
         if view is None or peers is None or self._failover is None or view.master == self._me:
             return None
-        return peers.heard_at(view.master)
+        return peers.contact_at(view.master)
 
     def _tick_budget(self) -> float:
         # One snapshot (with its retries) and one round of probes, in the worst case.
@@ -325,7 +330,7 @@ class Daemon:
         now = self._clock.monotonic()
         if self._witness is not None:
             await self._witness.poll(self._clock.wall(), self._clock.monotonic())
-        self._update_peer_quorum(now)
+        self._update_peer_quorum()
         # The master first: if it does not answer, the snapshot (which our xapi forwards to
         # it) gets a short budget, and the master's watch its ticks on time.
         await self._watch_master(now)
@@ -334,9 +339,9 @@ class Daemon:
         except asyncio.TimeoutError:
             self._xapi_failed("reading the pool took longer than its budget", now)
         finally:
-            # Whatever XAPI did this tick, the loop is alive: quorum decides the feeding.
-            self._update_peer_quorum(now)
-            await self._feed_watchdog()
+            # The watchdog is fed by the heartbeat loop, on quorum as of each feed
+            # (_feed_watchdog): a tick may last far longer than its contact stays fresh.
+            self._update_peer_quorum()
 
     def _snapshot_due(self, now: float) -> bool:
         """A slave reads the pool only now and then: every read goes to its master's xapi,
@@ -470,9 +475,11 @@ class Daemon:
         # the others rejoin, every urgent tick: the new master's xapi is at its busiest.
         settled = self._failover.rejoined if fresh and self._failover is not None \
             else frozenset()
+        # A heard host whose xapi did not answer its last probe is asked again each tick:
+        # whether its xapi is hung or back is the detector's to know now (HUNG).
         probed = [h for h in others
                   if everyone or (fresh and h.uuid not in settled) or h.uuid not in heard
-                  or h.uuid not in self._probes]
+                  or not self._probes.get(h.uuid, _NEVER).answered]
         results = await asyncio.gather(*(self._probe(h) for h in probed))
         for h, r in zip(probed, results):
             self._probes[h.uuid] = Joined(r.answered, r.master_address if r.is_slave else None)
@@ -488,9 +495,16 @@ class Daemon:
         answers = [answered_now.get(h.uuid, False) or h.uuid in heard for h in others]
         observations = {
             # A host marked for maintenance counts as disabled even once xapi re-enabled it.
-            h.uuid: Observation(xapi_live=h.live, answered=answered,
-                                enabled=h.enabled and not h.maintenance)
-            for h, answered in zip(others, answers)
+            # Not probed this tick (heard lately): its xapi answered at its last probe.
+            h.uuid: Observation(
+                xapi_live=h.live,
+                answered=answered_now.get(h.uuid, self._probes.get(h.uuid, _NEVER).answered),
+                enabled=h.enabled and not h.maintenance,
+                heard=h.uuid in heard,
+                rival_master=(joined := self._probes.get(h.uuid, _NEVER)).answered
+                and joined.follows is None,
+            )
+            for h in others
         }
         if self._peers is None:
             seen = 1 + sum(1 for a in answers if a)
@@ -546,6 +560,7 @@ class Daemon:
         interval = self.config.peers.interval
         while not self._stop.is_set():
             self._beat()
+            await self._feed_watchdog()
             await asyncio.sleep(interval)  # the stop cancels this task
 
     def _beat(self) -> None:
@@ -571,23 +586,32 @@ class Daemon:
         vote = self._failover.vote if self._failover is not None else None
         return (vote.old_master, vote.candidate) if vote is not None else None
 
-    def _update_peer_quorum(self, now: float) -> None:
+    def _update_peer_quorum(self) -> float:
+        """Quorum from the peer table as of this instant (read from the clock here, never
+        passed in: a verdict as of a tick's start may be seconds old by its end). Returns
+        the instant it was judged at."""
+        now = self._clock.monotonic()
         if self._peers is None or self._view is None:
-            return
+            return now
         members = set(self._view.hosts)
         mutual = self._peers.mutual(now) & members
         sees, pool = 1 + len(mutual), len(members)
         if self._witness is not None:
             # The witness is one more member; its vote is ours while we hold its lease.
-            sees, pool = sees + int(self._witness.held), pool + 1
+            sees, pool = sees + int(self._witness.held_at(now)), pool + 1
         self._set_quorate(sees * 2 > pool, sees, pool)
+        return now
 
     async def _feed_watchdog(self) -> None:
+        """Feed on quorum judged at the feed itself: peers/table.py (latest_feed) bounds
+        every feed by the contact it rested on, and the survivors' self-fence deadlines
+        follow from that bound. Called every peers.interval by the heartbeat loop."""
         settings = self.config.fencing.self_fence
         if settings is None:
             return
+        self._update_peer_quorum()
         if self._watchdog is None:
-            if not self._health.quorate:
+            if not self._health.quorate or self._two_hosts_without_witness():
                 return
             # Armed at the first quorum, not at start: a host booting into a pool that is
             # not up yet must not reset itself in a loop. Until armed it never says it is
@@ -598,6 +622,8 @@ class Daemon:
             if not await watchdog.activate():
                 return
             self._watchdog = watchdog
+            # Arming awaited the device: quorum is judged again for the feed.
+            self._update_peer_quorum()
             await self._watchdog.keepalive(healthy=True, quorate=self._health.quorate)
             # Peers learn it now, not up to an interval later: until they have heard us
             # armed, our silence proves nothing, and a crash in that window leaves our VMs
@@ -605,6 +631,21 @@ class Daemon:
             self._beat()
             return
         await self._watchdog.keepalive(healthy=True, quorate=self._health.quorate)
+
+    def _two_hosts_without_witness(self) -> bool:
+        """A pool of two hosts and no witness: a majority is both hosts, so any partition
+        takes quorum from both, and both would starve their watchdogs and reset, taking
+        every VM down. Self-fencing could not save a VM there either: the survivor, never
+        quorate alone, recovers nothing. So the watchdog is not armed, and that is said."""
+        view = self._view
+        two = view is not None and len(view.hosts) == 2 and self._witness is None
+        if two and not self._said_two_hosts:
+            self._said_two_hosts = True
+            log.error("watchdog.not_armed", hosts=2,
+                      why="a 2-host pool without a witness: any partition would reset both "
+                      "hosts, and the survivor of a failure is never quorate alone",
+                      fix="set failover.witness to a directory on storage both hosts mount")
+        return two
 
     def _self_fence_proof(self, host: HostView) -> SelfFenceProof | None:
         """Whether `host`'s own watchdog must have reset it by now, from heartbeats."""
@@ -647,15 +688,20 @@ class Daemon:
     # -- master failover ---------------------------------------------------------------
 
     def _heard_lately(self, now: float) -> frozenset[HostId]:
-        """Peers whose daemon beat in the last two intervals: alive, whatever their xapi
-        says. (Contact for quorum allows the whole window; liveness need not wait that
-        long to doubt a host whose xapi is silent too.)"""
+        """Peers whose daemon is in proven contact as of a round trip ago: alive, whatever
+        their xapi says. (Contact for quorum allows the whole window; liveness need not wait
+        that long to doubt a host whose xapi is silent too.) Proven by echoes, not arrival:
+        heartbeats delayed or replayed by the network vouch for no one."""
         if self._peers is None:
             return frozenset()
-        return self._peers.heard(now, within=self._heard_within())
+        return self._peers.fresh(now, within=self._heard_within())
 
     def _heard_within(self) -> float:
-        return 2 * self.config.peers.interval + 0.1
+        """How old proven contact may be for a peer's daemon to count as beating now. An
+        echo travels a round trip: our heartbeat waits up to an interval to be sent and a
+        batch to be read there, the echo up to an interval and a batch back to us."""
+        interval = self.config.peers.interval
+        return 2 * (interval + batch_seconds(interval)) + 0.1
 
     def _make_failover(self) -> Failover | None:
         cfg = self.config.failover
@@ -771,6 +817,10 @@ class Daemon:
             log.warning("host.suspect", **facts)
         elif kind is VerdictKind.CLEARED:
             log.info("host.cleared", **facts)
+        elif kind is VerdictKind.HUNG:
+            log.error("host.xapi_hung", **facts,
+                      fix="its VMs run: restart its toolstack (xe-toolstack-restart); set "
+                      "detector.hung_xapi_fence_after to have it fenced after a while instead")
         elif kind is VerdictKind.DOWN:
             log.error("host.down", **facts)
             if host is not None and not self._may_act:
@@ -895,7 +945,25 @@ class Daemon:
             now=self._clock.wall,
             concurrency=self.config.recovery.concurrency,
             start_timeout=self.config.recovery.start_timeout,
+            back=self._back,
         )
+
+    async def _back(self, host: HostView) -> str:
+        """Why `host` counts as back now ("" when it is still gone): its daemon in proven
+        contact, or its xapi answering, judged by the detector's own rule of a miss."""
+        result = await self._probe(host)
+        now = self._clock.monotonic()
+        current = self._view.hosts.get(host.uuid, host) if self._view is not None else host
+        seen = Observation(
+            xapi_live=current.live, answered=result.answered, enabled=True,
+            heard=host.uuid in self._heard_lately(now),
+            rival_master=result.answered and not result.is_slave,
+        )
+        if self._detector.would_miss(host.uuid, seen, now):
+            return ""
+        log.warning("fence.held", host=host.name, why=describe(seen),
+                    effect="the incident ends: nothing of the host was touched")
+        return describe(seen)
 
     def _current_view(self) -> PoolView:
         assert self._view is not None
@@ -1169,6 +1237,7 @@ def _detector_settings(config: Config) -> DetectorSettings:
         confirm_misses=d.confirm_misses,
         confirm_seconds=d.confirm_seconds,
         recover_hold_seconds=d.recover_hold_seconds,
+        hung_xapi_fence_after=d.hung_xapi_fence_after,
     )
 
 

@@ -4,7 +4,18 @@ A host *misses* a tick when XAPI says it is not live (host_metrics.live, which t
 only clears after host_assumed_dead_interval, up to ~10 minutes late) or when its own xapi
 did not answer our probe. Neither signal alone is trusted to say "up": a stale `live` on a
 dead host and an answering xapi on a host the master has already given up on both count as
-misses.
+misses. Two things outweigh both, because they prove the host's dom0 runs:
+
+- its daemon is *heard*: in proven mutual contact (authenticated heartbeats that echo ours,
+  peers/table.py). XAPI's `live`, or a rival master's stale database, may say otherwise; a
+  host whose daemon beats is alive, and fencing it would kill healthy VMs.
+- its xapi answers as a *rival master*: a master that came back from the dead, or an
+  operator's doing. It is left to step down (failover/), never fenced.
+
+A host heard while its xapi does not answer has a *hung* xapi: it runs its VMs, and is left
+alone and said loudly (HUNG, once per episode). Only if the operator chose to, with
+`hung_xapi_fence_after` > 0, does it count as missing once its xapi has been silent that
+long.
 
 Life of one host::
 
@@ -17,9 +28,9 @@ Rules that keep a wrong DOWN from ever being emitted:
 
 - DOWN needs both `confirm_misses` consecutive misses and `confirm_seconds` since the first
   of them, so neither a burst of fast ticks nor one slow tick confirms on its own.
-- No DOWN while this node is not quorate: the misses still count, and the DOWN is emitted
-  on the first quorate tick that still misses (a node cut off from the majority would
-  otherwise "see" every other host die).
+- No DOWN while this node is not quorate, and misses seen without quorum do not count: at
+  the first quorate tick that still misses, the run starts over (a node cut off from the
+  majority "sees" every other host die, and what it saw then says nothing of them now).
 - No DOWN for a disabled host (host.enabled false: maintenance, or a host that is still
   starting up). Its run of misses is kept for the record, but when the host is re-enabled
   while still missing the run restarts at that tick: confirmation then needs the full
@@ -48,6 +59,9 @@ class DetectorSettings:
     confirm_misses: int = 3
     confirm_seconds: float = 10.0
     recover_hold_seconds: float = 30.0
+    hung_xapi_fence_after: float = 0.0
+    """Seconds a heard host's xapi may stay silent before the host counts as missing; 0:
+    never (a hung xapi on a live dom0 is left alone)."""
 
     def __post_init__(self) -> None:
         if self.confirm_misses < 1:
@@ -75,10 +89,21 @@ class Observation:
     """The host's own xapi answered our probe this tick."""
     enabled: bool
     """host.enabled: false means maintenance (or a host still starting up)."""
+    heard: bool = False
+    """Its daemon is in proven mutual contact with ours (peers/table.py)."""
+    rival_master: bool = False
+    """Its xapi answered our probe as a master."""
 
     @property
     def missed(self) -> bool:
+        if self.heard or (self.answered and self.rival_master):
+            return False
         return not self.xapi_live or not self.answered
+
+    @property
+    def hung(self) -> bool:
+        """Its daemon beats but its xapi does not answer."""
+        return self.heard and not self.answered
 
 
 class HostState(enum.Enum):
@@ -98,6 +123,8 @@ class VerdictKind(enum.Enum):
     """Confirmed dead: emitted once per episode."""
     BACK = "back"
     """A DOWN host answered continuously for recover_hold_seconds."""
+    HUNG = "hung"
+    """Its daemon beats but its xapi does not answer: left alone (said once an episode)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,8 @@ class _Hold(enum.Enum):
     DISABLED = "disabled"
 
 
+_UNQUORATE_WHY = "quorum regained: misses seen without it do not count, confirmation starts over"
+
 _HOLD_WHY = {
     _Hold.NO_QUORUM: "held: this node has no quorum, so it confirms nothing",
     _Hold.DISABLED: "held: host is disabled (maintenance), so it is never confirmed down",
@@ -150,13 +179,20 @@ class _Track:
     returning_since: float = 0.0
     enabled: bool = True
     reason: str = ""
+    unquorate: bool = False
+    """Part of the current run of misses was seen without quorum."""
+    hung_since: float | None = None
+    """Since when its daemon beats while its xapi does not answer."""
 
 
 def describe(obs: Observation) -> str:
     """The observation as the phrase a log line carries."""
     said = "xapi answering" if obs.answered else "xapi not answering"
+    if obs.answered and obs.rival_master:
+        said = "xapi answering as a master"
     live = "XAPI says live" if obs.xapi_live else "XAPI says not live"
-    return f"{said}, {live}"
+    daemon = "; its daemon beats" if obs.heard else ""
+    return f"{said}, {live}{daemon}"
 
 
 class Detector:
@@ -248,8 +284,24 @@ class Detector:
         re_enabled = obs.enabled and not t.enabled
         t.enabled = obs.enabled
         seen = describe(obs)
+        missed = self._missed(host, t, obs, now, out)
+        if missed and obs.hung:
+            seen += f"; hung for {now - (t.hung_since or now):g} s (hung_xapi_fence_after)"
         t.reason = seen
-        missed = obs.missed
+        if missed and quorate and t.state is HostState.SUSPECT and t.unquorate:
+            # Misses seen while cut off from the majority say nothing of the host.
+            self._start_run(t, now)
+            out.append(Verdict(VerdictKind.SUSPECT, host, t.since, t.misses,
+                               f"{seen}; {_UNQUORATE_WHY}"))
+            return
+        self._advance(host, t, obs, now, quorate, missed, re_enabled, seen, out)
+        if missed and not quorate and t.state is HostState.SUSPECT:
+            t.unquorate = True
+
+    def _advance(
+        self, host: HostId, t: _Track, obs: Observation, now: float, quorate: bool,
+        missed: bool, re_enabled: bool, seen: str, out: list[Verdict],
+    ) -> None:
 
         if t.state is HostState.UP:
             if missed:
@@ -287,6 +339,34 @@ class Detector:
                 t.misses += 1
             else:
                 self._maybe_back(host, t, now, seen, out)
+
+    def _missed(
+        self, host: HostId, t: _Track, obs: Observation, now: float, out: list[Verdict]
+    ) -> bool:
+        if not obs.hung:
+            t.hung_since = None
+            return obs.missed
+        if t.hung_since is None:
+            t.hung_since = now
+            after = self.settings.hung_xapi_fence_after
+            out.append(Verdict(
+                VerdictKind.HUNG, host, now, t.misses,
+                f"{describe(obs)}: its dom0 runs, so it is left alone" + (
+                    f" for {after:g} s (detector.hung_xapi_fence_after), then fenced"
+                    if after > 0 else "; restart its toolstack (xe-toolstack-restart)"),
+            ))
+        after = self.settings.hung_xapi_fence_after
+        return after > 0 and now - t.hung_since >= after
+
+    def would_miss(self, host: HostId, obs: Observation, now: float) -> bool:
+        """Whether `obs` would count as a miss of `host` now (nothing is changed): the
+        check an incident makes before each fence attempt that the host is still gone."""
+        t = self._tracks.get(host)
+        if not obs.hung:
+            return obs.missed
+        after = self.settings.hung_xapi_fence_after
+        since = t.hung_since if t is not None and t.hung_since is not None else now
+        return after > 0 and now - since >= after
 
     def _maybe_confirm(
         self,
@@ -331,6 +411,7 @@ class Detector:
         t.since = now
         t.misses = 1
         t.hold = _Hold.NONE
+        t.unquorate = False
 
     @staticmethod
     def _reset(t: _Track) -> None:
@@ -339,3 +420,4 @@ class Detector:
         t.misses = 0
         t.hold = _Hold.NONE
         t.returning_since = 0.0
+        t.unquorate = False

@@ -88,6 +88,8 @@ class DaemonProcess:
     notify: NotifyListener | None = None
     wanted: bool = True
     """The test wants this daemon running whenever its host is up (systemd would)."""
+    boot: int | None = None
+    """The host's boot count when this daemon started: a daemon outlives no reboot."""
 
 
 @dataclass
@@ -285,6 +287,8 @@ class Testbed:
         if d.notify is not None:
             env["NOTIFY_SOCKET"] = str(d.notify.path)
             env["WATCHDOG_USEC"] = str(int(self.watchdog_seconds * 1_000_000))
+        with contextlib.suppress(Exception):  # the watcher then learns it at its next look
+            d.boot = int(self.pool.truth()["hosts"][name]["boots"])
         with open(d.log, "ab") as out:
             d.proc = subprocess.Popen(
                 [sys.executable, "-m", "xenhad", "run", "--config", str(d.config)],
@@ -344,7 +348,10 @@ class Testbed:
             for name, d in self.daemons.items():
                 state = hosts.get(name, {})
                 alive = d.proc is not None and d.proc.poll() is None
-                if alive and not state.get("powered", True):
+                # A reset that powered the host off and on between two looks still killed
+                # dom0: the boot count says so.
+                rebooted = d.boot is not None and state.get("boots", d.boot) != d.boot
+                if alive and (not state.get("powered", True) or rebooted):
                     d.proc.kill()  # type: ignore[union-attr]
                     d.proc.wait(timeout=10)  # type: ignore[union-attr]
                 elif (not alive and d.wanted and state.get("powered")

@@ -10,6 +10,7 @@ import pytest
 import XenAPI
 
 from xenhad.sim import PoolSpec, SimPool
+from xenhad.sim.pool import RESET_OFF_SECONDS
 
 from .clients import failure, login, tcp_session, unix_session
 
@@ -243,12 +244,30 @@ def test_watchdog_expiry_resets_the_host(pool: SimPool) -> None:
     pool.watchdog_keepalive("host2")
     pool.advance(20)
     assert pool.truth()["hosts"]["host2"]["xapi"] == "up"
+    boots = pool.truth()["hosts"]["host2"]["boots"]
     pool.advance(15)
+    # A reset is a reboot (issue 18): off at once with every domain, then on again after
+    # the reset's own time, then booting; /truth counts the firing and the boot.
     t = pool.truth()
-    assert t["hosts"]["host2"]["xapi"] == "down" and t["hosts"]["host2"]["powered"]
+    assert t["hosts"]["host2"]["xapi"] == "down" and not t["hosts"]["host2"]["powered"]
+    assert t["hosts"]["host2"]["watchdog_fired"] == 1
     assert not any(v["uuid"] == uuid and v["running_on"] for v in t["vms"])
+    pool.advance(RESET_OFF_SECONDS)
+    t = pool.truth()
+    assert t["hosts"]["host2"]["powered"] and t["hosts"]["host2"]["boots"] == boots + 1
     pool.advance(pool.spec.boot_seconds + 1)
     assert pool.truth()["hosts"]["host2"]["xapi"] == "up"
+
+
+def test_a_feed_counts_from_when_it_was_decided_not_from_when_it_arrived(pool: SimPool) -> None:
+    # The daemon's simulated watchdog is fed over HTTP; a real one by an ioctl on the spot.
+    # A request that reached the simulator 5 s after the decision restarts the countdown
+    # from the decision (scale 1 here), never later.
+    pool.watchdog_arm("host2", 30)
+    pool.advance(10)
+    pool.watchdog_keepalive("host2", decided_monotonic=time.monotonic() - 5.0)
+    deadline = pool.truth()["hosts"]["host2"]["watchdog_deadline"]
+    assert pool.clock.now() + 25 - 0.5 <= deadline <= pool.clock.now() + 25 + 0.5
 
 
 def test_injected_errors_and_latency(pool: SimPool) -> None:

@@ -114,9 +114,12 @@ SCENARIOS = {
         every(5, 0, [DEAD] * 3 + [UP_OBS] * 7 + [DEAD] * 3),
         [(0, SUSPECT), (10, DOWN), (45, BACK), (50, SUSPECT), (60, DOWN)],
     ),
-    "not quorate: held, then confirmed on the first quorate miss": (
-        every(5, 0, [SILENT] * 5, quorate=False) + every(5, 25, [SILENT] * 2),
-        [(0, SUSPECT), (10, SUSPECT), (25, DOWN)],
+    # Misses seen without quorum say nothing of the host (issue 18: a master cut off by a
+    # one-way cut counted 14 misses of a healthy host, and fenced it 5 ms after the heal):
+    # quorum back, the run starts over and needs its full thresholds.
+    "not quorate: held, then the run starts over at the first quorate miss": (
+        every(5, 0, [SILENT] * 5, quorate=False) + every(5, 25, [SILENT] * 3),
+        [(0, SUSPECT), (10, SUSPECT), (25, SUSPECT), (35, DOWN)],
     ),
     "not quorate, and the host answers before quorum returns: cleared": (
         every(5, 0, [SILENT] * 5, quorate=False) + every(5, 25, [UP_OBS]),
@@ -169,10 +172,12 @@ def test_disabled_host_reason_says_maintenance() -> None:
 def test_a_quorum_hold_that_becomes_a_maintenance_hold_is_said_again() -> None:
     ticks = every(5, 0, [SILENT] * 3, quorate=False) + every(5, 15, [SILENT_DISABLED] * 3)
     events = run(ticks)
+    # Quorum back, the run starts over (what was seen without it does not count), and the
+    # maintenance hold is said when the new run's thresholds are met.
     assert [v.reason.split("; ")[-1].split(":")[0] for _, v in events] == [
-        "xapi not answering, XAPI says live", "held", "held",
+        "xapi not answering, XAPI says live", "held", "quorum regained", "held",
     ]
-    assert "quorum" in events[1][1].reason and "disabled" in events[2][1].reason
+    assert "quorum" in events[1][1].reason and "disabled" in events[3][1].reason
 
 
 def test_back_verdict_carries_the_episode() -> None:
@@ -435,3 +440,37 @@ def test_many_hosts_are_independent(ticks: list[dict[str, Observation]]) -> None
                 alone[host] = Detector(DEFAULT)
             expected += alone[host].observe(now, {host: obs[host]}, quorate=True)
         assert got == expected
+
+
+def test_a_host_whose_daemon_beats_is_not_missing_whatever_xapi_says() -> None:
+    # Issue 18: a master back from a cut, its database stale, saw a healthy host as "xapi
+    # answering, XAPI says not live" and fenced it. A heard daemon outweighs XAPI's word.
+    stale = Observation(xapi_live=False, answered=True, enabled=True, heard=True)
+    assert run(every(5, 0, [stale] * 10)) == []
+
+
+def test_a_rival_master_is_not_missing() -> None:
+    rival = Observation(xapi_live=False, answered=True, enabled=True, rival_master=True)
+    assert run(every(5, 0, [rival] * 10)) == []
+    # A rival that does not answer is as silent as any host.
+    gone = Observation(xapi_live=False, answered=False, enabled=True, rival_master=True)
+    assert [k for _, k in kinds(run(every(5, 0, [gone] * 4)))][-1] is DOWN
+
+
+def test_a_hung_xapi_with_a_beating_daemon_is_left_alone_and_said_once() -> None:
+    hung = Observation(xapi_live=False, answered=False, enabled=True, heard=True)
+    events = run(every(5, 0, [hung] * 200))  # 1,000 s: past xapi's dead interval
+    assert [k for _, k in kinds(events)] == [VerdictKind.HUNG]
+    assert "left alone" in events[0][1].reason
+
+
+def test_a_hung_xapi_is_fenced_after_the_configured_time_if_the_operator_chose_it() -> None:
+    hung = Observation(xapi_live=False, answered=False, enabled=True, heard=True)
+    d = Detector(DetectorSettings(confirm_misses=3, confirm_seconds=10,
+                                  recover_hold_seconds=30, hung_xapi_fence_after=60))
+    verdicts = [(t, v.kind) for t in range(0, 200, 5)
+                for v in d.observe(float(t), {"h": hung}, quorate=True)]
+    assert verdicts == [(0, VerdictKind.HUNG), (60, SUSPECT), (70, DOWN)]
+    assert d.would_miss("h", hung, 200.0)
+    fresh = Detector(DetectorSettings())
+    assert not fresh.would_miss("h", hung, 0.0)  # never fenced by default

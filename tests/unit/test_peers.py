@@ -218,3 +218,98 @@ def test_a_time_beyond_any_float_or_json_nested_past_any_stack_is_refused(payloa
     data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
     with pytest.raises(HeartbeatError):
         decode(data, SECRET)
+
+
+# -- wire version 2: contact proven by echoes (issue 24) ----------------------------------
+
+
+def v2(sender: str, seq: int, *, echo: dict[str, int], boot: str = "b1",
+       sent_at: float = 1000.0, boot_started: float = 900.0) -> Heartbeat:
+    return dataclasses.replace(hb(sender, seq, heard=tuple(echo), boot=boot, sent_at=sent_at),
+                               echo=tuple(sorted(echo.items())), boot_started=boot_started,
+                               last_heard=tuple((h, 0.0) for h in sorted(echo)))
+
+
+def test_echo_and_boot_start_travel_and_a_version_1_reader_ignores_them() -> None:
+    beat = v2("a", 7, echo={"me": 41, "b": 3})
+    back = decode(encode(beat, SECRET), SECRET)
+    assert back.echo == (("b", 3), ("me", 41)) and back.boot_started == 900.0
+    assert back.echo_of("me") == 41 and back.echo_of("x") is None
+    fields = json.loads(encode(beat, SECRET)[36:])
+    assert fields["v"] == 2 and sorted(fields["heard"]) == ["b", "me"]  # version 1 reads it
+    for bad in ({"me": -1}, {"me": 1.5}, {"me": True}, ["me"], {"me": 1 << 63}):
+        fields["echo"] = bad
+        payload = json.dumps(fields).encode()
+        data = b"XHB1" + hmac.new(SECRET, payload, hashlib.sha256).digest() + payload
+        with pytest.raises(HeartbeatError, match="echo"):
+            decode(data, SECRET)
+
+
+def test_a_heartbeat_delivered_late_proves_no_contact_however_recently_it_arrived() -> None:
+    # Issue 24: heartbeats captured during the first seconds of a cut and re-delivered later
+    # kept a cut-off host quorate, feeding its watchdog past its peers' deadline for it.
+    t = PeerTable("me", "pool", window=2.0)
+    t.sending(100, 0.0)
+    t.sending(101, 1.0)
+    t.receive(v2("a", 1, echo={"me": 100}), 1.0, 1000.0)
+    assert t.mutual(1.0) == {"a"} and t.contact_at("a") == 0.0
+    for n in range(102, 115):
+        t.sending(n, n - 100.0)
+    # a's heartbeats of then, delivered now: a newer sequence number, an old echo.
+    t.receive(v2("a", 2, echo={"me": 101}), 15.0, 1014.0)
+    assert t.heard(15.0) == {"a"}  # it arrived...
+    assert t.mutual(15.0) == frozenset()  # ...but proves nothing of now
+    assert t.fresh(15.0, within=5.0) == frozenset()
+    # A genuine one echoes what we sent lately.
+    t.receive(v2("a", 3, echo={"me": 114}), 15.0, 1015.0)
+    assert t.mutual(15.0) == {"a"} and t.contact_at("a") == 14.0
+
+
+def test_an_echo_of_a_number_we_never_sent_recently_counts_for_nothing() -> None:
+    t = PeerTable("me", "pool", window=2.0)
+    t.sending(5_000, 10.0)
+    t.receive(v2("a", 1, echo={"me": 17}), 10.0, 1000.0)  # another boot's number
+    assert t.mutual(10.0) == frozenset() and t.contact_at("a") is None
+
+
+def test_boots_are_ordered_so_replaying_two_old_ones_in_turn_gains_nothing() -> None:
+    # Issue 24: heartbeats of two boots of a crashed host, replayed alternately, vouched for
+    # it for 30 s.
+    t = PeerTable("me", "pool", window=2.0)
+    t.sending(1, 10.0)
+    old = v2("x", 50, echo={}, boot="b1", boot_started=900.0)
+    new = v2("x", 3, echo={}, boot="b2", boot_started=950.0)
+    assert t.receive(old, 10.0, 1000.0) is Verdict.ACCEPTED
+    assert t.receive(new, 11.0, 1001.0) is Verdict.ACCEPTED
+    at = t.heard_at("x")
+    assert t.receive(dataclasses.replace(old, seq=51), 12.0, 1002.0) is Verdict.STALE
+    assert t.receive(new, 13.0, 1003.0) is Verdict.REPLAY
+    assert t.heard_at("x") == at  # the replays moved nothing
+    # A boot whose clock went back is taken once it echoes us: it is alive now.
+    t.sending(2, 14.0)
+    back = v2("x", 1, echo={"me": 2}, boot="b3", boot_started=10.0)
+    assert t.receive(back, 14.5, 1004.0) is Verdict.ACCEPTED
+
+
+def test_our_heartbeat_echoes_the_last_number_accepted_from_each_peer() -> None:
+    t = PeerTable("me", "pool", window=2.0)
+    t.receive(v2("a", 9, echo={}), 1.0, 1000.0)
+    t.receive(v2("b", 4, echo={}), 1.0, 1000.0)
+    t.receive(v2("a", 8, echo={}), 1.0, 1000.0)  # late and older: refused
+    assert t.echoes() == (("a", 9), ("b", 4))
+
+
+def test_with_echoes_the_deadline_needs_no_delivery_allowance() -> None:
+    # x was last heard by us at 5; a (in contact, its latest report echoing our heartbeat
+    # of 12.0) last heard x at 10.5. Every feed of x is at most 10.5 + window; a's report
+    # may miss what it heard after 12.0, so the bound counts from then: +1.5 (now - 12.0).
+    t = PeerTable("me", "pool", window=2.0)
+    for n in range(10):
+        t.sending(n, 5.0 + n)
+    t.receive(v2("x", 1, echo={"me": 0}), 5.0, 1000.0)
+    t.receive(v2("a", 1, echo={"me": 0}), 5.0, 1000.0)
+    late = dataclasses.replace(v2("a", 2, echo={"me": 7, "x": 1}),
+                               last_heard=(("me", 0.0), ("x", 3.0)))
+    t.receive(late, 13.5, 1008.0)
+    assert t.evidence("x", 13.5) == 10.5
+    assert t.latest_feed("x", 13.5, since=0.0, interval=0.5) == 10.5 + 2 + 1.5

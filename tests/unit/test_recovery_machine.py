@@ -91,7 +91,7 @@ def test_no_proof_of_power_off_touches_nothing_and_retries_with_backoff() -> Non
     assert d.incident.phase is Phase.WAITING_FENCE
     assert d.incident.retry_at == 106
     assert d(ev.Wake(105)) == ()
-    assert d(ev.Wake(106)) == (ev.FenceHost("dead"),)
+    assert d(ev.Wake(106)) == (ev.FenceHost("dead", retry=True),)
     d(ev.FenceDone(107, False, "redfish", "still unreachable"))
     assert d.incident.retry_at == 107 + 10  # doubled
     assert not any(isinstance(a, (ev.ResetVm, ev.StartVm)) for a in d.actions)
@@ -227,7 +227,7 @@ def test_already_running_answer_counts_as_running() -> None:
 
 def test_resumed_reissues_what_was_in_flight() -> None:
     d = Drive(opened(vm("a"), vm("b")))
-    assert step(d.incident, ev.Resumed(150), SET).actions == (ev.FenceHost("dead"),)
+    assert step(d.incident, ev.Resumed(150), SET).actions == (ev.FenceHost("dead", retry=True),)
     d(ev.FenceDone(101, True, "redfish", "off"))
     d(ev.ResetDone(102, "uuid-a", True))
     resumed = step(d.incident, ev.Resumed(150), SET)
@@ -391,3 +391,15 @@ def test_offline_protected_vms_are_started_without_fence_or_reset() -> None:
     # Replayed from the journal, it is the same incident.
     assert replay(d.events, SET) == d.incident
     assert ev.decode(ev.encode(first)) == first
+
+
+def test_a_host_found_back_before_a_fence_retry_ends_the_incident_untouched() -> None:
+    # Issue 18: a waiting incident fenced the old master 2 s after a heal, before host.back
+    # (which waits recover_hold_seconds), killing its VMs. The retry asks first.
+    d = Drive(opened(vm("a")))
+    d(ev.FenceDone(101, False, "redfish", "BMC unreachable"))
+    assert d(ev.Wake(106)) == (ev.FenceHost("dead", retry=True),)
+    assert d(ev.FenceDone(106.5, False, "none", "its daemon beats", returned=True)) == ()
+    assert d.incident.phase is Phase.ABORTED
+    assert "came back before it was fenced" in d.incident.note
+    assert all(t.status is VmStatus.PENDING for t in d.incident.vms.values())

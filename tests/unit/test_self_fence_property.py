@@ -8,8 +8,10 @@ gone `TIMEOUT` seconds without a feed. Hypothesis chooses the network: phases of
 steps, and in each phase every directed link either drops everything or delivers after a
 delay of 0..MAX_DELAY_STEPS steps (so one-way cuts, partitions that move, and reordering).
 
-The property assumes what the protocol assumes: a heartbeat is either lost or handled by
-its receiver at most MAX_DELAY seconds after it was sent.
+The first property assumes what wire version 1 assumed: a heartbeat is either lost or
+handled by its receiver at most MAX_DELAY seconds after it was sent. The second, with
+heartbeats of wire version 2 (echoes), assumes nothing of delivery: links delay by up to
+LONG_DELAY_STEPS (longer than the watchdog timeout), and old heartbeats are replayed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ WINDOW = 2.0
 TIMEOUT = 6.0
 MAX_DELAY_STEPS = 2
 MAX_DELAY = MAX_DELAY_STEPS * INTERVAL
+LONG_DELAY_STEPS = 40
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Network:
             self.links[e.a, e.b] = None
         elif e.a != e.b and e.kind == "mend":
             self.links[e.a, e.b] = self.delays[e.a, e.b]
+        elif e.a != e.b and e.kind == "replay":
+            pass  # the pool does it (Pool.replays)
         elif e.a != e.b and e.kind == "slow":
             self.delays[e.a, e.b] = e.delay
             if self.links[e.a, e.b] is not None:
@@ -94,7 +99,12 @@ class Host:
 class Pool:
     hosts: list[Host]
     margin: float
+    echo: bool = False
+    """Send wire version 2 (echoes): what daemons send since issue 24."""
     now: float = 0.0
+    sent: list[tuple[int, Heartbeat]] = field(default_factory=list)
+    replays: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(a, b) -> age in steps: each step, b is handed the heartbeat a sent that long ago."""
     trace: list[str] = field(default_factory=list)
     in_flight: dict[int, list[tuple[int, Heartbeat]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -113,6 +123,10 @@ class Pool:
         for i, host in enumerate(self.hosts):
             if host.reset_at is None:
                 self.send(i, host, k, links)
+        for (a, b), age in self.replays.items():
+            old = [beat for i, beat in self.sent if i == a]
+            if len(old) > age:
+                self.in_flight[k].append((b, old[-1 - age]))
         for receiver, beat in self.in_flight.pop(k, []):
             target = self.hosts[receiver]
             if target.reset_at is None:
@@ -131,11 +145,16 @@ class Pool:
     def send(self, i: int, host: Host, k: int, links: dict[tuple[int, int], int | None]) -> None:
         # As HeartbeatLink.send builds it; the daemon says armed while its watchdog runs.
         host.seq += 1
+        if self.echo:
+            host.table.sending(host.seq, self.now)
         beat = Heartbeat(
             pool="pool", sender=host.name, boot="b", seq=host.seq, sent_at=self.now,
             master=self.hosts[0].name, heard=tuple(sorted(host.table.heard(self.now))),
             quorate=host.quorate, armed=True, last_heard=host.table.ages(self.now),
+            echo=host.table.echoes() if self.echo else None,
+            boot_started=0.0 if self.echo else None,
         )
+        self.sent.append((i, beat))
         for j in range(len(self.hosts)):
             delay = links.get((i, j)) if j != i else None
             if delay is not None:
@@ -168,17 +187,19 @@ def describe(e: Event, names: list[str]) -> str:
         "mute": f"mute {names[e.a]}",
         "cut": f"cut {names[e.a]}->{names[e.b]}", "mend": f"mend {names[e.a]}->{names[e.b]}",
         "slow": f"{names[e.a]}->{names[e.b]} delays {e.delay} steps",
+        "replay": f"{names[e.a]}'s heartbeat of {e.delay} steps ago replayed to {names[e.b]}",
     }[e.kind]
     return f"{what}, then {e.wait} steps"
 
 
 @st.composite
-def networks(draw: st.DrawFn) -> tuple[int, list[Event]]:
+def networks(draw: st.DrawFn, max_delay: int = MAX_DELAY_STEPS,
+             kinds: tuple[str, ...] = ("isolate", "join", "mute", "cut", "mend", "slow"),
+             ) -> tuple[int, list[Event]]:
     n = draw(st.integers(3, 5))
     host = st.integers(0, n - 1)
     event = st.builds(
-        Event, st.sampled_from(["isolate", "join", "mute", "cut", "mend", "slow"]), host, host,
-        st.integers(0, MAX_DELAY_STEPS), st.integers(0, 12),
+        Event, st.sampled_from(kinds), host, host, st.integers(0, max_delay), st.integers(0, 12),
     )
     return n, draw(st.lists(event, min_size=1, max_size=16))
 
@@ -221,5 +242,46 @@ def test_a_host_taken_for_self_fenced_has_starved_its_watchdog(
     pool.trace.append(f"t={k * INTERVAL:g} all links mended")
     healed = dict.fromkeys(net.links, 0)
     for _ in range(int((TIMEOUT + 3 * WINDOW + 4 * MAX_DELAY) / INTERVAL)):
+        pool.step(k, healed)
+        k += 1
+
+
+@example(network=(3, [
+    Event("join", 0, 0, 0, 6),
+    Event("slow", 0, 2, 20, 0),
+    Event("slow", 1, 2, 20, 0),
+    Event("isolate", 2, 0, 0, 40),
+]), margin=0.0)
+@example(network=(3, [
+    Event("join", 0, 0, 0, 6),
+    Event("replay", 0, 2, 4, 0),
+    Event("replay", 1, 2, 4, 0),
+    Event("isolate", 2, 0, 0, 40),
+]), margin=0.0)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks(LONG_DELAY_STEPS, ("isolate", "join", "mute", "cut", "mend", "slow", "replay")),
+       st.sampled_from([0.0, 2.0]))
+def test_with_echoes_no_delay_or_replay_makes_a_host_taken_for_self_fenced_still_feed(
+    network: tuple[int, list[Event]], margin: float
+) -> None:
+    # Issue 24: heartbeats re-delivered late kept a cut-off host quorate (and feeding) past
+    # the deadline its peers computed for it, and a VM ran on two hosts.
+    n, events = network
+    names = [f"h{i}" for i in range(n)]
+    pool = Pool([Host(name, PeerTable(name, "pool", window=WINDOW)) for name in names], margin,
+                echo=True)
+    net = Network(n)
+    k = 0
+    for e in events:
+        net.apply(e)
+        if e.kind == "replay" and e.a != e.b:
+            pool.replays[e.a, e.b] = e.delay * 4
+        pool.trace.append(f"t={k * INTERVAL:g} {describe(e, names)}")
+        for _ in range(e.wait):
+            pool.step(k, net.links)
+            k += 1
+    pool.trace.append(f"t={k * INTERVAL:g} all links mended")
+    healed = dict.fromkeys(net.links, 0)
+    for _ in range(int((TIMEOUT + 3 * WINDOW + 4 * LONG_DELAY_STEPS * INTERVAL) / INTERVAL)):
         pool.step(k, healed)
         k += 1

@@ -73,7 +73,16 @@ class Witness:
         self.held_since = 0.0
         """When we last took the lease (monotonic). Whoever held it before stopped counting
         its vote before then: its lease had expired, and it renews before each use."""
+        self._valid_until = 0.0
+        """Monotonic time until which the lease we last wrote is ours (see held_at)."""
         self._problem = ""
+
+    def held_at(self, monotonic: float) -> bool:
+        """Whether we hold the lease at `monotonic`, not only as of the last poll: the lease
+        we wrote runs `ttl` from the moment `poll` was given, and a slow tick that polls late
+        must not count a vote another host may already have taken (it takes it `skew` after
+        the expiry written, by its own clock)."""
+        return self.held and monotonic < self._valid_until
 
     async def poll(self, now: float, monotonic: float) -> bool:
         """Take or renew the lease if we may (`now` is wall time, written in the lease);
@@ -92,6 +101,9 @@ class Witness:
                 "witness.held" if held else "witness.lost", path=str(self.path))
             if held:
                 self.held_since = monotonic
+        if held:
+            # `now` and `monotonic` were read together, before the lease was written.
+            self._valid_until = monotonic + self.ttl
         self.held = held
         return held
 

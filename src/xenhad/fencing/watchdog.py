@@ -20,6 +20,7 @@ import ctypes
 import fcntl
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -74,7 +75,14 @@ class WatchdogDevice(abc.ABC):
         """Disarm (where the device allows it) and release."""
 
     @abc.abstractmethod
-    def keepalive(self) -> None: ...
+    def keepalive(self, decided_at: float | None = None) -> None:
+        """Restart the countdown. `decided_at` (time.monotonic()) is when the caller decided
+        to feed: a device that cannot feed at once (the simulator's, over HTTP) counts from
+        then, as a real one fed on the spot would."""
+
+    blocks = False
+    """Whether its calls may wait on I/O (run them in a thread); a real watchdog's ioctls
+    return at once and are made on the spot, so a feed happens when it was decided."""
 
     @abc.abstractmethod
     def get_timeout(self) -> int: ...
@@ -109,7 +117,7 @@ class NullWatchdogDevice(WatchdogDevice):
     def close(self) -> None:
         return None
 
-    def keepalive(self) -> None:
+    def keepalive(self, decided_at: float | None = None) -> None:
         return None
 
     def get_timeout(self) -> int:
@@ -178,7 +186,7 @@ class LinuxWatchdogDevice(WatchdogDevice):
         finally:
             self._fd = None
 
-    def keepalive(self) -> None:
+    def keepalive(self, decided_at: float | None = None) -> None:
         self._ioctl(WDIOC_KEEPALIVE, ctypes.c_int(0), "keepalive")
 
     def get_timeout(self) -> int:
@@ -222,6 +230,8 @@ class SimWatchdogDevice(WatchdogDevice):
     (`POST {control_url}/watchdog {"host", "op": arm|keepalive|disarm, "timeout"}`).
     When it fires, the simulator cuts the host's power and boots it again, as a real one."""
 
+    blocks = True
+
     def __init__(self, control_url: str, host: str, timeout: int = 60, http_timeout: float = 2.0):
         self.control_url = control_url.rstrip("/")
         self.host = host
@@ -242,8 +252,11 @@ class SimWatchdogDevice(WatchdogDevice):
             self._post("disarm")
             self._armed = False
 
-    def keepalive(self) -> None:
-        self._post("keepalive")
+    def keepalive(self, decided_at: float | None = None) -> None:
+        # The simulator runs on this machine and reads the same CLOCK_MONOTONIC: it restarts
+        # the countdown from the decision, not from when the request reached it, which
+        # would let a slow simulator stretch a feed past what the decision allowed.
+        self._post("keepalive", decided_at=decided_at)
 
     def get_timeout(self) -> int:
         return self._timeout
@@ -259,10 +272,13 @@ class SimWatchdogDevice(WatchdogDevice):
     def describe(self) -> str:
         return f"simulator watchdog of {self.host}"
 
-    def _post(self, op: str, timeout: int | None = None) -> None:
+    def _post(self, op: str, timeout: int | None = None,
+              decided_at: float | None = None) -> None:
         body: dict[str, object] = {"host": self.host, "op": op}
         if timeout is not None:
             body["timeout"] = timeout
+        if decided_at is not None:
+            body["decided_monotonic"] = decided_at
         request = urllib.request.Request(
             f"{self.control_url}/watchdog",
             data=json.dumps(body).encode(),
@@ -372,8 +388,14 @@ class Watchdog:
         """Feed the watchdog when this node is healthy and quorate; return whether it was fed.
 
         A node that is not both stops feeding, so it is reset within the timeout unless it
-        recovers first: that is what lets peers restart its VMs after the deadline.
+        recovers first: that is what lets peers restart its VMs after the deadline. The
+        caller decides on quorum as of this call (no await between its reading of the peer
+        table and this call): the self-fence proof (peers/table.py, latest_feed) bounds each
+        feed by the contact that allowed it, so a verdict older than the feed would break it.
+        A real device is fed on the spot, before this coroutine first yields; one that
+        blocks (the simulator's) is told when the feed was decided.
         """
+        decided_at = time.monotonic()
         if not self.device.is_running:
             return False
         if not (healthy and quorate):
@@ -390,7 +412,10 @@ class Watchdog:
             log.info("watchdog.fed_again")
             self._starving = False
         try:
-            await asyncio.to_thread(self.device.keepalive)
+            if self.device.blocks:
+                await asyncio.to_thread(self.device.keepalive, decided_at)
+            else:
+                self.device.keepalive(decided_at)
             if self._pending_timeout is not None:
                 # Applied at a keepalive, the safe moment (as Patroni does): the countdown
                 # has just restarted, so the new timeout is measured from a known point.

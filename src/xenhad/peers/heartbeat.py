@@ -1,6 +1,14 @@
 """One heartbeat on the wire: b"XHB1" + HMAC-SHA256(secret, payload) + payload (JSON).
 
 The MAC is checked before the payload is parsed: bytes from a stranger are never decoded.
+
+Wire versions. Version 1 (no "v" key) said whom the sender heard (`heard`) and how long ago
+(`ages`). Version 2 adds `echo`, the last sequence number the sender accepted from each peer,
+and `bt`, when the sender's boot started: an echo proves, on the receiver's own clock, that
+the sender heard one of the receiver's heartbeats (table.py), which a heartbeat delayed or
+replayed by the network cannot fake. Version 2 keeps every field of version 1, and a version
+1 reader ignores keys it does not know: old and new daemons stay in contact during a rolling
+upgrade (the new ones treat an old one's contact as version 1 did, table.py).
 """
 
 from __future__ import annotations
@@ -52,6 +60,25 @@ class Heartbeat:
     promoting: bool = False
     """The sender called emergency_transition_to_master and its xapi is not master yet
     (Xapi_fuse): until then it answers as the old master's slave."""
+    echo: tuple[tuple[HostId, int], ...] | None = None
+    """(peer, the highest sequence number the sender accepted from that peer's current boot)
+    for every peer it heard: a receiver finds its own number there and knows when it sent
+    it. None from a version 1 daemon."""
+    boot_started: float | None = None
+    """Wall-clock time at which the sender's boot began: orders its boots, so an older one's
+    heartbeats replayed after a newer one was heard are refused. None from version 1."""
+
+    @property
+    def echoes(self) -> bool:
+        """Version 2: its contact is proven by echoes, not by arrival time (table.py)."""
+        return self.echo is not None
+
+    def echo_of(self, host: HostId) -> int | None:
+        """The last sequence number of `host` the sender accepted; None if none."""
+        for peer, seq in self.echo or ():
+            if peer == host:
+                return seq
+        return None
 
     def heard_ago(self, host: HostId) -> float | None:
         """Seconds before sending that the sender last heard `host`; None if never."""
@@ -76,6 +103,8 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
             "vote": list(hb.vote) if hb.vote else None, "epoch": hb.epoch,
             "promoting": hb.promoting,
             **({} if hb.last_heard is None else {"ages": _floored(hb.last_heard)}),
+            **({} if hb.echo is None else {"v": 2, "echo": dict(hb.echo)}),
+            **({} if hb.boot_started is None else {"bt": hb.boot_started}),
         },
         separators=(",", ":"), sort_keys=True,
     ).encode()
@@ -145,7 +174,7 @@ def decode(data: bytes, secret: bytes) -> Heartbeat:
         pool=pool, sender=sender, boot=boot, seq=seq, sent_at=_time(raw["t"]), master=master,
         heard=tuple(_strings(raw, "heard")), quorate=quorate, armed=armed, priority=priority,
         vote=_vote(get("vote")), last_heard=_ages(get("ages")), epoch=epoch,
-        promoting=promoting,
+        promoting=promoting, echo=_echo(get("echo")), boot_started=_boot_started(get("bt")),
     )
 
 
@@ -168,6 +197,8 @@ def _checked(raw: dict[str, Any]) -> Heartbeat:
         last_heard=_ages(raw.get("ages")),
         epoch=_field(raw, "epoch", int, 0),
         promoting=_field(raw, "promoting", bool, False),
+        echo=_echo(raw.get("echo")),
+        boot_started=_boot_started(raw.get("bt")),
     )
 
 
@@ -222,6 +253,35 @@ def _ages(value: object) -> tuple[tuple[HostId, float], ...] | None:
     if ages and not (min(ages.values()) >= 0 and max(ages.values()) < math.inf):
         raise HeartbeatError(_AGES)
     return tuple(sorted(ages.items()))
+
+
+_ECHO = "field 'echo' must map host uuids to sequence numbers"
+MAX_SEQ = 1 << 62
+"""Sequence numbers stay below this: a boot starts at a random number under 2**52 and sends
+one a second, so it would take a hundred million years to get here."""
+
+
+def _echo(value: object) -> tuple[tuple[HostId, int], ...] | None:
+    # Absent from a version 1 daemon: its contact is judged as version 1 judged it.
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(map(type, value.values())) <= {int}:
+        raise HeartbeatError(_ECHO)
+    echo: dict[HostId, int] = value
+    if echo and not (min(echo.values()) >= 0 and max(echo.values()) < MAX_SEQ):
+        raise HeartbeatError(_ECHO)
+    return tuple(sorted(echo.items()))
+
+
+def _boot_started(value: object) -> float | None:
+    if value is None:
+        return None
+    if type(value) not in _NUMBERS:
+        raise HeartbeatError("field 'bt' must be the time the sender's boot started")
+    started = _time(value)  # type: ignore[arg-type]
+    if not math.isfinite(started):
+        raise HeartbeatError("field 'bt' must be the time the sender's boot started")
+    return started
 
 
 def _field(

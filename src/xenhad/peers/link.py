@@ -7,9 +7,12 @@ the socket is read. In a 64-host pool 63 heartbeats arrive each second, spread o
 read one per event-loop turn (what an asyncio datagram endpoint does), the turns cost about
 as much as the heartbeats themselves (bench/footprint.py). A heartbeat read late is stamped
 late, which places the sender's contact later than it was: self-fence deadlines move later
-(the safe direction), and a dead sender is doubted at most `batch` seconds later. The
-self-fence proof (table.latest_feed) assumes a heartbeat is handled within one interval of
-its sending: a batch takes at most a quarter of that, and leaves the network the rest.
+(the safe direction), and a dead sender is doubted at most `batch` seconds later. Contact
+itself is proven by echoes of our own sequence numbers (table.py), timed by when we sent
+them, so no delay in the network or in a batch can make it look fresher than it is.
+
+A boot's sequence numbers start at a random number: an echo of an earlier boot's number,
+from a peer that has not heard this boot yet, must not pass for an echo of this one's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,14 @@ log = structlog.get_logger("xenhad.peers")
 
 _COMPLAIN_EVERY = 60.0
 """Seconds between two log lines about bad datagrams from one source address."""
+
+_COMPLAIN_SOURCES = 10
+"""Log lines about bad datagrams per _COMPLAIN_EVERY at most, whatever the number of sources:
+2,000 spoofed source addresses must not make 2,000 lines. What is not logged is counted
+(`HeartbeatLink.unlogged`) and said in the next line."""
+
+_SEQ_START = 1 << 52
+"""A boot's first sequence number is drawn below this (see the module's docstring)."""
 
 RECEIVE_BUFFER = 1 << 20
 """Bytes of socket buffer asked for (the kernel grants up to net.core.rmem_max): a batch of
@@ -74,14 +85,20 @@ class HeartbeatLink:
         self._clock = clock
         self._peer_port = peer_port
         self._boot = secrets.token_hex(8)
-        self._seq = 0
+        self._boot_started = clock.wall()
+        self._seq = secrets.randbelow(_SEQ_START)
         self._batch = batch
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resume: asyncio.Handle | None = None
         self._complained: dict[str, float] = {}
+        self._complaints: list[float] = []
         self.sent = 0
         self.received = 0
+        self.bad = 0
+        """Datagrams refused (not a heartbeat of ours, or refused by the table)."""
+        self.unlogged = 0
+        """Bad datagrams not logged (past the bound of log lines)."""
         self.armed: set[HostId] = set()
         """Peers whose latest heartbeat says they hold a running watchdog."""
 
@@ -157,6 +174,7 @@ class HeartbeatLink:
             return
         self._seq += 1
         now = self._clock.monotonic()
+        self._table.sending(self._seq, now)
         hb = Heartbeat(
             pool=self._pool,
             sender=self._me,
@@ -172,6 +190,8 @@ class HeartbeatLink:
             vote=vote,
             epoch=epoch,
             promoting=promoting,
+            echo=self._table.echoes(),
+            boot_started=self._boot_started,
         )
         data = encode(hb, self._secret)
         for peer in peers:
@@ -191,6 +211,7 @@ class HeartbeatLink:
         try:
             hb = decode(data, self._secret)
         except HeartbeatError as exc:
+            self.bad += 1
             self._complain(addr[0], str(exc))
             return
         verdict = self._table.receive(hb, now, wall)
@@ -202,14 +223,25 @@ class HeartbeatLink:
                 # Disarmed (a clean stop): its silence no longer proves it reset itself.
                 self.armed.discard(hb.sender)
         elif verdict.worth_logging:
-            self._complain(addr[0], f"heartbeat from {hb.sender} refused: {verdict.value}")
+            self.bad += 1
+            self._complain(addr[0], f"heartbeat from {hb.sender[:64]} refused: {verdict.value}")
 
     def _complain(self, source: str, why: str) -> None:
         now = self._clock.monotonic()
-        if now - self._complained.get(source, -_COMPLAIN_EVERY) >= _COMPLAIN_EVERY:
-            self._complained[source] = now
-            log.warning("peers.bad_datagram", source=source, why=why,
-                        fix="every host needs the same pool secret (peers.secret_file)")
+        if now - self._complained.get(source, -_COMPLAIN_EVERY) < _COMPLAIN_EVERY:
+            return
+        self._complaints = [t for t in self._complaints if now - t < _COMPLAIN_EVERY]
+        if len(self._complaints) >= _COMPLAIN_SOURCES:
+            self.unlogged += 1
+            return
+        self._complaints.append(now)
+        self._complained[source] = now
+        if len(self._complained) > 4 * _COMPLAIN_SOURCES:
+            # Forget sources not heard of for a while: spoofed addresses must not grow it.
+            self._complained = {s: t for s, t in self._complained.items()
+                                if now - t < _COMPLAIN_EVERY}
+        log.warning("peers.bad_datagram", source=source, why=why, unlogged=self.unlogged,
+                    fix="every host needs the same pool secret (peers.secret_file)")
 
 
 def peers_of(hosts: Iterable[tuple[HostId, str]]) -> list[Peer]:

@@ -1,12 +1,28 @@
 """What the heartbeats received say: who is in mutual contact, quorum, evidence of life.
 
-Pure: `now` (monotonic) and `wall` are arguments. Mutual contact means both directions
-work: I received your heartbeat within the window, and your latest heartbeat lists me.
+Pure: `now` (monotonic) and `wall` are arguments.
+
+Contact is proven, not assumed. A heartbeat's arrival says only that the sender was alive
+at some time before it arrived: a network that buffers, delays or replays datagrams can
+hand us one sent long ago. So mutual contact with a peer P rests on an echo: every
+heartbeat carries the last sequence number its sender accepted from each peer (wire version
+2, heartbeat.py), and we remember when we sent each of ours. P's latest heartbeat echoing
+our number n, sent at t_n on our clock, proves that P heard us at some time after t_n, and
+that P was alive then; nothing delayed or replayed can echo a number we sent after it was
+captured. P is in mutual contact with us at `now` while now - t_n <= window. `contact_at`
+is that t_n: the time, on our clock, since which P has provably been alive.
+
+A peer whose daemon predates echoes (wire version 1, a pool in the middle of a rolling
+upgrade) is judged as version 1 judged it: its heartbeat arrived within the window and lists
+us. Its contact then rests on timely delivery, and the self-fence deadline says so
+(`latest_feed`).
 """
 
 from __future__ import annotations
 
 import enum
+import math
+from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -36,8 +52,12 @@ class Verdict(enum.Enum):
 class _Last:
     hb: Heartbeat
     at: float
+    """When we accepted it (read it from the socket): never earlier than it arrived."""
     boot_at: float
     """When we accepted the first heartbeat of the sender's current boot."""
+    proven_at: float | None
+    """When we sent the sequence number of ours that `hb` echoes (None: it echoes none we
+    remember): the sender heard us, and was alive, after that."""
 
 
 class PeerTable:
@@ -47,6 +67,35 @@ class PeerTable:
         self.window = window
         self.max_skew = max_skew
         self._last: dict[HostId, _Last] = {}
+        self._sent: deque[tuple[int, float]] = deque()
+        """(sequence number, when sent) of our own recent heartbeats, oldest first."""
+        self._legacy_at = -math.inf
+        """When we last accepted a version 1 heartbeat (see latest_feed)."""
+
+    # -- our own heartbeats ----------------------------------------------------------
+
+    def sending(self, seq: int, now: float) -> None:
+        """Record that our heartbeat `seq` leaves now. Called before it is sent, so the time
+        recorded is never later than the sending: a proof resting on it is never early."""
+        self._sent.append((seq, now))
+        # An echo older than the window proves nothing we use: forget it (a few spare).
+        while len(self._sent) > 4 and now - self._sent[1][1] > self.window:
+            self._sent.popleft()
+
+    def echoes(self) -> tuple[tuple[HostId, int], ...]:
+        """What our next heartbeat echoes: the last sequence number accepted from each peer."""
+        return tuple(sorted((h, last.hb.seq) for h, last in self._last.items()))
+
+    def _sent_at(self, seq: int | None) -> float | None:
+        if seq is None or not self._sent:
+            return None
+        first = self._sent[0][0]
+        index = seq - first
+        if 0 <= index < len(self._sent) and self._sent[index][0] == seq:
+            return self._sent[index][1]
+        return None
+
+    # -- receiving ---------------------------------------------------------------------
 
     def receive(self, hb: Heartbeat, now: float, wall: float) -> Verdict:
         if hb.pool != self.pool:
@@ -54,22 +103,44 @@ class PeerTable:
         if hb.sender == self.me:
             return Verdict.SELF
         last = self._last.get(hb.sender)
-        if last is not None and last.hb.boot == hb.boot:
+        proven_at = self._sent_at(hb.echo_of(self.me))
+        same_boot = last is not None and last.hb.boot == hb.boot
+        if last is not None and same_boot:
             if hb.seq <= last.hb.seq:
                 return Verdict.REPLAY
-        elif abs(hb.sent_at - wall) > self.max_skew:
-            # A new boot (or the first we see) must be recent: an old one replayed is not.
+        elif not self._new_boot_allowed(last, hb, wall, proven_at):
             return Verdict.STALE
-        same_boot = last is not None and last.hb.boot == hb.boot
-        self._last[hb.sender] = _Last(hb, now, last.boot_at if last and same_boot else now)
+        if not hb.echoes:
+            self._legacy_at = now
+        self._last[hb.sender] = _Last(
+            hb, now, last.boot_at if last is not None and same_boot else now, proven_at
+        )
         return Verdict.ACCEPTED
+
+    def _new_boot_allowed(
+        self, last: _Last | None, hb: Heartbeat, wall: float, proven_at: float | None
+    ) -> bool:
+        """Whether a heartbeat of another boot than the one we hold (or the first we see)
+        may replace it. One that echoes a heartbeat we sent lately is alive now, whatever its
+        clock says. Otherwise it must be recent (an old boot's message replayed is not),
+        and, when both boots say when they began, begin after the one we hold: replaying two
+        old boots' heartbeats in turn then gains nothing."""
+        if proven_at is not None:
+            return True
+        if abs(hb.sent_at - wall) > self.max_skew:
+            return False
+        held = last.hb.boot_started if last is not None else None
+        return held is None or hb.boot_started is None or hb.boot_started > held
+
+    # -- what the table says ----------------------------------------------------------
 
     def ages(self, now: float) -> tuple[tuple[HostId, float], ...]:
         """Seconds since we last heard each peer we ever heard: a heartbeat's `last_heard`."""
         return tuple(sorted((h, max(0.0, now - last.at)) for h, last in self._last.items()))
 
     def heard(self, now: float, within: float | None = None) -> frozenset[HostId]:
-        """Peers whose heartbeat arrived in the last `within` seconds (default: the window)."""
+        """Peers whose heartbeat arrived in the last `within` seconds (default: the window),
+        fresh or not: what version 1 readers take our `heard` list for."""
         limit = self.window if within is None else within
         return frozenset(h for h, last in self._last.items() if now - last.at <= limit)
 
@@ -78,11 +149,32 @@ class PeerTable:
         last = self._last.get(host)
         return last.at if last is not None else None
 
-    def mutual(self, now: float) -> frozenset[HostId]:
+    def contact_at(self, host: HostId) -> float | None:
+        """Since when, on our clock, `host`'s daemon is proven alive and hearing us: when we
+        sent the heartbeat its latest one echoes (version 1: when that one arrived, if it
+        lists us). None when nothing proves it."""
+        last = self._last.get(host)
+        if last is None:
+            return None
+        if last.hb.echoes:
+            return last.proven_at
+        return last.at if self.me in last.hb.heard else None
+
+    def fresh(self, now: float, within: float | None = None) -> frozenset[HostId]:
+        """Peers in proven contact within the last `within` seconds (default: the window)."""
+        limit = self.window if within is None else within
         return frozenset(
-            h for h, last in self._last.items()
-            if now - last.at <= self.window and self.me in last.hb.heard
+            h for h in self._last
+            if (at := self.contact_at(h)) is not None and now - at <= limit
         )
+
+    def mutual(self, now: float) -> frozenset[HostId]:
+        return self.fresh(now)
+
+    def legacy(self, host: HostId) -> bool:
+        """Whether `host`'s latest heartbeat is of wire version 1."""
+        last = self._last.get(host)
+        return last is not None and not last.hb.echoes
 
     def quorate(self, now: float, members: Collection[HostId]) -> bool:
         others = (self.mutual(now) & set(members)) - {self.me}
@@ -123,33 +215,56 @@ class PeerTable:
         the timeout in the past, `host` has not fed its watchdog for a whole timeout and has
         been reset. Only a quorate table's answer proves that.
 
-        Why it is safe. `host` feeds only while a majority is in mutual contact with it, and
-        while we are quorate our mutual peers and we are a majority too, so any majority
-        `host` used includes one of us, say P. P vouched for `host` by listing it in a
-        heartbeat sent at some s, which needs P to have heard `host` within one window
-        before s; `host` received that heartbeat by s + max_delay and stays quorate on it
-        for one more window. So a feed of `host` that rests on P's heartbeats up to P's
-        latest one to us happened by P's last contact with `host` (as P reported it, see
-        `evidence`) + 2 * window + max_delay. P's latest report is at most
-        `stalest` = (how long ago we received it) + max_delay old, and we speak for
-        ourselves as of now. Let S = now - stalest. Every feed up to S is bounded as above,
-        by C + 2 * window + max_delay =: F where C is the latest contact any of us reports.
-        If F + timeout <= S, then `host` did not feed in (F, S], a whole timeout, so its
-        watchdog reset it by S and it fed no more. Returning F + stalest makes "now minus
-        this exceeds the timeout" exactly that condition.
+        The rule every daemon feeds by (daemon.py, at the instant of each feed): feed only
+        while, together with us, a strict majority of the pool is in mutual contact, judged
+        at that instant by `mutual`.
 
-        The evidence of one peer alone is not enough: the peer that kept `host` quorate may
-        be one whose heartbeats to us were lost while it heard `host`, and which no longer
-        lists it now; that is why reports carry how long ago, not just whether.
+        Why the answer is safe, with no assumption on how late a heartbeat arrives. Say
+        `host` fed at f. Its majority then and our quorate majority now (us and our mutual
+        peers) share a member P. P counted for `host` at f, so P's heartbeat echoed a number
+        `host` sent at some t >= f - window; P echoes only what it accepted, so P received
+        that heartbeat at some r >= t, and P's time of last hearing `host` is at least r.
+        Hence f <= r + window <= (P's last hearing of `host`) + window.
+
+        What P last heard of `host` we know from P's reports (`evidence`: P's `last_heard`
+        age taken back from our receipt, which can only place it later; P's earlier boots
+        bounded by when we heard its current one start). P's latest report to us echoes a
+        number of ours sent at `contact_at(P)`, so P sent that report after then, and every
+        hearing of P up to contact_at(P) is in it. Let T be the earliest contact_at over our
+        mutual peers (now, if we have none; we speak for ourselves as of now), and C the
+        latest hearing any of us reports. Every feed up to T is at most F = C + window. If
+        F + timeout <= T, `host` did not feed in (F, T], a whole timeout, so its watchdog
+        reset it by T and it fed no more. Returning F + (now - T) makes "now minus this
+        exceeds the timeout" exactly that condition.
+
+        `since` (when this table started) bounds what our own earlier boot heard.
+
+        A peer of wire version 1, or a `host` of it, feeds on heartbeats that arrived within
+        a window, which proves nothing of when they were sent. For them the bound is version
+        1's, which assumes a heartbeat is handled by its receiver at most `max_delay`
+        seconds (default: one `interval`) after it was sent: F = C + 2 * window + max_delay,
+        and a peer's report is up to (how long ago we received it) + max_delay old. It is
+        used while any version 1 heartbeat arrived within the last LEGACY_HORIZON seconds.
 
         A majority counted with a witness's vote (daemon.py) is outside this argument: the
-        witness reports nothing about `host`.
-
-        Assumes a heartbeat is handled by its receiver at most `max_delay` seconds (default:
-        one `interval`) after it was sent, or never. `since` (when this table started)
-        bounds what our own earlier boot heard."""
-        delay = interval if max_delay is None else max_delay
+        witness reports nothing about `host`."""
         evidence = self.evidence(host, now)
         contact = since if evidence is None else max(since, evidence)
-        stalest = max([0.0, *(now - self._last[p].at + delay for p in self.mutual(now))])
-        return contact + 2 * self.window + delay + stalest
+        mutual = self.mutual(now)
+        proven = [self.contact_at(p) for p in mutual]
+        stalest = max([0.0, *(now - at for at in proven if at is not None)])
+        echoed = contact + self.window + stalest
+        if not self._legacy_in_play(host, now):
+            return echoed
+        delay = interval if max_delay is None else max_delay
+        stalest_v1 = max([0.0, *(now - self._last[p].at + delay for p in mutual)])
+        return max(echoed, contact + 2 * self.window + delay + stalest_v1)
+
+    def _legacy_in_play(self, host: HostId, now: float) -> bool:
+        return self.legacy(host) or now - self._legacy_at <= LEGACY_HORIZON
+
+
+LEGACY_HORIZON = 600.0
+"""Seconds after the last version 1 heartbeat during which self-fence deadlines keep version
+1's delivery allowance: a rolling upgrade's old daemons may still be feeding on contact
+judged by arrival, and one cut off from us is not heard."""

@@ -49,6 +49,9 @@ class FenceDone:
     off: bool
     backend: str
     detail: str
+    returned: bool = False
+    """No fence was tried: the host was found back (its daemon beats, or its xapi answers)
+    just before a retry (executor.py). Journals written before this field read False."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ Event = Union[
 @dataclass(frozen=True)
 class FenceHost:
     host: HostId
+    retry: bool = False
+    """A waiting incident's later attempt: the host may have come back meanwhile."""
 
 
 @dataclass(frozen=True)

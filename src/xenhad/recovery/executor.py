@@ -7,7 +7,7 @@ answers into the machine's vocabulary (which error means "retry", which means "g
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from xenhad.model import HostView, PoolView
@@ -52,6 +52,10 @@ class Fencer(Protocol):
     async def fence(self, host: HostView) -> FenceDone: ...
 
 
+async def _gone(host: HostView) -> str:
+    return ""
+
+
 class Executor:
     def __init__(
         self,
@@ -63,9 +67,12 @@ class Executor:
         now: Callable[[], float],
         concurrency: int,
         start_timeout: float | None = None,
+        back: Callable[[HostView], Awaitable[str]] = _gone,
     ) -> None:
         self._xapi = xapi
         self._fencer = fencer
+        self._back = back
+        """Why a host is back ("" if it is still gone), asked before each fence retry."""
         self._view = view
         self._targets = targets
         self._now = now
@@ -85,6 +92,13 @@ class Executor:
         host = self._view().hosts.get(action.host)
         if host is None:
             return FenceDone(self._now(), False, "none", "host is no longer in the pool database")
+        if action.retry:
+            # A waiting incident retries for as long as the host stays silent; one that came
+            # back (a healed partition, a BMC that answers again) is healthy, and fencing it
+            # would kill its VMs. The detector's BACK waits recover_hold_seconds; this may not.
+            why = await self._back(host)
+            if why:
+                return FenceDone(self._now(), False, "none", why, returned=True)
         return await self._fencer.fence(host)
 
     async def _reset(self, action: ResetVm) -> ResetDone:

@@ -5,6 +5,7 @@
    not off|  |wake         +--HOST_IS_LIVE--> ABORTED   (XAPI reached the "dead" host)
        v  |
     WAITING_FENCE --host back--> ABORTED                (nothing was touched)
+    FENCING (a retry) --found back before fencing--> ABORTED
 
     (offline) ---------------------> RESTARTING          (protected VMs found Halted, every
                                                           host up: see offline.py)
@@ -124,6 +125,8 @@ def _fence_done(incident: Incident, event: FenceDone, settings: Settings) -> Tra
     if event.off:
         fenced = replace(incident, fenced_by=event.backend, note="")
         return _begin_reset(fenced, event.now)
+    if event.returned:
+        return _abort(incident, event.now, f"host came back before it was fenced: {event.detail}")
     if incident.note == _RETURNED_WHILE_FENCING:
         return _abort(incident, event.now, "host came back and fencing did not power it off")
     waiting = replace(
@@ -303,7 +306,7 @@ def _wake(incident: Incident, now: float) -> Transition:
         fencing = replace(
             incident, phase=Phase.FENCING, fence_attempts=incident.fence_attempts + 1
         )
-        return Transition(fencing, (FenceHost(incident.host),))
+        return Transition(fencing, (FenceHost(incident.host, retry=True),))
     if incident.phase is Phase.RESETTING:
         due = [
             t for t in incident.tasks(VmStatus.PENDING) if t.attempts > 0 and now >= t.retry_at
@@ -323,7 +326,8 @@ def _wake(incident: Incident, now: float) -> Transition:
 
 def _resumed(incident: Incident, now: float) -> Transition:
     if incident.phase is Phase.FENCING:
-        return Transition(incident, (FenceHost(incident.host),))
+        # The host may have come back while we were down: asked first, as a retry is.
+        return Transition(incident, (FenceHost(incident.host, retry=True),))
     if incident.phase is Phase.RESETTING:
         pending = incident.tasks(VmStatus.PENDING)
         tasks = dict(incident.vms)

@@ -2,7 +2,8 @@
 
 POST /crash /hang /unhang /shutdown /boot {"host"}; /partition {"groups"}; /cut {"src",
 "dst"}; /heal; /latency {"host", "seconds", "method"?}; /error {"host", "method", "code",
-"params"?, "count"?}; /clear; /watchdog {"host", "op": arm|keepalive|disarm, "timeout"?};
+"params"?, "count"?}; /clear; /watchdog {"host", "op": arm|keepalive|disarm, "timeout"?,
+"decided_monotonic"?};
 /advance {"seconds"}; GET /truth, /info, /double_runs. Bad requests: 400 {"error": "..."}.
 """
 
@@ -42,7 +43,8 @@ def _post_routes(pool: SimPool) -> dict[str, Callable[[dict[str, Any]], Any]]:
         if op == "arm":
             pool.watchdog_arm(host, float(_field(b, "timeout", num)))
         elif op == "keepalive":
-            pool.watchdog_keepalive(host)
+            pool.watchdog_keepalive(
+                host, _field(b, "decided_monotonic", (int, float, type(None)), None))
         elif op == "disarm":
             pool.watchdog_disarm(host)
         else:

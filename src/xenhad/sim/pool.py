@@ -25,6 +25,10 @@ from xenhad.sim.model import NULL_REF, Db, build_pool
 from xenhad.sim.network import Network
 from xenhad.sim.spec import PoolSpec
 
+RESET_OFF_SECONDS = 2.0
+"""Sim seconds a host reset by its watchdog stays off before it powers on again (the reset,
+then firmware and POST), after which it boots like any host (`spec.boot_seconds`)."""
+
 
 class SimError(Exception):
     """A bad request to the simulator itself (unknown host, bad argument): one line."""
@@ -76,6 +80,10 @@ class HostState:
     """Bumped on every power loss and xapi restart: timers of an older epoch are void."""
     watchdog_deadline: float | None = None
     watchdog_timeout: float = 0.0
+    boots: int = 0
+    """Times the host was powered on after a power loss (a reset, a BMC cycle, a boot)."""
+    watchdog_fired: int = 0
+    """Times its watchdog expired and reset it."""
     latency: dict[str, float] = field(default_factory=dict)
     errors: list[InjectedError] = field(default_factory=list)
     port: int = 0
@@ -237,9 +245,7 @@ class SimPool:
                     self._now_override = None
             for h in self.hosts:
                 if h.watchdog_deadline is not None and h.watchdog_deadline <= now:
-                    h.watchdog_deadline = None
-                    self._power_loss(h)
-                    self._schedule_boot(h)
+                    self._watchdog_reset(h)
             self.changed.notify_all()
 
     _now_override: float | None = None
@@ -343,8 +349,23 @@ class SimPool:
         if self.server is not None:
             self.server.close_host(h)
 
+    def _watchdog_reset(self, h: HostState) -> None:
+        """A watchdog reset is a reboot: the machine goes down at once with every domain,
+        dom0 included (so the daemon that starved it dies too), stays down while it resets
+        and runs its firmware (RESET_OFF_SECONDS), then boots as from a power-on."""
+        h.watchdog_fired += 1
+        self._power_loss(h)
+        epoch = h.epoch
+
+        def power_on() -> None:
+            if h.epoch == epoch and not h.powered:
+                self._schedule_boot(h)
+
+        self.after(RESET_OFF_SECONDS, power_on)
+
     def _schedule_boot(self, h: HostState) -> None:
         h.powered = True
+        h.boots += 1
         dom0 = self._dom0.get(h.ref)
         if dom0 is not None:
             self.add_domain(dom0[0], dom0[1], h)
@@ -622,12 +643,23 @@ class SimPool:
             h.watchdog_timeout = float(timeout_s)
             h.watchdog_deadline = self.clock.now() + timeout_s
 
-    def watchdog_keepalive(self, host: str) -> None:
+    def watchdog_keepalive(self, host: str, decided_monotonic: float | None = None) -> None:
+        """Restart the countdown from the feed: from `decided_monotonic` (this machine's
+        CLOCK_MONOTONIC, which the daemons read too) if given, the moment the daemon decided
+        to feed. A real watchdog is fed by an ioctl on the spot; the HTTP request that
+        stands for it here may be slow, and counting from its arrival would let a feed
+        outlast the decision behind it (kinder than hardware)."""
         with self.lock:
             h = self.host(host)
             if h.watchdog_deadline is None:
                 raise SimError(f"watchdog: not armed on {h.name}")
-            h.watchdog_deadline = self.clock.now() + h.watchdog_timeout
+            now = self.clock.now()
+            fed = now
+            if decided_monotonic is not None:
+                ago = max(0.0, time.monotonic() - decided_monotonic)
+                fed = now - ago * self.clock.time_scale
+            # Two feeds in flight may arrive out of order: the later decision counts.
+            h.watchdog_deadline = max(h.watchdog_deadline, fed + h.watchdog_timeout)
 
     def watchdog_disarm(self, host: str) -> None:
         with self.lock:
@@ -682,6 +714,7 @@ class SimPool:
                                         if self.master_of(h) else h.conf_master),
                     "is_master": h.is_master,
                     "watchdog_deadline": h.watchdog_deadline,
+                    "boots": h.boots, "watchdog_fired": h.watchdog_fired,
                 } for h in self.hosts},
                 "vms": vms,
                 "network": self.network.describe(names),
