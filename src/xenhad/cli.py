@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep every schedule's configs and logs in DIR")
     chaos.add_argument("--replay", type=int, nargs="+", default=[], metavar="SEED",
                        help="run the schedules of these seeds again (logs kept)")
+    chaos.add_argument("--self-fence", action="store_true",
+                       help="every daemon holds its host's simulated watchdog (timeout 6 s), "
+                       "and a dead BMC leaves the watchdog as the only proof of power-off")
     chaos.add_argument("--jobs", type=_count(1, 32), default=1,
                        help="schedules run side by side (each pool on its own addresses)")
 
@@ -152,5 +155,5 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return chaos_main(schedules=args.schedules, seed=args.seed, hosts=args.hosts,
                           budget_minutes=args.budget_minutes, bmc=args.bmc, keep=args.keep,
-                          replay=args.replay, jobs=args.jobs)
+                          replay=args.replay, jobs=args.jobs, self_fence=args.self_fence)
     raise AssertionError(f"unhandled command {args.command}")

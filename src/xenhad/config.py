@@ -289,7 +289,24 @@ def check_config(
             resolve_host_uuid(config)
         except ConfigError as e:
             return 1, f"{path}: {e}"
-    return 0, f"{path}: ok"
+    warnings = config_warnings(config)
+    return 0, f"{path}: ok" + "".join(f"; warning: {w}" for w in warnings)
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What a valid config may still do that its operator would not want."""
+    found = []
+    fencing = config.fencing
+    if (fencing.self_fence is not None and config.failover.witness is None
+            and len(fencing.hosts) == 2):
+        # The daemon knows the pool's size only once it reads it; two fencing entries are
+        # the sign of a 2-host pool here.
+        found.append(
+            "a 2-host pool without failover.witness: self-fencing would reset both hosts on "
+            "any partition, so the daemon will not arm the watchdog; set failover.witness to "
+            "a directory on storage both hosts mount"
+        )
+    return found
 
 
 def resolve_host_uuid(config: Config) -> str:
@@ -812,11 +829,26 @@ def _check_cross_sections(config: Config, source: str) -> None:
             f"{source}: fencing.self_fence needs peer heartbeats: set peers.secret_file (the "
             "same pool secret on every host), or remove fencing.self_fence"
         )
-    if self_fence is not None and self_fence.timeout < 2 * config.detector.interval:
+    if self_fence is None:
+        return
+    # The heartbeat loop feeds every peers.interval (daemon._feed_watchdog): a watchdog that
+    # fires within a few of them resets a healthy host whose loop was late once.
+    least = 3 * config.peers.interval
+    if self_fence.timeout < least:
         raise ConfigError(
             f"{source}: fencing.self_fence.timeout = {self_fence.timeout} is invalid: expected "
-            f">= 2 x detector.interval ({2 * config.detector.interval:g}), or one slow tick "
-            "resets a healthy host"
+            f">= 3 x peers.interval ({least:g}), or one late feed resets a healthy host"
+        )
+    # The deadline's proof (peers/table.py, latest_feed) holds whatever a tick or a network
+    # delay costs; what is left for the margin is the watchdog's own whole-second resolution,
+    # the reset's time to stop the VMs, and the two hosts' clocks running at slightly
+    # different rates over the timeout.
+    least_margin = max(1.0, self_fence.timeout / 100)
+    if self_fence.margin < least_margin:
+        raise ConfigError(
+            f"{source}: fencing.self_fence.margin = {self_fence.margin:g} is invalid: expected "
+            f">= {least_margin:g} s (1 s, and 1% of the timeout): it covers the watchdog's "
+            "whole-second resolution, the reset itself and clock drift"
         )
 
 

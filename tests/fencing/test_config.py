@@ -261,3 +261,37 @@ def test_a_password_in_the_url_is_refused_without_echoing_it(scheme: str) -> Non
         "the url: set fencing.hosts[0].redfish.username and "
         "fencing.hosts[0].redfish.password_file instead"
     )
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("[peers]\nsecret_file = \"/etc/xenhad/pool-secret\"\ninterval = 5.0\nwindow = 20.0\n"
+     "[fencing]\nself_fence = { watchdog = \"/dev/watchdog\", timeout = 10, margin = 5 }\n",
+     "fencing.self_fence.timeout = 10 is invalid: expected >= 3 x peers.interval (15)"),
+    ("[peers]\nsecret_file = \"/etc/xenhad/pool-secret\"\n"
+     "[fencing]\nself_fence = { watchdog = \"/dev/watchdog\", timeout = 60, margin = 0.5 }\n",
+     "fencing.self_fence.margin = 0.5 is invalid: expected >= 1 s"),
+])
+def test_a_self_fence_timeout_or_margin_that_cannot_hold_is_refused_in_one_line(
+    extra: str, message: str
+) -> None:
+    # Issue 18: the margin that remains to cover once the proof holds for any tick and
+    # delay; the feed's cadence is the heartbeat loop's.
+    from xenhad import config
+
+    with pytest.raises(ConfigError) as e:
+        config.parse(extra, source="xenhad.toml", env={}, check_files=False)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_check_config_warns_that_a_two_host_pool_needs_a_witness_for_self_fencing() -> None:
+    # Issue 18: without a witness, any partition of a 2-host pool reset both hosts.
+    from xenhad import config
+
+    text = '[peers]\nsecret_file = "/etc/xenhad/pool-secret"\n' + EXAMPLE
+    two = config.parse(text, source="xenhad.toml", env={}, check_files=False)
+    (warning,) = config.config_warnings(two)
+    assert "2-host pool without failover.witness" in warning and "will not arm" in warning
+    witnessed = config.parse(text.replace("[fencing]\n", '[failover]\nwitness = "/mnt/w"\n'
+                                          "[fencing]\n", 1),
+                             source="xenhad.toml", env={}, check_files=False)
+    assert config.config_warnings(witnessed) == []

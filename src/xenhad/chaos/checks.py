@@ -73,3 +73,25 @@ def daemon_crashes(name: str, text: str) -> list[str]:
         first = next(ln for ln in text.splitlines() if ln.startswith("Traceback"))
         return [f"{name}: a daemon raised ({first[:80]}...)"]
     return []
+
+
+HEALTHY_FOR = 4.0
+"""Seconds a host must have been healthy before a fence of it counts as a healthy host
+fenced: time for heartbeats to bring the news of a heal, and for a fence already under way
+to have been decided on before it."""
+
+
+def healthy_fenced(
+    fences: Iterable[tuple[float, str]], samples: list[tuple[float, dict[str, bool]]],
+) -> list[str]:
+    """Fences (time, host) of a host that was healthy all the HEALTHY_FOR seconds before:
+    powered, its daemon running and in two-way reach of a majority of the pool's running
+    daemons (`samples`: when, and which hosts were so). Such a host runs its VMs and is
+    heard; fencing it kills them (issue 18)."""
+    found = []
+    for at, host in fences:
+        window = [ok.get(host, False) for t, ok in samples if at - HEALTHY_FOR <= t <= at]
+        if len(window) >= 5 and all(window):
+            found.append(f"healthy host fenced: {host} was up, heartbeating and in reach of "
+                         f"a majority for {HEALTHY_FOR:g}s before its BMC switched it off")
+    return found

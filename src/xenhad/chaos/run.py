@@ -56,7 +56,8 @@ def schedule_seed(seed: int, index: int) -> int:
 
 
 def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
-            faults: list[Fault] | None = None, base_address: str = "127.0.0.2") -> Outcome:
+            faults: list[Fault] | None = None, base_address: str = "127.0.0.2",
+            self_fence: bool = False) -> Outcome:
     """One schedule: drawn from `seed`, or the given `faults` (a directed scenario)."""
     names = [f"host{i + 1}" for i in range(hosts)]
     outcome = Outcome(seed, generate(seed, names) if faults is None else faults)
@@ -70,7 +71,9 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
                     base_address=base_address)
     # A VM.start lost in a partition is given up after 10 s, not a real boot's 300 s, so
     # that it fits the bound (xapi.timeout stays the testbed's 2 s).
-    with Testbed(spec, workdir, overrides={"recovery": {"start_timeout": 10.0}}) as bed:
+    with Testbed(spec, workdir, overrides={"recovery": {"start_timeout": 10.0}},
+                 self_fence=self_fence, watchdog_timeout=6) as bed:
+        samples: list[tuple[float, dict[str, bool]]] = []
         bed.wait_for(lambda: len({n for n, _ in bed.events_named("quorum.gained")}) == hosts,
                      60, what="every daemon in contact")
         running = bed.vm_hosts()
@@ -93,12 +96,14 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
                                   if on == [fault.hosts[0]]}
                 outcome.timeline.append(fault.describe() + _apply(bed, fault))
             _check_runs(bed, outcome)
+            samples.append((time.monotonic(), _healthy(bed, names)))
             time.sleep(0.2)
         outcome.timeline.append(f"+{time.monotonic() - started:5.1f}s heal all, boot all")
         _heal_all(bed, names, bmc)
         healed = time.monotonic()
         while time.monotonic() < healed + SETTLE_SECONDS:
             _check_runs(bed, outcome)
+            samples.append((time.monotonic(), _healthy(bed, names)))
             truth = bed.truth()
             since = time.monotonic() - healed
             if outcome.recovered_in is None and not checks.not_running(truth, protected):
@@ -108,8 +113,11 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
             if not checks.masters(truth) and outcome.recovered_in is not None and since > 15:
                 break
             time.sleep(0.2)
-        outcome.checks += 2
+        outcome.checks += 3
         outcome.violations += checks.masters(bed.truth())
+        fences = [(at, name) for name, b in (bed.bmcs.bmcs.items() if bed.bmcs else ())
+                  for at, kind in b.resets if kind != "On"]
+        outcome.violations += checks.healthy_fenced(fences, samples)
         if outcome.recovered_in is None:
             lost = checks.not_running(bed.truth(), protected)
             outcome.violations.append(f"protected VMs not running {RECOVERY_BOUND:g}s after "
@@ -140,6 +148,19 @@ def _check_runs(bed: Testbed, outcome: Outcome) -> None:
     for problem in checks.double_runs(bed.pool.double_runs()):
         if problem not in outcome.violations:
             outcome.violations.append(problem)
+
+
+def _healthy(bed: Testbed, names: list[str]) -> dict[str, bool]:
+    """Which hosts are healthy now: powered, their daemon running, and in two-way reach of
+    a majority of the pool's hosts whose daemons run (themselves included)."""
+    pool = bed.pool
+    with pool.lock:
+        up = {h.name: h.uuid for h in pool.hosts
+              if h.powered and bed.daemon_alive(h.name)}
+        reach = {a: sum(1 for b, ub in up.items() if b == a or (
+            not pool.network.blocked(ua, ub) and not pool.network.blocked(ub, ua)))
+            for a, ua in up.items()}
+    return {n: n in up and reach[n] * 2 > len(names) for n in names}
 
 
 def _apply(bed: Testbed, fault: Fault) -> str:
@@ -195,7 +216,8 @@ def _heal_all(bed: Testbed, names: list[str], bmc: str) -> None:
 
 
 def main(*, schedules: int, seed: int, hosts: int, budget_minutes: float, bmc: str,
-         keep: Path | None, replay: Sequence[int] = (), jobs: int = 1) -> int:
+         keep: Path | None, replay: Sequence[int] = (), jobs: int = 1,
+         self_fence: bool = False) -> int:
     seeds = list(replay) or [schedule_seed(seed, i) for i in range(schedules)]
     if replay and keep is None:
         keep = Path(tempfile.mkdtemp(prefix="xh-replay-"))
@@ -216,7 +238,7 @@ def main(*, schedules: int, seed: int, hosts: int, budget_minutes: float, bmc: s
         for one in seeds:
             if spent():
                 break
-            show(run_one(one, hosts=hosts, bmc=bmc, keep=keep))
+            show(run_one(one, hosts=hosts, bmc=bmc, keep=keep, self_fence=self_fence))
     else:
         # Each worker process takes one loopback range for its whole life (_take_slot).
         context = multiprocessing.get_context("spawn")
@@ -232,7 +254,8 @@ def main(*, schedules: int, seed: int, hosts: int, budget_minutes: float, bmc: s
                     nxt = next(todo, None)
                     if nxt is None:
                         break
-                    running.add(pool.submit(_run_in_slot, nxt, hosts, bmc, keep))
+                    running.add(pool.submit(_run_in_slot, nxt, hosts, bmc, keep,
+                                            self_fence))
                 if not running:
                     break
                 done, running = concurrent.futures.wait(
@@ -254,8 +277,10 @@ def _take_slot(slots: multiprocessing.Queue[int]) -> None:
     _slot = slots.get()
 
 
-def _run_in_slot(seed: int, hosts: int, bmc: str, keep: Path | None) -> Outcome:
-    return run_one(seed, hosts=hosts, bmc=bmc, keep=keep, base_address=f"127.1.{_slot}.2")
+def _run_in_slot(seed: int, hosts: int, bmc: str, keep: Path | None,
+                 self_fence: bool) -> Outcome:
+    return run_one(seed, hosts=hosts, bmc=bmc, keep=keep, base_address=f"127.1.{_slot}.2",
+                   self_fence=self_fence)
 
 
 def _report(ran: list[Outcome]) -> None:
