@@ -16,8 +16,8 @@ restarts: the new master's after emergency_transition_to_master (Xapi_fuse), the
 slave's after pool.recover_slaves told it the new master (xapi_pool.ml
 emergency_reset_master restarts xapi to take it into account), since no VM of the old
 master is reset before the slaves have rejoined and said what they run. The detection
-threshold is the silence a host needs before its first miss (two heartbeat intervals and
-0.1 s, Daemon._heard) plus confirm_seconds. The "waves" floor is what the VMs'
+threshold is the silence a host needs before its first miss (a round trip of echoes:
+daemon.heard_within) plus confirm_seconds. The "waves" floor is what the VMs'
 configuration allows on top: restart-priority VMs before best-effort ones, each `order`
 after the last (xapi_ha_vm_failover.ml), at most recovery.concurrency starts at a time,
 each start taking the modelled start plus the VM's start_delay, but for the last round's,
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xenhad.daemon import heard_within
 from xenhad.sim import PoolSpec
 from xenhad.testbed import DEFAULT_DAEMON, Testbed
 
@@ -63,9 +64,10 @@ class Settings:
 
     @property
     def detection(self) -> float:
-        """The silence before a host is confirmed down: no heartbeat for two intervals
-        (and 0.1 s) makes a miss, misses for confirm_seconds a confirmation."""
-        return 2 * self.heartbeat + 0.1 + self.confirm
+        """The silence before a host is confirmed down: no proven contact for
+        daemon.heard_within (a round trip of echoes) makes a miss, misses for
+        confirm_seconds a confirmation."""
+        return heard_within(self.heartbeat) + self.confirm
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         return {

@@ -100,6 +100,15 @@ HISTORY_SECONDS = 30 * 24 * 3600
 """How long closed incidents stay in the journal (for `xenhad history`)."""
 
 
+def heard_within(interval: float) -> float:
+    """How old proven contact may be for a peer's daemon to count as beating now. An echo
+    travels a round trip: our heartbeat is read there up to a batch after it arrives, the
+    peer's next one leaves up to an interval later and is read here up to a batch after it
+    arrives, and it is the freshest for up to another interval: 2 intervals and 2 batches at
+    most, plus a quarter interval for late timers (a dom0 under load)."""
+    return 2 * (interval + batch_seconds(interval)) + interval / 4
+
+
 _NEVER = Joined(False, None)
 """A host never probed: its xapi has not been seen answering."""
 
@@ -183,6 +192,8 @@ class Daemon:
         self._proven_off: set[HostId] = set()
         """Hosts fenced by an incident that closed done, and not back since."""
         self._said_two_hosts = False
+        self._fatal: XenhadError | None = None
+        """What stopped the daemon from a task other than the main loop's."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -215,6 +226,8 @@ class Daemon:
         finally:
             server.close()
             await self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
         return 0
 
     def stop(self) -> None:
@@ -559,8 +572,18 @@ class Daemon:
     async def _heartbeat_loop(self) -> None:
         interval = self.config.peers.interval
         while not self._stop.is_set():
-            self._beat()
-            await self._feed_watchdog()
+            try:
+                self._beat()
+                await self._feed_watchdog()
+            except XenhadError as exc:
+                # Self-fencing required and impossible: the daemon stops, saying why, as it
+                # would at start (run() raises it after the shutdown).
+                self._fatal = exc
+                self._stop.set()
+                return
+            except Exception:
+                # A bug must not silence our heartbeats: peers would take us for cut off.
+                log.exception("peers.beat_failed")
             await asyncio.sleep(interval)  # the stop cancels this task
 
     def _beat(self) -> None:
@@ -697,11 +720,7 @@ class Daemon:
         return self._peers.fresh(now, within=self._heard_within())
 
     def _heard_within(self) -> float:
-        """How old proven contact may be for a peer's daemon to count as beating now. An
-        echo travels a round trip: our heartbeat waits up to an interval to be sent and a
-        batch to be read there, the echo up to an interval and a batch back to us."""
-        interval = self.config.peers.interval
-        return 2 * (interval + batch_seconds(interval)) + 0.1
+        return heard_within(self.config.peers.interval)
 
     def _make_failover(self) -> Failover | None:
         cfg = self.config.failover
