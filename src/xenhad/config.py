@@ -440,7 +440,7 @@ def _parse_xapi(t: Table) -> XapiConfig:
     verify_tls = t.boolean("verify_tls", d.verify_tls)
     ca_file = t.optional_path("ca_file", d.ca_file)
     allow_insecure_http = t.boolean("allow_insecure_http", d.allow_insecure_http)
-    timeout = t.seconds("timeout", d.timeout)
+    timeout = t.seconds("timeout", d.timeout, maximum=600)
     source_address = t.string("source_address", d.source_address)
 
     if url:
@@ -542,15 +542,19 @@ def _hide_userinfo(url: str, parts: SplitResult) -> str:
 
 def _parse_detector(t: Table) -> DetectorConfig:
     d = DetectorConfig()
-    interval = t.seconds("interval", d.interval)
-    confirm_misses = t.integer("confirm_misses", d.confirm_misses, minimum=1)
-    confirm_seconds = t.seconds("confirm_seconds", d.confirm_seconds)
-    recover_hold_seconds = t.seconds(
-        "recover_hold_seconds", d.recover_hold_seconds, allow_zero=True
+    interval = t.seconds("interval", d.interval, maximum=300)
+    confirm_misses = t.integer(
+        "confirm_misses", d.confirm_misses, minimum=1, maximum=1000
     )
-    probe_timeout = t.seconds("probe_timeout", d.probe_timeout)
+    confirm_seconds = t.seconds("confirm_seconds", d.confirm_seconds, maximum=3600)
+    recover_hold_seconds = t.seconds(
+        "recover_hold_seconds", d.recover_hold_seconds, allow_zero=True, maximum=86400
+    )
+    probe_timeout = t.seconds("probe_timeout", d.probe_timeout, maximum=300)
     probe_url = t.string("probe_url", d.probe_url)
-    slave_interval = t.seconds("slave_interval", d.slave_interval, allow_zero=True)
+    slave_interval = t.seconds(
+        "slave_interval", d.slave_interval, allow_zero=True, maximum=86400
+    )
     parts = urlsplit(probe_url.replace("{address}", "127.0.0.1"))
     if "{address}" not in probe_url or parts.scheme not in ("http", "https") or not parts.hostname:
         raise t.error(
@@ -589,9 +593,11 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
     if not protection_key:
         raise t.error("protection_key", protection_key, 'expected a key, e.g. "xenhad"')
     concurrency = t.integer("concurrency", d.concurrency, minimum=1, maximum=64)
-    best_effort_attempts = t.integer("best_effort_attempts", d.best_effort_attempts, minimum=1)
-    retry_backoff = t.seconds("retry_backoff", d.retry_backoff)
-    retry_backoff_max = t.seconds("retry_backoff_max", d.retry_backoff_max)
+    best_effort_attempts = t.integer(
+        "best_effort_attempts", d.best_effort_attempts, minimum=1, maximum=1000
+    )
+    retry_backoff = t.seconds("retry_backoff", d.retry_backoff, maximum=3600)
+    retry_backoff_max = t.seconds("retry_backoff_max", d.retry_backoff_max, maximum=86400)
     if retry_backoff_max < retry_backoff:
         t.blame_pair(
             "retry_backoff_max", retry_backoff_max, ">=", "retry_backoff", retry_backoff
@@ -602,7 +608,7 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
         best_effort_attempts=best_effort_attempts,
         retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max,
-        start_timeout=t.seconds("start_timeout", d.start_timeout),
+        start_timeout=t.seconds("start_timeout", d.start_timeout, maximum=86400),
     )
 
 
@@ -702,8 +708,8 @@ def _parse_peers(t: Table) -> PeersConfig:
                       "expected only one of peers.secret_file and peers.secret_credential")
     port = t.integer("port", d.port, minimum=1, maximum=65535)
     listen_port = t.integer("listen_port", d.listen_port, minimum=0, maximum=65535)
-    interval = t.seconds("interval", d.interval)
-    window = t.seconds("window", d.window)
+    interval = t.seconds("interval", d.interval, maximum=60)
+    window = t.seconds("window", d.window, maximum=3600)
     if window < 2 * interval:
         # One lost datagram must not put a peer out of contact.
         t.blame_pair("window", window, ">=", "interval", 2 * interval)
@@ -715,10 +721,11 @@ def _parse_failover(t: Table) -> FailoverConfig:
     return FailoverConfig(
         enabled=t.boolean("enabled", d.enabled),
         priority=t.integer("priority", d.priority, minimum=-1000, maximum=1000),
-        sync_interval=t.seconds("sync_interval", d.sync_interval, allow_zero=True),
-        recover_retry=t.seconds("recover_retry", d.recover_retry),
-        lock_ttl=t.seconds("lock_ttl", d.lock_ttl),
-        promote_timeout=t.seconds("promote_timeout", d.promote_timeout),
+        sync_interval=t.seconds("sync_interval", d.sync_interval, allow_zero=True,
+                                maximum=86400),
+        recover_retry=t.seconds("recover_retry", d.recover_retry, maximum=3600),
+        lock_ttl=t.seconds("lock_ttl", d.lock_ttl, maximum=3600),
+        promote_timeout=t.seconds("promote_timeout", d.promote_timeout, maximum=3600),
         witness=t.optional_path("witness", d.witness),
     )
 
@@ -744,7 +751,7 @@ def _parse_alerts(t: Table) -> AlertsConfig:
         webhooks=tuple(urls),
         webhook_token_file=token_file,
         exec=t.optional_path("exec", d.exec),
-        timeout=t.seconds("timeout", d.timeout),
+        timeout=t.seconds("timeout", d.timeout, maximum=600),
         retries=t.integer("retries", d.retries, minimum=0, maximum=10),
         verify_tls=verify_tls,
         ca_file=ca_file,

@@ -235,7 +235,7 @@ MISTAKES = [
     (
         '[fencing]\nself_fence = { watchdog = "/dev/watchdog", timeout = 0 }',
         "xenhad.toml: fencing.self_fence.timeout = 0 is invalid: "
-        "expected an integer from 1 to 65535",
+        "expected an integer from 1 to 3600",
     ),
 ]
 
