@@ -60,6 +60,20 @@ def render_value(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+MAX_KEY_SHOWN = 64
+"""Longer key names are cut in messages: a key is the file's author's to make 1 MB long."""
+
+
+def shown_key(key: str) -> str:
+    """`key` as a message names it: cut to MAX_KEY_SHOWN characters, and quoted as TOML
+    would when it is not a bare key (so a newline in it cannot split the line)."""
+    if len(key) > MAX_KEY_SHOWN:
+        key = key[: MAX_KEY_SHOWN - 3] + "..."
+    if re.fullmatch(r"[A-Za-z0-9_\-\[\].]+", key):
+        return key
+    return json.dumps(key, ensure_ascii=False)
+
+
 def masked(key: str, value: object) -> object:
     """`value`, or "***" when `key` reads like it holds a secret rather than names one.
 
@@ -115,6 +129,7 @@ class Table:
                 raise ConfigError(self._unknown_key_message(key, value))
 
     def dotted(self, key: str) -> str:
+        key = shown_key(key)
         return f"{self.prefix}.{key}" if self.prefix else key
 
     def has(self, key: str) -> bool:
@@ -151,7 +166,9 @@ class Table:
         )
 
     def _unknown_key_message(self, key: str, value: object) -> str:
-        where = f"{self.dotted(key)} = {render_value(masked(key, value))}"
+        # The value is never shown: a key we do not know may hold anything, a password
+        # under a name `masked` does not recognise ("pw", "token") included.
+        where = self.dotted(key)
         close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.6)
         if close:
             hint = f"did you mean {self.dotted(close[0])}?"
