@@ -37,10 +37,16 @@ from urllib.parse import SplitResult, urlsplit
 
 from xenhad import credentials
 from xenhad.errors import ConfigError, CredentialError
-from xenhad.fencing.config import FencingConfig, parse_fencing
+from xenhad.fencing.config import (
+    FencingConfig,
+    IpmiSettings,
+    RedfishSettings,
+    Secret,
+    parse_fencing,
+)
 from xenhad.fencing.config import FencingMode as FencingMode  # re-exported for callers
 from xenhad.schema import Table as Table  # re-exported: section parsers elsewhere take one
-from xenhad.schema import render_value
+from xenhad.schema import render_value, shown_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -230,17 +236,29 @@ def defaults() -> Config:
 def load(path: Path, *, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate the config file at `path`; ConfigError (one line) on any problem.
 
-    Files the config names (password_file, ca_file) must exist and, for secrets, be
-    private. `env` (default os.environ) supplies $CREDENTIALS_DIRECTORY.
+    The file itself must be writable by its owner only, and owned by root or by the user
+    running xenhad (compared with os.geteuid(), so tests running as any user can make files
+    it accepts, and root can chown one away to see it refused): whoever can write it
+    chooses alerts.exec, the fence agent, xapi.url. It may be at most MAX_CONFIG_BYTES.
+    Files the config names (password_file, secret_file, ca_file) must exist and, for
+    secrets, be private. `env` (default os.environ) supplies $CREDENTIALS_DIRECTORY.
     """
     source = str(path)
     try:
-        data = Path(path).read_bytes()
+        # O_NONBLOCK: a FIFO named by mistake must not hang check-config, nor a SIGHUP.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise ConfigError(
             f"{source}: cannot read the config file ({e.strerror}): pass the path of an "
             f"existing file (an example with every option is etc/xenhad.toml)"
         ) from None
+    try:
+        problem = config_file_problem(os.fstat(fd), source)
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
+        data = _read_bounded(fd, source)
+    finally:
+        os.close(fd)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -249,6 +267,57 @@ def load(path: Path, *, env: Mapping[str, str] | None = None) -> Config:
             f"{source}: line {line}: not UTF-8 text: TOML files must be UTF-8"
         ) from None
     return parse(text, source=source, env=env)
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""etc/xenhad.toml with every option explained is 20 KiB; a 64-host [fencing] about as much
+again. A file over 1 MiB is the wrong file (a log, a disk image), refused before parsing."""
+
+MAX_NESTING = 16
+"""Tables and arrays nested deeper than this are no xenhad config (its deepest key,
+fencing.hosts[i].agent.options.x, is 5 levels): refused before anything recurses into them."""
+
+
+def config_file_problem(st: os.stat_result, source: str) -> str:
+    """Why the config file with this stat must not be trusted (the tail of a one-line
+    message: what is wrong, then the fix), or "" when it is fine. Group and others may read
+    it (it holds no secret), never write it."""
+    if st.st_mode & 0o022:
+        mode = stat.S_IMODE(st.st_mode)
+        return (f"the config file is writable by group or others (mode {mode:04o}), who could "
+                f"then choose the commands xenhad runs as root: run chmod go-w {source}")
+    if st.st_uid not in (0, os.geteuid()):
+        return (f"the config file is owned by uid {st.st_uid}, not by root or by uid "
+                f"{os.geteuid()} running xenhad, who could then choose the commands xenhad "
+                f"runs: run chown root {source}")
+    return ""
+
+
+def _read_bounded(fd: int, source: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{source}: the config file is a pipe with nothing to read yet: pass the path "
+                "of a file"
+            ) from None
+        except OSError as e:
+            raise ConfigError(
+                f"{source}: cannot read the config file ({e.strerror}): check the file"
+            ) from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{source}: the config file is larger than {MAX_CONFIG_BYTES >> 20} MiB: "
+                "this is not a xenhad config (an example with every option is "
+                "etc/xenhad.toml)"
+            )
+        chunks.append(chunk)
 
 
 def parse(
@@ -260,10 +329,20 @@ def parse(
 ) -> Config:
     """Validate TOML `text`; `source` names it in messages. With `check_files` false, files
     the config names are not looked at (for validating a config away from its host)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{source}: the config is larger than {MAX_CONFIG_BYTES >> 20} MiB: this is not "
+            "a xenhad config (an example with every option is etc/xenhad.toml)"
+        )
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(_syntax_error(source, e, text)) from None
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays or inline tables.
+        raise ConfigError(_too_deep(source)) from None
+    if _depth(document) > MAX_NESTING:
+        raise ConfigError(_too_deep(source))
     config = _parse_document(document, source)
     _check_cross_sections(config, source)
     if check_files:
@@ -361,6 +440,27 @@ def read_inventory(path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- syntax
 
 
+def _too_deep(source: str) -> str:
+    return (f"{source}: arrays or tables nested more than {MAX_NESTING} deep: this is not a "
+            "xenhad config (an example with every option is etc/xenhad.toml)")
+
+
+def _depth(document: Mapping[str, object]) -> int:
+    """How deep tables and arrays nest in `document`, found without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (Mapping, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (Mapping, list)))
+    return deepest
+
+
 def _syntax_error(source: str, error: Exception, text: str) -> str:
     # tomllib/tomli end their message with "(at line L, column C)" or "(at end of
     # document)"; we lead with the line, as compilers do, and keep the column.
@@ -411,19 +511,22 @@ def _parse_document(document: Mapping[str, object], source: str) -> Config:
 
 
 def _unknown_top_level(source: str, key: str, value: object) -> str:
+    # Neither the value (a top-level `password = "..."` is one) nor a key of any length is
+    # echoed whole: these lines go to terminals, journals and bug reports.
+    shown = shown_key(key)
     if isinstance(value, Mapping):
         close = difflib.get_close_matches(key, list(SECTIONS), n=1, cutoff=0.6)
         hint = f"did you mean [{close[0]}]?" if close else "known sections: " + ", ".join(
             f"[{s}]" for s in SECTIONS
         )
-        return f"{source}: [{key}] is not a known section: {hint}"
+        return f"{source}: [{shown}] is not a known section: {hint}"
     owners = [s for s in SECTIONS if key in known_keys(s)]
     hint = (
         f"keys belong in a section: did you mean {owners[0]}.{key}?"
         if owners
         else "keys belong in a section: " + ", ".join(f"[{s}]" for s in SECTIONS)
     )
-    return f"{source}: {key} = {render_value(value)} is not a known key: {hint}"
+    return f"{source}: {shown} is not a known key: {hint}"
 
 
 def _parse_host(t: Table) -> HostConfig:
@@ -460,7 +563,7 @@ def _parse_xapi(t: Table) -> XapiConfig:
     verify_tls = t.boolean("verify_tls", d.verify_tls)
     ca_file = t.optional_path("ca_file", d.ca_file)
     allow_insecure_http = t.boolean("allow_insecure_http", d.allow_insecure_http)
-    timeout = t.seconds("timeout", d.timeout)
+    timeout = t.seconds("timeout", d.timeout, maximum=600)
     source_address = t.string("source_address", d.source_address)
 
     if url:
@@ -562,17 +665,21 @@ def _hide_userinfo(url: str, parts: SplitResult) -> str:
 
 def _parse_detector(t: Table) -> DetectorConfig:
     d = DetectorConfig()
-    interval = t.seconds("interval", d.interval)
-    confirm_misses = t.integer("confirm_misses", d.confirm_misses, minimum=1)
-    confirm_seconds = t.seconds("confirm_seconds", d.confirm_seconds)
-    recover_hold_seconds = t.seconds(
-        "recover_hold_seconds", d.recover_hold_seconds, allow_zero=True
+    interval = t.seconds("interval", d.interval, maximum=300)
+    confirm_misses = t.integer(
+        "confirm_misses", d.confirm_misses, minimum=1, maximum=1000
     )
-    probe_timeout = t.seconds("probe_timeout", d.probe_timeout)
+    confirm_seconds = t.seconds("confirm_seconds", d.confirm_seconds, maximum=3600)
+    recover_hold_seconds = t.seconds(
+        "recover_hold_seconds", d.recover_hold_seconds, allow_zero=True, maximum=86400
+    )
+    probe_timeout = t.seconds("probe_timeout", d.probe_timeout, maximum=300)
     probe_url = t.string("probe_url", d.probe_url)
-    slave_interval = t.seconds("slave_interval", d.slave_interval, allow_zero=True)
+    slave_interval = t.seconds(
+        "slave_interval", d.slave_interval, allow_zero=True, maximum=86400
+    )
     hung_xapi_fence_after = t.seconds("hung_xapi_fence_after", d.hung_xapi_fence_after,
-                                      allow_zero=True)
+                                      allow_zero=True, maximum=86400)
     parts = urlsplit(probe_url.replace("{address}", "127.0.0.1"))
     if "{address}" not in probe_url or parts.scheme not in ("http", "https") or not parts.hostname:
         raise t.error(
@@ -612,9 +719,11 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
     if not protection_key:
         raise t.error("protection_key", protection_key, 'expected a key, e.g. "xenhad"')
     concurrency = t.integer("concurrency", d.concurrency, minimum=1, maximum=64)
-    best_effort_attempts = t.integer("best_effort_attempts", d.best_effort_attempts, minimum=1)
-    retry_backoff = t.seconds("retry_backoff", d.retry_backoff)
-    retry_backoff_max = t.seconds("retry_backoff_max", d.retry_backoff_max)
+    best_effort_attempts = t.integer(
+        "best_effort_attempts", d.best_effort_attempts, minimum=1, maximum=1000
+    )
+    retry_backoff = t.seconds("retry_backoff", d.retry_backoff, maximum=3600)
+    retry_backoff_max = t.seconds("retry_backoff_max", d.retry_backoff_max, maximum=86400)
     if retry_backoff_max < retry_backoff:
         t.blame_pair(
             "retry_backoff_max", retry_backoff_max, ">=", "retry_backoff", retry_backoff
@@ -625,7 +734,7 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
         best_effort_attempts=best_effort_attempts,
         retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max,
-        start_timeout=t.seconds("start_timeout", d.start_timeout),
+        start_timeout=t.seconds("start_timeout", d.start_timeout, maximum=86400),
     )
 
 
@@ -663,6 +772,36 @@ def _check_files(config: Config, source: str, env: Mapping[str, str]) -> None:
             f"existing PEM file (the pool's CA or the master's certificate)"
         )
     _check_alert_files(config.alerts, source)
+    _check_peer_secret(config, source, env)
+    for i, entry in enumerate(config.fencing.hosts):
+        for backend in entry.chain:
+            if backend.password is not None:
+                kind = {RedfishSettings: "redfish", IpmiSettings: "ipmi"}.get(
+                    type(backend), "agent")
+                _check_password(source, f"fencing.hosts[{i}].{kind}", backend.password, env)
+
+
+def _check_peer_secret(config: Config, source: str, env: Mapping[str, str]) -> None:
+    """The pool secret is read, as the daemon will read it at start: a SIGHUP naming a
+    missing or public one is refused, and the daemon keeps beating with the old."""
+    peers = config.peers
+    if peers.secret_file is not None:
+        key, value = "peers.secret_file", str(peers.secret_file)
+    elif peers.secret_credential and env.get("CREDENTIALS_DIRECTORY"):
+        key, value = "peers.secret_credential", peers.secret_credential
+    else:
+        return
+    try:
+        read_peer_secret(config, env=env)
+    except CredentialError as e:
+        raise ConfigError(f"{source}: {key} = {render_value(value)} is unusable: {e}") from None
+
+
+def _check_password(source: str, prefix: str, secret: Secret, env: Mapping[str, str]) -> None:
+    if secret.file is not None:
+        _check_secret(source, f"{prefix}.password_file", secret.file)
+    elif secret.credential and env.get("CREDENTIALS_DIRECTORY"):
+        _check_secret(source, f"{prefix}.password_credential", secret.credential, env)
 
 
 def _check_alert_files(alerts: AlertsConfig, source: str) -> None:
@@ -725,8 +864,8 @@ def _parse_peers(t: Table) -> PeersConfig:
                       "expected only one of peers.secret_file and peers.secret_credential")
     port = t.integer("port", d.port, minimum=1, maximum=65535)
     listen_port = t.integer("listen_port", d.listen_port, minimum=0, maximum=65535)
-    interval = t.seconds("interval", d.interval)
-    window = t.seconds("window", d.window)
+    interval = t.seconds("interval", d.interval, maximum=60)
+    window = t.seconds("window", d.window, maximum=3600)
     if window < 3 * interval:
         # Contact is proven by a round trip (peers/table.py): the echo of a heartbeat of
         # ours comes back up to 2.5 intervals after we sent it (each side waits up to an
@@ -741,10 +880,11 @@ def _parse_failover(t: Table) -> FailoverConfig:
     return FailoverConfig(
         enabled=t.boolean("enabled", d.enabled),
         priority=t.integer("priority", d.priority, minimum=-1000, maximum=1000),
-        sync_interval=t.seconds("sync_interval", d.sync_interval, allow_zero=True),
-        recover_retry=t.seconds("recover_retry", d.recover_retry),
-        lock_ttl=t.seconds("lock_ttl", d.lock_ttl),
-        promote_timeout=t.seconds("promote_timeout", d.promote_timeout),
+        sync_interval=t.seconds("sync_interval", d.sync_interval, allow_zero=True,
+                                maximum=86400),
+        recover_retry=t.seconds("recover_retry", d.recover_retry, maximum=3600),
+        lock_ttl=t.seconds("lock_ttl", d.lock_ttl, maximum=3600),
+        promote_timeout=t.seconds("promote_timeout", d.promote_timeout, maximum=3600),
         witness=t.optional_path("witness", d.witness),
     )
 
@@ -770,7 +910,7 @@ def _parse_alerts(t: Table) -> AlertsConfig:
         webhooks=tuple(urls),
         webhook_token_file=token_file,
         exec=t.optional_path("exec", d.exec),
-        timeout=t.seconds("timeout", d.timeout),
+        timeout=t.seconds("timeout", d.timeout, maximum=600),
         retries=t.integer("retries", d.retries, minimum=0, maximum=10),
         verify_tls=verify_tls,
         ca_file=ca_file,

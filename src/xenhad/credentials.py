@@ -2,8 +2,10 @@
 
 A config file names where a secret lives and never holds it, so the config may be
 world-readable and shown in bug reports. The secret files themselves must be private: one
-readable or writable by "others", or owned by someone other than us or root, is refused
-rather than used, because a secret anyone on the box could read (or swap) is not a secret.
+readable or writable by group or others (anything but 0600 or 0400), or owned by someone
+other than root or the user running xenhad (os.geteuid(): as root, chown a file away to see
+it refused), is refused rather than used, because a secret others could read (or swap) is
+not a secret.
 
 No message or repr built here ever contains a secret's value.
 """
@@ -35,9 +37,10 @@ def secret_file_problem(st: os.stat_result, path: Path) -> str | None:
     (what is wrong, then the fix), or None when it is fine."""
     if not stat.S_ISREG(st.st_mode):
         return f"is not a regular file: point it at a file holding only the secret ({path})"
-    if st.st_mode & 0o006:
+    if st.st_mode & 0o077:
         mode = stat.S_IMODE(st.st_mode)
-        return f"is readable or writable by others (mode {mode:04o}): run chmod 600 {path}"
+        return (f"is readable or writable by group or others (mode {mode:04o}): run "
+                f"chmod 600 {path}")
     if st.st_uid not in (0, os.geteuid()):
         return (
             f"is owned by uid {st.st_uid}, not by root or by uid {os.geteuid()} running "

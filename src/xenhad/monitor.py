@@ -10,13 +10,14 @@ the object and the field, rather than a half-understood view the detector would 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xenhad.model import HostId, HostView, PoolView, PowerState, Protection, VmId, VmView
 from xenhad.xapi.client import RecordClass
-from xenhad.xapi.errors import XapiReplyError
+from xenhad.xapi.errors import XapiReplyError, shown
 
 NULL_REF = "OpaqueRef:NULL"
 MAINTENANCE_KEY = "xenhad_maintenance"
@@ -70,9 +71,9 @@ class ProtectionWarning:
     @property
     def message(self) -> str:
         return (
-            f"VM {self.name!r} ({self.vm}) has {self.field} = {self.value!r}, which xenhad "
-            'does not understand: it is NOT protected; set it to "restart", "best-effort" '
-            'or "off"'
+            f"VM {shown(self.name)} ({self.vm}) has {shown(self.field)} = {shown(self.value)}, "
+            'which xenhad does not understand: it is NOT protected; set it to "restart", '
+            '"best-effort" or "off"'
         )
 
 
@@ -290,23 +291,26 @@ class _Record:
     """Typed reads of one XAPI record; every failure names the object and the field."""
 
     def __init__(self, kind: str, ref: str, record: Mapping[str, Any], *, owner: str = "") -> None:
+        if not isinstance(ref, str):
+            raise XapiReplyError(f"xapi {kind} {shown(ref)}: the ref is not a string")
         if not isinstance(record, Mapping):
             raise XapiReplyError(
-                f"xapi {kind} {ref}: record is {type(record).__name__}, not a map of fields"
+                f"xapi {kind} {_short(ref)}: record is {type(record).__name__}, not a map of "
+                "fields"
             )
         self.kind = kind
         self.record = record
         uuid = record.get("uuid")
-        self.ident = f"{uuid} ({ref})" if isinstance(uuid, str) and uuid else ref
+        self.ident = f"{_short(uuid)} ({_short(ref)})" if isinstance(uuid, str) and uuid \
+            else _short(ref)
         if owner:
             self.ident += f" of {owner}"
 
     def bad(self, field: str, problem: str) -> XapiReplyError:
         value = self.record.get(field, None)
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        return XapiReplyError(f"xapi {self.kind} {self.ident}: field {field} = {shown} {problem}")
+        return XapiReplyError(
+            f"xapi {self.kind} {self.ident}: field {field} = {shown(value)} {problem}"
+        )
 
     def _get(self, field: str, default: Any) -> Any:
         value = self.record.get(field, _MISSING)
@@ -320,6 +324,8 @@ class _Record:
         value = self.text("uuid")
         if not value:
             raise self.bad("uuid", "is empty")
+        if len(value) > 128:  # a uuid is 36 characters: this one would fill every log line
+            raise self.bad("uuid", "is not a uuid")
         return value.lower()
 
     def text(self, field: str, default: Any = _MISSING) -> str:
@@ -345,20 +351,32 @@ class _Record:
 
     def integer(self, field: str, default: Any = _MISSING) -> int:
         value = self._get(field, default)
-        # int64 travels as a decimal string in XML-RPC (XAPI-FACTS).
-        if isinstance(value, bool):
-            raise self.bad(field, "is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise self.bad(field, "is not an integer")
+        # int64 travels as a decimal string in XML-RPC (XAPI-FACTS): plain ASCII digits,
+        # which int() alone would widen to "1_000", "١٢" or a 4,000-digit number.
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and _INT64_TEXT.fullmatch(value.strip()):
+            number = int(value.strip())
+        if number is None or not _INT64_MIN <= number <= _INT64_MAX:
+            raise self.bad(field, "is not a 64-bit integer")
+        return number
 
     def mapping(self, field: str, default: Any = _MISSING) -> dict[str, str]:
         value = self._get(field, default)
         if not isinstance(value, Mapping):
             raise self.bad(field, "is not a map")
+        # XAPI's maps are (string -> string) or (string -> enum): a nested value is not
+        # xapi's, and str() of one a million levels deep would never come back.
+        if not all(isinstance(v, _SCALARS) for v in value.values()):
+            raise self.bad(field, "is not a map of strings")
         return {str(k): str(v) for k, v in value.items()}
+
+
+_SCALARS = (str, int, float, bool)
+_INT64_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from xenhad.monitor import FIELDS, ReusableVms, Snapshot, build_snapshot
-from xenhad.xapi.errors import XapiReplyError
+from xenhad.xapi.errors import XapiReplyError, shown
 
 CLASSES: tuple[str, ...] = ("pool", "host", "host_metrics", "VM")
 """What a PoolView is made of, as event.from and get_all_records name them."""
@@ -88,7 +88,13 @@ class PoolCache:
                 # A deletion we never heard of, or an object we never saw: read it all.
                 self.reset()
                 self.full_reads += 1
-                await self._fetch(xapi)
+                try:
+                    await self._fetch(xapi)
+                except _Drifted as e:
+                    # A full read that contradicts itself is no reply to build a view on.
+                    raise XapiReplyError(
+                        f"event.from: {e} right after a full read: the read is skipped"
+                    ) from None
             # A reloaded config may name another protection_key: every VM's protection
             # must then be read again, however quiet the pool.
             same_key = protection_key == self._built_key
@@ -137,8 +143,13 @@ class PoolCache:
         for event in events:
             if not isinstance(event, dict):
                 raise XapiReplyError("event.from answered an event that is not a struct")
-            cls = str(event.get("class", "")).lower()
-            ref = str(event.get("ref", ""))
+            cls, ref = event.get("class", ""), event.get("ref", "")
+            if not isinstance(cls, str) or not isinstance(ref, str):
+                raise XapiReplyError(
+                    f"event.from answered an event whose class ({shown(cls)}) or ref "
+                    f"({shown(ref)}) is not a string: the read is skipped"
+                )
+            cls = cls.lower()
             if cls == "vm":
                 self._vms_changed = True
             table = self._records.setdefault(cls, {})
@@ -154,11 +165,27 @@ class PoolCache:
         counts = reply.get("valid_ref_counts")
         if isinstance(counts, dict):
             for cls in self._classes:
-                expected = counts.get(cls.lower())
+                expected = _count(cls, counts.get(cls.lower()))
                 held = len(self._records.get(cls.lower(), {}))
-                if expected is not None and int(expected) != held:
+                if expected is not None and expected != held:
                     raise _Drifted(f"xapi counts {expected} {cls} objects, the cache {held}")
         self._token = token
+
+
+def _count(cls: str, value: object) -> int | None:
+    """A valid_ref_counts entry: an int, or int64's decimal string (XML-RPC has no 64-bit
+    integer, XAPI-FACTS); None when xapi gave none. Anything else fails the read with one
+    line: believed, a garbage count would make every tick a full read, or none."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and 0 < len(value) <= 19 and value.isascii() and value.isdigit():
+        return int(value)
+    raise XapiReplyError(
+        f"event.from answered valid_ref_counts[{cls.lower()}] = {shown(value)}, not a count "
+        "of objects: the read is skipped"
+    )
 
 
 class _Drifted(Exception):

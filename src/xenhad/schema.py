@@ -30,6 +30,10 @@ from xenhad.errors import ConfigError
 
 Scalar = TypeVar("Scalar", str, int, bool)
 
+MIN_SECONDS = 0.01
+"""The shortest duration any option takes (but those where 0 means "off"): below 10 ms a
+timeout or an interval is a typo, and a loop on it a busy loop."""
+
 _SCALAR_NOUNS: dict[type, str] = {str: "strings", int: "integers", bool: "booleans"}
 
 
@@ -54,6 +58,20 @@ def render_value(value: object) -> str:
     else:
         text = str(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+MAX_KEY_SHOWN = 64
+"""Longer key names are cut in messages: a key is the file's author's to make 1 MB long."""
+
+
+def shown_key(key: str) -> str:
+    """`key` as a message names it: cut to MAX_KEY_SHOWN characters, and quoted as TOML
+    would when it is not a bare key (so a newline in it cannot split the line)."""
+    if len(key) > MAX_KEY_SHOWN:
+        key = key[: MAX_KEY_SHOWN - 3] + "..."
+    if re.fullmatch(r"[A-Za-z0-9_\-\[\].]+", key):
+        return key
+    return json.dumps(key, ensure_ascii=False)
 
 
 def masked(key: str, value: object) -> object:
@@ -111,6 +129,7 @@ class Table:
                 raise ConfigError(self._unknown_key_message(key, value))
 
     def dotted(self, key: str) -> str:
+        key = shown_key(key)
         return f"{self.prefix}.{key}" if self.prefix else key
 
     def has(self, key: str) -> bool:
@@ -147,7 +166,9 @@ class Table:
         )
 
     def _unknown_key_message(self, key: str, value: object) -> str:
-        where = f"{self.dotted(key)} = {render_value(masked(key, value))}"
+        # The value is never shown: a key we do not know may hold anything, a password
+        # under a name `masked` does not recognise ("pw", "token") included.
+        where = self.dotted(key)
         close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.6)
         if close:
             hint = f"did you mean {self.dotted(close[0])}?"
@@ -182,27 +203,34 @@ class Table:
             raise self.error(key, value, "expected true or false (no quotes)")
         return value
 
-    def integer(
-        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+        """An integer from `minimum` to `maximum`: every one has a range, so a typo of a few
+        extra digits is an error here, not a daemon that never confirms a host down."""
         value = self.data.get(key, default)
         expected = _range_words("an integer", minimum, maximum)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, value, expected)
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if not minimum <= value <= maximum:
             raise self.error(key, value, expected)
         return value
 
-    def seconds(self, key: str, default: float, *, allow_zero: bool = False) -> float:
-        """A duration in seconds: an integer or a float, finite, > 0 (>= 0 with allow_zero)."""
+    def seconds(
+        self, key: str, default: float, *, maximum: float, allow_zero: bool = False
+    ) -> float:
+        """A duration in seconds, an integer or a float: from MIN_SECONDS (0 with
+        `allow_zero`) to `maximum`. A timeout of 1e300 is a typo, not a wish: it overflows
+        the first call that waits on it."""
         value = self.data.get(key, default)
-        expected = f"expected a number of seconds {'>= 0' if allow_zero else '> 0'}"
+        minimum = 0.0 if allow_zero else MIN_SECONDS
+        expected = f"expected a number of seconds from {minimum:g} to {maximum:g}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, value, expected)
-        seconds = float(value)
-        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        # Compared before any float(): an integer of 400 digits overflows a float.
+        if isinstance(value, float) and not math.isfinite(value):
             raise self.error(key, value, expected)
-        return seconds
+        if not minimum <= value <= maximum:
+            raise self.error(key, value, expected)
+        return float(value)
 
     def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
         value = self.data.get(key, default)
@@ -287,11 +315,5 @@ class Table:
         ]
 
 
-def _range_words(noun: str, minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"expected {noun} from {minimum} to {maximum}"
-    if minimum is not None:
-        return f"expected {noun} >= {minimum}"
-    if maximum is not None:
-        return f"expected {noun} <= {maximum}"
-    return f"expected {noun}"
+def _range_words(noun: str, minimum: int, maximum: int) -> str:
+    return f"expected {noun} from {minimum} to {maximum}"

@@ -142,14 +142,14 @@ MISTAKES = [
     ),
     (
         HOST + f'chain = ["redfish"]\nredfish = {{ url = "https://x", {RF}, pasword = "x" }}',
-        f'{H0}.redfish.pasword = "x" is not a known key: '
+        f'{H0}.redfish.pasword is not a known key: '
         "did you mean fencing.hosts[0].redfish.password_file?",
     ),
     (
         # The value of a key that holds a password is never echoed.
         HOST + f'chain = ["redfish"]\nredfish = {{ url = "https://x", {RF}, '
         'password = "hunter2" }',
-        f'{H0}.redfish.password = "***" is not a known key: '
+        f'{H0}.redfish.password is not a known key: '
         "did you mean fencing.hosts[0].redfish.password_file?",
     ),
     (
@@ -210,7 +210,7 @@ MISTAKES = [
     ),
     (
         '[[fencing.hosts]]\nname = "host1"',
-        f'{H0}.name = "host1" is not a known key: known keys: host, chain, redfish, ipmi, agent',
+        f'{H0}.name is not a known key: known keys: host, chain, redfish, ipmi, agent',
     ),
     (
         "[fencing]\nhosts = 3",
@@ -235,7 +235,7 @@ MISTAKES = [
     (
         '[fencing]\nself_fence = { watchdog = "/dev/watchdog", timeout = 0 }',
         "xenhad.toml: fencing.self_fence.timeout = 0 is invalid: "
-        "expected an integer from 1 to 65535",
+        "expected an integer from 1 to 3600",
     ),
 ]
 

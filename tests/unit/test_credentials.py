@@ -20,7 +20,8 @@ def private_file(path: Path, content: str = "s3cret\n", mode: int = 0o600) -> Pa
 
 @pytest.mark.parametrize(
     ("mode", "refused"),
-    [(0o600, False), (0o400, False), (0o640, False), (0o604, True), (0o602, True), (0o666, True)],
+    [(0o600, False), (0o400, False), (0o640, True), (0o620, True), (0o604, True), (0o602, True),
+     (0o666, True)],
 )
 def test_secret_file_permissions(tmp_path: Path, mode: int, refused: bool) -> None:
     path = private_file(tmp_path / "secret", "x\n", mode=mode)

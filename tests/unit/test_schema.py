@@ -80,18 +80,18 @@ def test_a_key_of_another_table_is_pointed_to_only_from_a_top_level_table() -> N
     neighbours = {"detector": ("interval",), "daemon": ("state_dir",)}
     xapi = {"interval": 2}
     assert message_of(lambda: Table("x.toml", "xapi", xapi, ["url"], neighbours=neighbours)) == (
-        "x.toml: xapi.interval = 2 is not a known key: it belongs in [detector]: "
+        "x.toml: xapi.interval is not a known key: it belongs in [detector]: "
         "did you mean detector.interval?"
     )
     top = Table("x.toml", "fencing", {"hosts": [{"interval": 2}]}, ["hosts"], neighbours=neighbours)
     assert message_of(lambda: top.array_of_tables("hosts", ["host"])) == (
-        "x.toml: fencing.hosts[0].interval = 2 is not a known key: known keys: host"
+        "x.toml: fencing.hosts[0].interval is not a known key: known keys: host"
     )
 
 
 def test_values_that_hold_a_secret_are_never_rendered() -> None:
     assert message_of(lambda: Table("x.toml", "s", {"passwd": "hunter2"}, ["password_file"])) == (
-        'x.toml: s.passwd = "***" is not a known key: did you mean s.password_file?'
+        'x.toml: s.passwd is not a known key: did you mean s.password_file?'
     )
     shown = render_value({"password": "hunter2", "password_file": "/etc/pw", "secret": "x"})
     assert shown == '{ password = "***", password_file = "/etc/pw", secret = "***" }'

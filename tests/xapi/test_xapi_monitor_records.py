@@ -185,3 +185,42 @@ def test_malformed_host_metrics_and_pool_are_named() -> None:
         build_snapshot(
             {**pool(), "OpaqueRef:x": {}}, hosts(), metrics(), {}, protection_key=KEY, now=0
         )
+
+
+def _deep(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        # str() of this raised RecursionError out of the daemon's loop (issue 24).
+        ({"other_config": {KEY: _deep(100_000)}}, ["other_config", "not a map of strings"]),
+        ({"current_operations": {"t": {"nested": "map"}}}, ["current_operations", "strings"]),
+        ({"memory_static_max": "1_000"}, ["memory_static_max", "64-bit integer"]),
+        ({"memory_static_max": "٣"}, ["memory_static_max", "64-bit integer"]),
+        ({"memory_static_max": 2**64}, ["memory_static_max", "64-bit integer"]),
+        ({"order": "9" * 5000}, ["order", "64-bit integer"]),
+        ({"uuid": "u" * 1_000_000}, ["uuid", "is not a uuid"]),
+        ({"power_state": "x" * 1_000_000}, ["power_state", "is not a VM power state"]),
+    ],
+)
+def test_a_hostile_field_is_one_short_line_naming_it(
+    fields: dict[str, Any], words: list[str]
+) -> None:
+    with pytest.raises(XapiReplyError) as caught:
+        build({"OpaqueRef:v1": vm(**fields)})
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 300, message[:300]
+    for word in words:
+        assert word in message
+
+
+def test_an_unknown_protection_value_is_warned_about_in_a_short_line() -> None:
+    snap = build({"OpaqueRef:v1": vm(name_label="n" * 100_000,
+                                      other_config={KEY: "s" * 1_000_000})})
+    assert snap.view.vms["v-1"].protection is Protection.OFF
+    assert len(snap.warnings[0].message) < 400

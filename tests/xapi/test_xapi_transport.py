@@ -19,8 +19,13 @@ from collections.abc import Iterator
 import pytest
 import XenAPI
 
-from xenhad.xapi import Xapi, XapiUnreachable
-from xenhad.xapi.transport import TcpTransport, UnixTransport
+from xenhad.xapi import Xapi, XapiReplyError, XapiUnreachable
+from xenhad.xapi.transport import (
+    MAX_REPLY_BYTES,
+    MAX_REPLY_DEPTH,
+    TcpTransport,
+    UnixTransport,
+)
 
 
 @pytest.fixture
@@ -252,3 +257,75 @@ def test_tls_is_verified_by_default_and_a_ca_file_makes_it_pass(
     )
     session.login_with_password("root", "", "1.0", "t")
     assert session.handle == "OpaqueRef:s"
+
+
+def _streaming_server(head: bytes, body_chunk: bytes, repeat: int, tail: bytes) -> int:
+    """Answers one request with `head`, then `body_chunk` `repeat` times, then `tail`: a
+    large reply never held whole by the test."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while b"</methodCall>" not in data:
+                data += conn.recv(65536)
+            try:
+                conn.sendall(head)
+                for _ in range(repeat):
+                    conn.sendall(body_chunk)
+                conn.sendall(tail)
+            except OSError:
+                pass  # the client hung up on a reply it refused
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(server.getsockname()[1])
+
+
+def _refusal(port: int) -> str:
+    session = XenAPI.Session(
+        f"http://127.0.0.1:{port}/", transport=TcpTransport(https=False, timeout=5)
+    )
+    with pytest.raises(XapiReplyError) as caught:
+        session.login_with_password("root", "", "1.0", "t")
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.timeout(20)
+def test_a_reply_larger_than_the_bound_is_refused_as_it_streams() -> None:
+    # Issue 24: a 100 MB reply took the daemon from 32 to 331 MiB resident; 64 MiB is ten
+    # times the first read of a 64-host, 1,000-VM simulated pool (transport.MAX_REPLY_BYTES).
+    assert MAX_REPLY_BYTES == 64 * 1024 * 1024
+    head = (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+            b"<?xml version='1.0'?><methodResponse><params><param><value><struct>"
+            b"<member><name>Status</name><value>Success</value></member>"
+            b"<member><name>Value</name><value><string>OpaqueRef:")
+    chunk = b"x" * (1024 * 1024)
+    tail = b"</string></value></member></struct></value></param></params></methodResponse>"
+    port = _streaming_server(head, chunk, 65, tail)
+    assert "larger than 67108864 bytes" in _refusal(port)
+
+
+@pytest.mark.timeout(10)
+def test_a_reply_announcing_more_than_the_bound_is_refused_before_it_is_read() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n<?xml" % (MAX_REPLY_BYTES + 1)
+    port = _streaming_server(head, b"", 0, b"")
+    assert f"announced a reply of {MAX_REPLY_BYTES + 1} bytes" in _refusal(port)
+
+
+@pytest.mark.timeout(10)
+def test_a_reply_nested_deeper_than_any_xapi_record_is_refused() -> None:
+    nested: object = "OpaqueRef:x"
+    for _ in range(MAX_REPLY_DEPTH + 1):
+        nested = [nested]
+    body = xmlrpc.client.dumps(
+        ({"Status": "Success", "Value": nested},), methodresponse=True
+    ).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    port = _streaming_server(head, body, 1, b"")
+    assert f"more than {MAX_REPLY_DEPTH} deep" in _refusal(port)

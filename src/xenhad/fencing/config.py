@@ -205,8 +205,8 @@ def _parse_self_fence(t: Table) -> SelfFenceSettings:
     mode = WatchdogMode(
         t.choice("mode", WatchdogMode.REQUIRED.value, [m.value for m in WatchdogMode])
     )
-    timeout = t.integer("timeout", 60, minimum=1, maximum=65535)
-    margin = t.seconds("margin", 15.0, allow_zero=True)
+    timeout = t.integer("timeout", 60, minimum=1, maximum=3600)
+    margin = t.seconds("margin", 15.0, allow_zero=True, maximum=3600)
     url = t.string("sim_control_url", "")
     if watchdog == "sim":
         if not url:
@@ -343,9 +343,9 @@ def _parse_agent(t: Table) -> AgentSettings:
         if not isinstance(value, str) or "\n" in value or "\r" in value:
             raise t.error(dotted, value, "expected a one-line string, number or boolean")
         options[key] = value
-    timeout = t.seconds("timeout", 60.0)
-    off_timeout = t.seconds("off_timeout", 30.0)
-    poll = t.seconds("poll_interval", 2.0)
+    timeout = t.seconds("timeout", 60.0, maximum=3600)
+    off_timeout = t.seconds("off_timeout", 30.0, maximum=3600)
+    poll = t.seconds("poll_interval", 2.0, maximum=600)
     return AgentSettings(
         command=command,
         options=options,
@@ -357,9 +357,9 @@ def _parse_agent(t: Table) -> AgentSettings:
 
 
 def _timings(t: Table) -> tuple[float, float, float]:
-    request_timeout = t.seconds("request_timeout", 10.0)
-    off_timeout = t.seconds("off_timeout", 60.0)
-    poll = t.seconds("poll_interval", 2.0)
+    request_timeout = t.seconds("request_timeout", 10.0, maximum=600)
+    off_timeout = t.seconds("off_timeout", 60.0, maximum=3600)
+    poll = t.seconds("poll_interval", 2.0, maximum=600)
     if poll > off_timeout:
         t.blame_pair("poll_interval", poll, "<=", "off_timeout", off_timeout)
     return request_timeout, off_timeout, poll

@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import enum
+import re
 import urllib.parse
 import xmlrpc.client
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,6 +53,7 @@ from xenhad.xapi.errors import (
     XapiException,
     XapiReplyError,
     XapiUnreachable,
+    shown,
 )
 from xenhad.xapi.transport import TcpTransport, UnixTransport
 
@@ -420,7 +422,7 @@ class Xapi:
                     raise XapiError.from_details(e.details, endpoint=endpoint) from None
                 except xmlrpc.client.Fault as e:
                     raise _from_fault(method, e) from None
-                except (TypeError, KeyError, IndexError, AttributeError) as e:
+                except (TypeError, KeyError, IndexError, AttributeError, ValueError) as e:
                     # XenAPI.Session's own parsing of a reply it did not expect.
                     raise XapiReplyError(
                         f"xapi at {endpoint} answered {method} with a malformed reply ({e})"
@@ -490,11 +492,11 @@ class Xapi:
     async def pool_recover_slaves(self) -> list[str]:
         """Refs of the hosts that were told the new master (failures are dropped by xapi)."""
         reply = await self.call("pool.recover_slaves")
-        if not isinstance(reply, (list, tuple)):
+        if not isinstance(reply, (list, tuple)) or not all(isinstance(r, str) for r in reply):
             raise XapiReplyError(
-                f"pool.recover_slaves answered {type(reply).__name__}, not a list of hosts"
+                f"pool.recover_slaves answered {shown(reply)}, not a list of host refs"
             )
-        return [str(r) for r in reply]
+        return list(reply)
 
     async def pool_sync_database(self) -> None:
         await self.call("pool.sync_database")
@@ -520,15 +522,20 @@ class Xapi:
 
 
 def _int_reply(method: str, value: object) -> int:
-    # int64 travels as a decimal string in XML-RPC.
-    try:
-        return int(str(value))
-    except ValueError:
-        raise XapiReplyError(f"{method} answered {value!r}, not an integer") from None
+    # int64 travels as a decimal string in XML-RPC: plain ASCII digits, 64 bits at most.
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,19}", value.strip()):
+        number = int(value.strip())
+    if number is None or not -(2**63) <= number < 2**63:
+        raise XapiReplyError(f"{method} answered {shown(value)}, not a 64-bit integer")
+    return number
 
 
 def _from_fault(method: str, fault: xmlrpc.client.Fault) -> XapiException:
-    text = str(fault.faultString)
+    text = fault.faultString if isinstance(fault.faultString, str) else shown(fault.faultString)
+    text = text if len(text) <= 200 else text[:197] + "..."
     # XenAPI.Session raises these Faults itself when a re-login after SESSION_INVALID does
     # not give it a valid session (XenAPI.py xenapi_request / _login).
     if "SESSION_INVALID" in text or "valid session" in text or fault.faultCode == 401:

@@ -18,6 +18,7 @@ holds a password.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 
 from xenhad.errors import CredentialError, XenhadError
@@ -25,6 +26,25 @@ from xenhad.errors import CredentialError, XenhadError
 SESSION_AUTHENTICATION_FAILED = "SESSION_AUTHENTICATION_FAILED"
 SESSION_INVALID = "SESSION_INVALID"
 HOST_IS_SLAVE = "HOST_IS_SLAVE"
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = 60
+_SHOWN.maxother = 60
+_SHOWN.maxlevel = 3
+for _name in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset"):
+    setattr(_SHOWN, _name, 4)
+_SHOWN.maxlong = 40
+
+
+def shown(value: object) -> str:
+    """`value` as a message may quote it: a repr cut to a few dozen characters and three
+    levels. A reply is the other side's to fill: a 60 MB string or a structure nested a
+    million deep must not become a log line, nor a RecursionError while writing one."""
+    try:
+        return _SHOWN.repr(value)
+    except Exception:  # a repr that fails is no reason to lose the error being reported
+        return f"<{type(value).__name__}>"
 
 
 class XapiException(XenhadError):
@@ -40,19 +60,23 @@ class XapiError(XapiException):
         super().__init__(self._message())
 
     def _message(self) -> str:
+        code = self.code if len(self.code) <= 80 else shown(self.code)
         if not self.params:
-            return f"xapi error {self.code}"
-        return f"xapi error {self.code} {list(self.params)}"
+            return f"xapi error {code}"
+        # Bounded: the params are xapi's to choose (a hostile or broken one's).
+        params = [p if len(p) <= 200 else p[:197] + "..." for p in self.params[:8]]
+        more = f" (+{len(self.params) - 8} more)" if len(self.params) > 8 else ""
+        return f"xapi error {code} {params}{more}"
 
     @classmethod
     def from_details(cls, details: object, endpoint: str = "") -> XapiError:
         """Build from `XenAPI.Failure.details`: [code, param, ...] (strings on the wire)."""
         if isinstance(details, (list, tuple)) and details:
-            code, *params = (str(d) for d in details)
+            code, *params = (d if isinstance(d, str) else shown(d) for d in details)
             if code == SESSION_AUTHENTICATION_FAILED:
                 return XapiAuthError(params, endpoint=endpoint)
             return cls(code, params)
-        return cls("UNKNOWN_FAILURE", (repr(details),))
+        return cls("UNKNOWN_FAILURE", (shown(details),))
 
 
 class XapiAuthError(XapiError, CredentialError):

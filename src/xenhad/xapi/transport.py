@@ -25,6 +25,8 @@ past it by more than one read.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import http.client
 import socket
 import ssl
@@ -43,8 +45,20 @@ USER_AGENT = "xenhad"
 _READ_CHUNK = 64 * 1024
 _INTERN_MAX = 64
 """Longer string values are rarely shared (descriptions, XML documents): not interned."""
-MAX_REPLY_BYTES = 256 * 1024 * 1024
-"""A get_all_records of a few thousand VMs is tens of MB; more than this is not xapi."""
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+"""The largest reply read; a larger one fails the call with one XapiReplyError line.
+
+The largest read xenhad makes is the first event.from of a whole pool: 6.0 MiB for the
+simulator's 64 hosts and 1,000 VMs (1,066 VM records of 46 fields; VM.get_all_records alone
+5.3 MiB). A real VM record has about 110 fields, so a real pool of that size is nearer 15 to
+30 MiB: this leaves twice that, and ten times the simulator's. Without a bound one 100 MB
+reply took the daemon from 32 to 331 MiB resident (issue 24)."""
+MAX_REPLY_DEPTH = 32
+"""Arrays and structs nested deeper than this are not xapi's (a record in an event batch is
+6 deep): refused while parsing, before a caller recursing into them could overflow."""
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
+"""After a reply at least this large, freed heap is handed back to the system (malloc_trim):
+parsing it fragmented the heap, and the daemon's resident size would stay at its peak."""
 
 
 class _Deadline:
@@ -148,13 +162,23 @@ class _Unmarshaller(xmlrpc.client.Unmarshaller):
         super().__init__(use_datetime=False, use_builtin_types=False)
         self._unread = unread
         self._members: list[int] = []
+        self._depth = 0
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         if tag == "member":
             self._members.append(len(self._stack))
+        elif tag in ("array", "struct"):
+            self._depth += 1
+            if self._depth > MAX_REPLY_DEPTH:
+                raise XapiReplyError(
+                    f"xapi reply nests arrays and structs more than {MAX_REPLY_DEPTH} deep: "
+                    "refused (not a xapi reply)"
+                )
         super().start(tag, attrs)
 
     def end(self, tag: str) -> None:
+        if tag in ("array", "struct"):
+            self._depth -= 1
         if tag != "member":
             super().end(tag)
             return
@@ -183,6 +207,12 @@ def _read_reply(
 ) -> tuple[Any, ...]:
     """The reply's XML-RPC values, parsed as its chunks arrive: a whole pool's records are
     megabytes of XML, never held as one string beside what they parse into."""
+    declared = response.getheader("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_REPLY_BYTES:
+        raise XapiReplyError(
+            f"xapi at {endpoint} announced a reply of {int(declared)} bytes, more than the "
+            f"{MAX_REPLY_BYTES} xenhad reads: refused"
+        )
     unmarshaller = _Unmarshaller(unread)
     parser = xmlrpc.client.ExpatParser(unmarshaller)
     size = 0
@@ -196,17 +226,43 @@ def _read_reply(
                 break
             size += len(chunk)
             if size > MAX_REPLY_BYTES:
-                raise XapiReplyError(f"xapi reply larger than {MAX_REPLY_BYTES} bytes: refused")
+                raise XapiReplyError(
+                    f"xapi at {endpoint} sent a reply larger than {MAX_REPLY_BYTES} bytes, "
+                    "more than xenhad reads: refused"
+                )
             parser.feed(chunk)
         parser.close()
         params: tuple[Any, ...] = unmarshaller.close()
     except xmlrpc.client.Fault:
         raise
+    except XapiReplyError:
+        raise
     except (ExpatError, xmlrpc.client.ResponseError, ValueError, TypeError) as e:
         raise XapiReplyError(
             f"xapi at {endpoint} sent a reply that is not XML-RPC ({e}): is this a xapi endpoint?"
         ) from e
+    finally:
+        # What a refused reply had parsed goes now, not with the traceback that holds it.
+        del parser, unmarshaller
+        if size >= TRIM_AFTER_BYTES:
+            _give_back_freed_memory()
     return params
+
+
+def _give_back_freed_memory() -> None:
+    """glibc keeps freed heap for reuse; after a large reply, hand it back (a no-op where
+    malloc_trim does not exist)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 def _describe(e: BaseException) -> str:
