@@ -41,8 +41,12 @@ def remount(where: Path, *, read_only: bool) -> None:
         raise RuntimeError(f"remount of {where} failed: {done.stderr.strip()}")
 
 
-def fill(where: Path, name: str = "filler") -> Path:
-    """Take every free byte of the disk `where` is on; delete the returned file to free it."""
+def fill(where: Path, name: str = "filler", *, slack_of: Path | None = None) -> Path:
+    """Take every free byte of the disk `where` is on; delete the returned file to free it.
+
+    A full disk still takes bytes into the last block of a file that has room there: with
+    `slack_of` (a journal), that room is taken too, with blank lines (which replay ignores),
+    so that the file's next record meets ENOSPC."""
     filler = where / name
     chunk = b"\0" * 4096
     with open(filler, "wb", buffering=0) as out:
@@ -52,4 +56,12 @@ def fill(where: Path, name: str = "filler") -> Path:
         with contextlib.suppress(OSError):
             while True:
                 out.write(b"\0")
+    if slack_of is not None:
+        fd = os.open(slack_of, os.O_WRONLY | os.O_APPEND)
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\n")
+        finally:
+            os.close(fd)
     return filler

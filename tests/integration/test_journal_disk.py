@@ -1,0 +1,174 @@
+"""The disk holding the journal fails: read-only before the daemon starts, full at start, full
+in the middle of an incident (issue 25). Real daemons, a real small tmpfs (mounted as root;
+skipped where mounting is not allowed). Nothing is done that the journal cannot record, the
+daemon stays up and says so once, loudly, and carries on by itself when the disk is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pool_checks import protected_on, running_again, wait_all_logged
+
+from small_disk import fill, remount, small_disk
+from xenhad.journal import Journal
+from xenhad.log import parse_line
+from xenhad.sim import PoolSpec
+from xenhad.testbed import Testbed
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+HOST_UUID = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+
+
+def start_alone(workdir: Path, state_dir: Path, name: str,
+                extra: str = "") -> tuple[int, list[str]]:
+    """`xenhad run` with stderr as the journal would see it ($JOURNAL_STREAM names it):
+    its exit status and its lines. It fails before it needs a pool."""
+    config = workdir / f"{name}.toml"
+    config.write_text(f'[host]\nuuid = "{HOST_UUID}"\n[daemon]\nstate_dir = "{state_dir}"\n'
+                      '[xapi]\nsocket = "/nonexistent/xapi"\n' + extra)
+    err = workdir / f"{name}.err"
+    with open(err, "wb") as out:
+        st = os.fstat(out.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        env.pop("NOTIFY_SOCKET", None)
+        done = subprocess.run([sys.executable, "-m", "xenhad", "run", "--config", str(config)],
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                              timeout=60, check=False)
+    return done.returncode, err.read_text().splitlines()
+
+
+def errors_of(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith(("<0>", "<1>", "<2>", "<3>"))]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-state-dir", "existing-state-dir"])
+def test_a_read_only_state_dir_stops_each_start_with_one_error_line(
+    workdir: Path, existing: bool
+) -> None:
+    with small_disk(workdir / "disk") as disk:
+        state = disk / "state"
+        if existing:  # a daemon ran here before the disk went read-only
+            state.mkdir(mode=0o700)
+            (state / "lock").write_text("1234\n")
+            with Journal(state / "journal.jsonl") as journal:
+                journal.append({"t": 1.0, "host": "h", "episode": "end"})
+        remount(disk, read_only=True)
+        for attempt in ("first start", "restart"):  # as systemd's Restart= would
+            code, lines = start_alone(workdir, state, attempt.replace(" ", "-"))
+            assert code == 2, (attempt, lines)
+            assert not any("Traceback" in line for line in lines), lines
+            (error,) = errors_of(lines)
+            assert error.startswith("<3>"), "journalctl -p err must list it"
+            parsed = parse_line(error)
+            assert parsed is not None and parsed.event == "daemon.failed"
+            assert "Read-only file system" in parsed.fields["error"]
+            assert str(state) in parsed.fields["error"]
+
+
+def test_a_config_error_at_start_is_one_error_line_too(workdir: Path) -> None:
+    code, lines = start_alone(workdir, workdir / "state", "bad", "[detector]\nconfirm_misses = 0\n")
+    assert code == 2
+    (error,) = errors_of(lines)
+    assert error.startswith("<3>xenhad: ") and "confirm_misses" in error
+    assert len(lines) == 1
+
+
+def status_doc(bed: Testbed, name: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "xenhad", "status", "--json", "--config",
+         str(bed.daemons[name].config)], capture_output=True, text=True, timeout=30, check=True)
+    doc = json.loads(done.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_a_full_disk_holds_every_step_loudly_and_recovery_carries_on_once_freed(
+    workdir: Path,
+) -> None:
+    spec = PoolSpec(hosts=3, vms=9, seed=3, vm_start_seconds=0.5)
+    state = workdir / "host1" / "state"
+    with small_disk(state, kib=256), Testbed(spec, workdir, systemd=True) as bed:
+        wait_all_logged(bed, "daemon.ready")
+        victim = "host2"
+        protected = protected_on(bed, victim)
+        assert protected, "the seed should put protected VMs on host2"
+        notify = bed.daemons["host1"].notify
+        assert notify is not None
+
+        # 1. Full before the host dies: no incident may open, the daemon says why.
+        filler = fill(state, slack_of=state / "journal.jsonl")
+        bed.bmc_mode(victim, "down")  # then its fence waits (phase 2)
+        bed.crash(victim)
+        bed.wait_for(lambda: bed.events_named("host.down", "host1"), 30, what="host2 down")
+        bed.wait_for(lambda: bed.events_named("journal.unwritable", "host1"), 10,
+                     what="the daemon to say its journal cannot be written")
+        time.sleep(3)
+        assert not bed.events_named("incident.opened"), "an incident opened unjournaled"
+        assert bed.daemon_alive("host1")
+        (_, line), = bed.events_named("journal.unwritable", "host1")
+        assert line.level == "error" and str(state) in line.fields["fix"]
+        assert any("CANNOT ACT" in s for s in notify.seen("STATUS="))
+        doc = status_doc(bed, "host1")
+        assert "No space left on device" in str(doc["journal_error"])
+
+        # Freed: the incident opens by itself, and waits for its fence (BMC down).
+        filler.unlink()
+        bed.wait_for(lambda: bed.events_named("incident.waiting_fence", "host1"), 30,
+                     what="the incident to open once the disk had room")
+        assert len(bed.events_named("journal.writable", "host1")) == 1
+
+        # 2. Full while the incident waits: the fence's retry is a step it cannot record.
+        filler = fill(state, slack_of=state / "journal.jsonl")
+        bed.bmc_mode(victim, "ok")
+        bed.wait_for(lambda: len(bed.events_named("journal.unwritable", "host1")) == 2, 30,
+                     what="the daemon to say again that its journal cannot be written")
+        time.sleep(4)  # several fence retries' worth (retry_backoff_max 4 s)
+        assert not bed.events_named("fence.off", "host1"), "fenced though unjournaled"
+        steps = [e.fields.get("phase") for _, e in bed.events_named("incident.step", "host1")]
+        assert "resetting" not in steps, "a step was taken that the journal does not hold"
+        assert all(bed.vm_hosts().get(vm) == [] for vm in protected)
+        doc = status_doc(bed, "host1")
+        incidents = doc["incidents"]
+        assert isinstance(incidents, list) and incidents[0]["waiting_for_journal"] is True
+        assert bed.daemon_alive("host1")
+
+        filler.unlink()
+        bed.wait_for(lambda: running_again(bed, protected, victim), 60,
+                     what="the protected VMs running again once the disk had room")
+        bed.wait_for(lambda: bed.events_named("incident.closed", "host1"), 30,
+                     what="the incident to close")
+        assert bed.pool.double_runs() == []
+        assert len(bed.events_named("journal.writable", "host1")) == 2
+        assert bed.daemons["host1"].starts == 1, "the daemon restarted"
+        # Every record whole: nothing glued to a torn line, nothing lost.
+        report = Journal(state / "journal.jsonl").replay()
+        assert report.problems == []
+        kinds = [r.get("event") for r in report.records if r.get("event")]
+        assert kinds.count("opened") == 1 and "fence-done" in kinds
+        bed.stop_daemon("host1")
+
+
+def test_a_full_disk_at_start_keeps_the_daemon_up(workdir: Path) -> None:
+    # A journal with an old record to compact away: compaction needs room it cannot have.
+    state = workdir / "host1" / "state"
+    spec = PoolSpec(hosts=2, vms=2, seed=3)
+    with small_disk(state, kib=64):
+        state.chmod(0o700)
+        with Journal(state / "journal.jsonl") as journal:
+            journal.append({"t": 1.0, "host": "gone", "episode": "end"})  # compacted away
+            journal.append({"t": time.time(), "host": "back", "episode": "end"})  # kept
+        fill(state, slack_of=state / "journal.jsonl")
+        with Testbed(spec, workdir, daemon_hosts=("host1",)) as bed:
+            bed.wait_for(lambda: bed.events_named("daemon.ready", "host1"), 60,
+                         what="the daemon to come up on a full disk")
+            assert bed.events_named("journal.not_compacted", "host1")
+            time.sleep(2)
+            assert bed.daemon_alive("host1") and bed.daemons["host1"].starts == 1
+            bed.stop_daemon("host1")
