@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from pool_checks import protected_on, running_again, wait_all_logged
+from pool_checks import never_twice_until, protected_on, running_again, wait_all_logged
 
 from small_disk import fill, remount, small_disk
+from xenhad.daemon import STOP_SECONDS
 from xenhad.journal import Journal
 from xenhad.log import parse_line
 from xenhad.sim import PoolSpec
@@ -172,3 +174,45 @@ def test_a_full_disk_at_start_keeps_the_daemon_up(workdir: Path) -> None:
             time.sleep(2)
             assert bed.daemon_alive("host1") and bed.daemons["host1"].starts == 1
             bed.stop_daemon("host1")
+
+
+def test_sigterm_during_a_long_vm_start_exits_at_once_and_the_start_is_found_out_later(
+    workdir: Path,
+) -> None:
+    # A VM.start runs for a minute in its XAPI worker thread (a long boot, a start_delay):
+    # the stop abandons it, and the next start learns from the pool whether it happened.
+    spec = PoolSpec(hosts=3, vms=9, seed=3, vm_start_seconds=60.0)
+    with Testbed(spec, workdir, overrides={"recovery": {"concurrency": 1}}) as bed:
+        wait_all_logged(bed, "daemon.ready")
+        protected = protected_on(bed, "host2")
+        assert protected
+        bed.crash("host2")
+        bed.wait_for(lambda: bed.events_named("vm.starting", "host1"), 60,
+                     what="a VM start in flight")
+        proc = bed.daemons["host1"].proc
+        assert proc is not None
+        sent = time.monotonic()
+        bed.signal_daemon("host1", signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - sent
+        assert code == 0 and took < STOP_SECONDS, f"exit {code} after {took:.1f}s"
+        (_, stopped), = bed.events_named("daemon.stopped", "host1")
+        assert stopped.fields["open_incidents"] == 1, "the parked incident was not counted"
+        (_, starting), = bed.events_named("vm.starting", "host1")
+        in_flight = starting.fields["vm"]
+        bed.start_daemon("host1")
+
+        def found_out() -> bool:
+            return any(e.fields["vm"] == in_flight for _, e in
+                       bed.events_named("vm.restarted", "host1"))
+
+        # The abandoned start carries on in xapi; the new daemon waits for it, not again.
+        never_twice_until(bed, found_out, 90, what=f"{in_flight}'s start found out")
+        starts = [e for _, e in bed.events_named("vm.starting", "host1")
+                  if e.fields["vm"] == in_flight]
+        assert len(starts) == 1, f"{in_flight} was started again"
+        assert len(bed.events_named("incident.opened", "host1")) == 1
+        bed.stop_daemon("host1")
