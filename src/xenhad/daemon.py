@@ -64,6 +64,7 @@ from xenhad.recovery.history import History, Recovered
 from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot
 from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
+from xenhad.unit import restart_delay
 from xenhad.xapi.client import Xapi, single_attempt
 from xenhad.xapi.connect import open_xapi
 from xenhad.xapi.errors import XapiError, XapiUnreachable
@@ -204,6 +205,7 @@ class Daemon:
         self._lock_state_dir()
         self._announce_mode()
         self._check_watchdog_slack()
+        self._check_restart_fits()
         self._recover_journal()
         self._failover = self._make_failover()
         self._alerts = Alerts.from_config(self.config.alerts, sent_by=self._me)
@@ -1227,6 +1229,18 @@ class Daemon:
         if worst * 2 > watchdog:
             log.error("systemd.watchdog_tight", watchdog_s=watchdog, worst_tick_s=worst,
                       fix="raise WatchdogSec= or lower xapi.timeout/detector.interval")
+
+
+    def _check_restart_fits(self) -> None:
+        """What check-config says of the unit's restart delay, said again at start (the
+        unit may have changed since): an error refuses the start, a warning is logged."""
+        delay = restart_delay()
+        if delay is None:
+            return
+        warning = configuration.check_restart_fits(self.config, delay.seconds,
+                                                   str(delay.source))
+        if warning is not None:
+            log.warning("self_fence.restart_too_slow", why=warning)
 
 
 def _proves_off(incident: Incident) -> bool:

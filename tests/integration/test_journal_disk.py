@@ -216,3 +216,26 @@ def test_sigterm_during_a_long_vm_start_exits_at_once_and_the_start_is_found_out
         assert len(starts) == 1, f"{in_flight} was started again"
         assert len(bed.events_named("incident.opened", "host1")) == 1
         bed.stop_daemon("host1")
+
+
+def test_a_restart_that_cannot_beat_the_watchdog_refuses_the_start_in_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The unit restarts the daemon 5 s after a crash; a 6 s watchdog would reset the host
+    # before the daemon could feed it again (issue 25, finding 6).
+    units = workdir / "units"
+    units.mkdir()
+    unit = Path(__file__).parents[2] / "packaging" / "systemd" / "xenhad.service"
+    (units / "xenhad.service").write_text(unit.read_text())
+    secret = workdir / "pool-secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    secret.chmod(0o600)
+    extra = (f'[peers]\nsecret_file = "{secret}"\n'
+             '[fencing]\nself_fence = { watchdog = "/dev/watchdog", timeout = 6 }\n')
+    monkeypatch.setenv("SYSTEMD_UNIT_PATH", str(units))  # where systemd would look
+    code, lines = start_alone(workdir, workdir / "state", "tight", extra)
+    assert code == 2
+    (error,) = errors_of(lines)
+    parsed = parse_line(error)
+    assert parsed is not None and parsed.event == "daemon.failed"
+    assert "RestartSec=5s" in parsed.fields["error"] and "self_fence.timeout = 6" in error
