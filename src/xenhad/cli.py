@@ -113,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except XenhadError as exc:
-        print(f"xenhad: {exc}", file=sys.stderr)
+        from xenhad.log import print_error
+
+        print_error(str(exc))  # one line, at error priority under journald
         return 2
     except KeyboardInterrupt:
         return 130
@@ -126,9 +128,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run(args.config)
     if args.command == "check-config":
         from xenhad.config import check_config
+        from xenhad.log import print_error
 
         code, line = check_config(args.file)
-        print(line, file=sys.stdout if code == 0 else sys.stderr)
+        if code == 0:
+            print(line)
+        else:
+            print_error(line)
         return code
     if args.command == "demo":
         from xenhad.demo import run_demo

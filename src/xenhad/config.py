@@ -368,8 +368,15 @@ def check_config(
             resolve_host_uuid(config)
         except ConfigError as e:
             return 1, f"{path}: {e}"
-    warnings = config_warnings(config)
-    return 0, f"{path}: ok" + "".join(f"; warning: {w}" for w in warnings)
+    from xenhad.unit import restart_delay
+
+    delay = restart_delay(env)
+    try:
+        warning = check_restart_fits(config, delay.seconds, str(delay.source)) if delay else None
+    except ConfigError as e:
+        return 1, f"{path}: {e}"
+    warnings = ([warning] if warning else []) + config_warnings(config)
+    return 0, f"{path}: ok" + "".join(f"; WARNING: {w}" for w in warnings)
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -386,6 +393,46 @@ def config_warnings(config: Config) -> list[str]:
             "a directory on storage both hosts mount"
         )
     return found
+
+
+STARTUP_FLOOR_SECONDS = 2.0
+"""From exec to the daemon's first tick, at least: the interpreter, imports, the journal's
+replay (0.1 s to daemon.starting and 0.2 s more to daemon.ready on the test machine; a
+dom0's CPU is slower and busier)."""
+
+
+def check_restart_fits(config: Config, restart_sec: float, unit: str) -> str | None:
+    """Whether a daemon restarted by systemd feeds its watchdog again in time.
+
+    A daemon that dies holding its armed watchdog (a crash, a kill, systemd's own watchdog)
+    leaves it counting: the restarted one must be back, have read the pool and heard a
+    majority, and feed it, within fencing.self_fence.timeout, or the host resets under it.
+    ConfigError when even the restart delay and the floor of a start cannot fit; a warning,
+    with the numbers, when the worst start (one xapi.timeout to read the pool, a peers.window
+    to hear a majority, one tick) does not; None when it fits or there is no watchdog."""
+    self_fence = config.fencing.self_fence
+    if self_fence is None:
+        return None
+    timeout = float(self_fence.timeout)
+    floor = restart_sec + STARTUP_FLOOR_SECONDS
+    worst = floor + config.xapi.timeout + config.peers.window + config.detector.interval
+    if floor >= timeout:
+        raise ConfigError(
+            f"fencing.self_fence.timeout = {self_fence.timeout} is invalid: a daemon restarted "
+            f"by systemd (RestartSec={restart_sec:g}s in {unit}) starts no sooner than "
+            f"{floor:g}s, after its watchdog reset the host: raise the timeout above "
+            f"{worst:g}s or lower RestartSec"
+        )
+    if worst >= timeout:
+        return (
+            f"fencing.self_fence.timeout = {self_fence.timeout} may reset this host when the "
+            f"daemon restarts: RestartSec={restart_sec:g}s ({unit}) + {STARTUP_FLOOR_SECONDS:g}s "
+            f"to start + xapi.timeout {config.xapi.timeout:g}s + peers.window "
+            f"{config.peers.window:g}s + detector.interval {config.detector.interval:g}s = "
+            f"{worst:g}s before its first feed; raise the timeout above {worst:g}s or lower "
+            "RestartSec"
+        )
+    return None
 
 
 def resolve_host_uuid(config: Config) -> str:

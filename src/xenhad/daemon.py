@@ -13,7 +13,10 @@ import fcntl
 import os
 import random
 import signal
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +53,7 @@ from xenhad.fencing.watchdog import (
     device_for,
     self_fence_deadline_passed,
 )
-from xenhad.journal import Journal
+from xenhad.journal import Journal, JournalError
 from xenhad.model import HostId, HostView, PoolView
 from xenhad.notify import Notifier
 from xenhad.peers.link import HeartbeatLink, Peer, batch_seconds
@@ -62,6 +65,7 @@ from xenhad.recovery.history import History, Recovered
 from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot
 from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
+from xenhad.unit import restart_delay
 from xenhad.xapi.client import Xapi, single_attempt
 from xenhad.xapi.connect import open_xapi
 from xenhad.xapi.errors import XapiError, XapiUnreachable
@@ -98,6 +102,13 @@ the slaves rejoin it."""
 
 HISTORY_SECONDS = 30 * 24 * 3600
 """How long closed incidents stay in the journal (for `xenhad history`)."""
+
+XAPI_CLOSE_SECONDS = 5.0
+ALERTS_DRAIN_SECONDS = 5.0
+STOP_SECONDS = XAPI_CLOSE_SECONDS + ALERTS_DRAIN_SECONDS + 5.0
+"""The longest a stop takes from SIGTERM to exit: a logout, the alerts' drain, and 5 s for
+the rest (parking, the watchdog's disarm, the last heartbeat). The unit's TimeoutStopSec
+(30 s) leaves room over it; calls in flight are abandoned, never waited for."""
 
 
 def heard_within(interval: float) -> float:
@@ -194,18 +205,23 @@ class Daemon:
         self._said_two_hosts = False
         self._fatal: XenhadError | None = None
         """What stopped the daemon from a task other than the main loop's."""
+        self._loop_task: asyncio.Task[None] | None = None
+        self._unwritten_ends: list[HostId] = []
+        """Hosts back whose episode end the journal refused: written as soon as it can be."""
+        self._journal_failing_since: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         self._me = configuration.resolve_host_uuid(self.config)
         self._lock_state_dir()
         self._announce_mode()
         self._check_watchdog_slack()
+        self._check_restart_fits()
         self._recover_journal()
         self._failover = self._make_failover()
         self._alerts = Alerts.from_config(self.config.alerts, sent_by=self._me)
@@ -221,8 +237,12 @@ class Daemon:
             self._metrics = Metrics()
             serve(self._metrics, self.config.daemon.metrics_port)
             log.info("metrics.serving", address="127.0.0.1", port=self.config.daemon.metrics_port)
+        self._loop_task = asyncio.ensure_future(self._loop())
         try:
-            await self._loop()
+            await self._loop_task
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
         finally:
             server.close()
             await self._shutdown()
@@ -231,7 +251,11 @@ class Daemon:
         return 0
 
     def stop(self) -> None:
+        """Stop now: a tick in flight is abandoned where it stands (its XAPI calls with it,
+        as a kill would: the journal holds every step taken), then _shutdown parks."""
         self._stop.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
@@ -243,6 +267,7 @@ class Daemon:
                 await asyncio.wait_for(self._tick(), timeout=2 * self._tick_budget())
             except asyncio.TimeoutError:
                 self._xapi_failed("a tick took longer than twice its budget", started)
+            self._watch_journal()
             self._report()
             ended = self._clock.monotonic()
             await self._pause(max(0.05, self._interval(ended) - (ended - started)))
@@ -308,8 +333,13 @@ class Daemon:
         return budget
 
     async def _shutdown(self) -> None:
+        """Park, say goodbye, let go: within STOP_SECONDS whatever was in flight. XAPI calls
+        in flight (a VM.start may run for recovery.start_timeout) are abandoned: their
+        worker threads are left to the process's exit (see run()), and what they did is
+        read from the pool on the next start, as after a kill."""
         self._notify.stopping("stopping: parking incidents in the journal")
-        for host, runner in list(self._runners.items()):
+        parked = list(self._runners.items())
+        for host, runner in parked:
             await runner.park()
             task = self._runner_tasks.pop(host, None)
             if task is not None:
@@ -332,10 +362,14 @@ class Daemon:
                 )
             self._link.close()
         if self._xapi is not None:
-            await self._xapi.close()
+            # A logout waits behind the calls that hold the XAPI threads: bounded.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._xapi.close(), XAPI_CLOSE_SECONDS)
         # Alerts of the last transitions (parked incidents say nothing new) get a moment.
-        await self._alerts.drain(timeout=5.0)
-        log.info("daemon.stopped", open_incidents=len(self._runners))
+        await self._alerts.drain(timeout=ALERTS_DRAIN_SECONDS)
+        self._journal.close()
+        # Counted before parking: a parked runner leaves self._runners as its task ends.
+        log.info("daemon.stopped", open_incidents=len(parked))
 
     # -- one tick ----------------------------------------------------------------------
 
@@ -579,7 +613,7 @@ class Daemon:
                 # Self-fencing required and impossible: the daemon stops, saying why, as it
                 # would at start (run() raises it after the shutdown).
                 self._fatal = exc
-                self._stop.set()
+                self.stop()
                 return
             except Exception:
                 # A bug must not silence our heartbeats: peers would take us for cut off.
@@ -852,7 +886,8 @@ class Daemon:
         elif kind is VerdictKind.BACK:
             log.warning("host.back", **facts)
             self._proven_off.discard(host_id)
-            self._history.episode_end(host_id)
+            self._unwritten_ends.append(host_id)
+            self._write_episode_ends()
             runner = self._runners.get(host_id)
             if runner is not None:
                 runner.feed(ev.HostReturned(self._clock.wall()))
@@ -897,10 +932,17 @@ class Daemon:
                   why="protected VMs are Halted though nobody shut them down (their host "
                   "rebooted, or the pool lost power): starting them again")
         wall = self._clock.wall()
-        self._start_runner(IncidentRunner.open(ev.Opened(
-            incident=time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall)) + "-offline",
-            host=OFFLINE, host_name="pool", now=wall, vms=vms, unsafe=False, offline=True,
-        ), self._runner_deps()))
+        try:
+            runner = IncidentRunner.open(ev.Opened(
+                incident=time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall)) + "-offline",
+                host=OFFLINE, host_name="pool", now=wall, vms=vms, unsafe=False, offline=True,
+            ), self._runner_deps())
+        except JournalError:
+            # Not journaled, so not started: the sweep comes back once the journal can
+            # be written (the line saying it cannot is _watch_journal's).
+            self._next_offline_sweep = now
+            return
+        self._start_runner(runner)
 
     def _open_incident(self, view: PoolView, host: HostView) -> None:
         if host.uuid in self._runners:
@@ -919,7 +961,13 @@ class Daemon:
             vms=vms,
             unsafe=self.config.fencing.mode is FencingMode.TRUST_LIVENESS,
         )
-        runner = IncidentRunner.open(opened, self._runner_deps())
+        try:
+            runner = IncidentRunner.open(opened, self._runner_deps())
+        except JournalError:
+            # Nothing is done for it until its opening is on disk: tried again each tick
+            # (with the deferred), and _watch_journal says loudly why it waits.
+            self._deferred.add(host.uuid)
+            return
         if self._metrics is not None:
             self._metrics.incident_opened()
         self._start_runner(runner)
@@ -1003,8 +1051,16 @@ class Daemon:
     def _lock_state_dir(self) -> None:
         # Two daemons sharing one journal would each resume the other's incidents.
         state_dir = Path(self.config.daemon.state_dir)
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise XenhadError(
+                f"cannot use daemon.state_dir {state_dir}: {exc.strerror or exc} "
+                f"({exc.filename or state_dir}); xenhad keeps its journal of incidents there: "
+                "make it a writable directory (remount its disk read-write, free space), "
+                "or point daemon.state_dir at one"
+            ) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1013,8 +1069,10 @@ class Daemon:
                 f"another xenhad (pid {holder}) holds {state_dir}/lock: stop it first, or give "
                 "this one its own daemon.state_dir"
             ) from None
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        # The pid is for the operator only (the flock is the lock): a full disk may refuse it.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
 
     def _recover_journal(self) -> None:
         recovered = self._history.recover(_recovery_settings(self.config))
@@ -1028,6 +1086,36 @@ class Daemon:
         self._pending_resume = recovered.open
         if recovered.open:
             log.warning("incident.resuming", incidents=[i.id for i in recovered.open])
+
+    def _write_episode_ends(self) -> None:
+        while self._unwritten_ends:
+            try:
+                self._history.episode_end(self._unwritten_ends[0])
+            except JournalError:
+                return  # written on a later tick; replay meanwhile holds the host down
+            self._unwritten_ends.pop(0)
+
+    def _watch_journal(self) -> None:
+        """Once a tick: write what the journal owes, and say when it cannot be written and
+        when it can again (one line each). While it cannot, incidents take no step and
+        none opens: nothing is done that a restart would not know of."""
+        journal = self._journal
+        self._write_episode_ends()
+        if journal.failure is not None:
+            journal.check()  # a write of its own: the disk may be back with nothing owed
+        now = self._clock.monotonic()
+        if journal.failure is not None and self._journal_failing_since is None:
+            self._journal_failing_since = now
+            log.error("journal.unwritable", state_dir=str(journal.path.parent),
+                      error=journal.failure,
+                      effect="no incident opens or takes a step until it can be written; "
+                      "xenhad tries again each tick and carries on by itself",
+                      fix=f"free space on, or remount read-write, the disk holding "
+                      f"{journal.path.parent}")
+        elif journal.failure is None and self._journal_failing_since is not None:
+            log.warning("journal.writable", state_dir=str(journal.path.parent),
+                        after_s=round(now - self._journal_failing_since, 1))
+            self._journal_failing_since = None
 
     def _compact_journal(self, recovered: Recovered) -> None:
         """Keep what replay needs (open incidents, hosts still down) and a month of history."""
@@ -1045,7 +1133,14 @@ class Daemon:
                 or record.get("incident") in keep_incidents
             )
 
-        result = self._journal.compact(keep)
+        try:
+            result = self._journal.compact(keep)
+        except JournalError as exc:
+            # Housekeeping: the journal is intact and replayed. A full disk must not keep
+            # the daemon down (and its pool unwatched); if no record can be written either,
+            # the first that must be says so (_watch_journal).
+            log.warning("journal.not_compacted", error=str(exc))
+            return
         if result.dropped:
             log.info("journal.compacted", kept=result.kept, dropped=result.dropped)
 
@@ -1136,6 +1231,7 @@ class Daemon:
             "members": members,
             "passive": h.passive_reason or None,
             "xapi_error": h.xapi_error or None,
+            "journal_error": self._journal.failure,
             "fencing_unsafe": ("fencing.mode is trust-liveness: VMs are restarted on XAPI's "
                                "word alone" if self.config.fencing.mode
                                is FencingMode.TRUST_LIVENESS else None),
@@ -1146,10 +1242,17 @@ class Daemon:
             },
             "watchdog_armed": self._watchdog is not None and self._watchdog.is_running,
             "hosts": sorted(hosts, key=lambda x: str(x["name"])),
-            "incidents": [_incident_doc(r.incident, names) for r in self._runners.values()],
+            "incidents": [{**_incident_doc(r.incident, names), "waiting_for_journal": r.blocked}
+                          for r in self._runners.values()],
         }
 
     def _status_line(self) -> str:
+        if self._journal.failure is not None:
+            # Before anything else: whatever the pool does, this daemon can take no step.
+            return f"CANNOT ACT, journal unwritable: {self._journal.failure}"[:200]
+        return self._pool_status_line()
+
+    def _pool_status_line(self) -> str:
         h = self._health
         if not h.snapshot_ok:
             return f"XAPI unreachable: {h.xapi_error}"[:200]
@@ -1215,6 +1318,18 @@ class Daemon:
                       fix="raise WatchdogSec= or lower xapi.timeout/detector.interval")
 
 
+    def _check_restart_fits(self) -> None:
+        """What check-config says of the unit's restart delay, said again at start (the
+        unit may have changed since): an error refuses the start, a warning is logged."""
+        delay = restart_delay()
+        if delay is None:
+            return
+        warning = configuration.check_restart_fits(self.config, delay.seconds,
+                                                   str(delay.source))
+        if warning is not None:
+            log.warning("self_fence.restart_too_slow", why=warning)
+
+
 def _proves_off(incident: Incident) -> bool:
     """A fence powered the host off (not trust-liveness, not an offline incident)."""
     return incident.phase is Phase.DONE and incident.fenced_by not in ("", "trust-liveness")
@@ -1270,11 +1385,62 @@ def _recovery_settings(config: Config) -> Settings:
 
 
 def run(config_path: Path, *, clock: Clock | None = None) -> int:
-    """`xenhad run`: load the config (refusing a bad one), set up logs, run until stopped."""
+    """`xenhad run`: load the config (refusing a bad one), set up logs, run until stopped.
+
+    Whatever stops the daemon (SIGTERM, a state dir it cannot use, an unreadable secret)
+    ends in one line at error level, never a traceback, unless it is a bug; and the process
+    exits once the daemon has stopped, whatever XAPI calls its worker threads still wait on
+    (a VM.start may for recovery.start_timeout): they are abandoned, as a kill would."""
     config = configuration.load(config_path)
     logsetup.configure(fmt=config.daemon.log_format, level=config.daemon.log_level)
     log.info("daemon.starting", config=str(config_path))
     daemon = Daemon(config_path, config, clock=clock)
-    return asyncio.run(daemon.run())
+    # Not asyncio.run: it waits for every worker thread of the default executor.
+    loop = asyncio.new_event_loop()
+    try:
+        code = loop.run_until_complete(daemon.run())
+    except (XenhadError, OSError) as exc:
+        detail = str(exc) if isinstance(exc, XenhadError) else (
+            f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""))
+        log.error("daemon.failed", error=detail)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        log.critical("daemon.crashed", exc_info=True, fix="a bug: report it with this log")
+        traceback.print_exc()
+        code = 1
+    finally:
+        _close_loop(loop)
+    _exit_past_workers(code)
+    return code
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left and close the loop, waiting for no thread (close() shuts the
+    default executor down without waiting)."""
+    try:
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+
+
+def _exit_past_workers(code: int) -> None:
+    """Exit now if worker threads would hold the interpreter's exit (it joins them all)."""
+    workers = [t.name for t in threading.enumerate()
+               if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not workers:
+        return
+    log.info("daemon.exit", code=code, abandoned=workers,
+             why="calls still in flight are not waited for: the next start reads their outcome")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 

@@ -10,6 +10,11 @@ what the records mean (recovery/history.py does); it only guarantees:
 - a torn last line (a crash mid-write, no final newline) is never a record: the append
   that wrote it had not returned, so nothing was acted on. It is reported by `replay` and
   cut away when the file is opened, so the next append starts on a clean line;
+- an append that fails (a full disk, a read-only or failing one: ENOSPC, EROFS, EIO)
+  raises JournalError and leaves the file as it was before it: what it wrote is cut back
+  at once, or, if even that fails, before the next write, which is refused until it can
+  be. A later append never lands glued to the torn tail of a failed one (issue 25).
+  `failure` says why the last write failed, until one succeeds;
 - a corrupt line elsewhere (disk trouble, a hand edit) is skipped and reported, never fatal;
 - `compact` rewrites the file atomically: a crash at any instant leaves either the old
   file or the new one at `path`, never a mixture.
@@ -21,6 +26,7 @@ nothing and cannot fail.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -33,6 +39,7 @@ from typing import Any
 from xenhad.errors import XenhadError
 
 _EXCERPT = 80
+_PROBE_BYTES = 4096
 
 
 class JournalError(XenhadError):
@@ -146,6 +153,10 @@ class Journal:
         self._tmp = self.path.with_name(self.path.name + ".compacting")
         self._fd: int | None = None
         self._torn: Problem | None = None
+        self._whole_at: int | None = None
+        """The file's length before an append that failed and could not be cut back."""
+        self.failure: str | None = None
+        """Why the last write failed (one line, with the fix); None once one succeeds."""
         # The daemon appends from one event loop, but executors may use threads.
         self._lock = threading.RLock()
 
@@ -155,18 +166,21 @@ class Journal:
         """Write `record` as one line; return only once it is on disk."""
         line = encode(record)
         with self._lock:
-            fd = self._open()
+            self._write(line, keep=True)
+
+    def check(self) -> str | None:
+        """Why an append would fail now, or None: for a daemon whose last append failed
+        and that has nothing to write, to learn when the disk is back. A failed append's
+        bytes are cut back first; then a block's worth of blank lines (which replay
+        ignores: a crash leaves nothing that matters) is written, fsynced and cut away
+        again. A block, not a byte: a full disk still takes a byte in the file's last
+        block."""
+        with self._lock:
             try:
-                view = memoryview(line)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            except OSError as exc:
-                raise JournalError(
-                    f"cannot write the journal {self.path}: {exc.strerror or exc}; "
-                    "check the disk holding it (full? read-only?)"
-                ) from None
+                self._write(b"\n" * _PROBE_BYTES, keep=False)
+            except JournalError as exc:
+                return str(exc)
+            return None
 
     def replay(self) -> ReplayReport:
         """Every whole record in file order, and each line that could not be used."""
@@ -269,6 +283,48 @@ class Journal:
             os.close(fd)
             raise
         return fd
+
+    def _write(self, data: bytes, *, keep: bool) -> None:
+        """Append `data` and fsync it; on any failure leave the file as it was before."""
+        try:
+            fd = self._open()
+        except JournalError as exc:
+            self.failure = str(exc)
+            raise
+        whole: int | None = None
+        try:
+            self._cut_failed_append(fd)
+            whole = os.fstat(fd).st_size
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            if not keep:
+                os.ftruncate(fd, whole)
+                os.fsync(fd)
+        except OSError as exc:
+            if whole is not None:
+                self._whole_at = whole
+                # Cut back now if the disk lets us (a full one does), else before the
+                # next write: bytes of a failed append never prefix a record.
+                with contextlib.suppress(OSError):
+                    self._cut_failed_append(fd)
+            self.failure = (
+                f"cannot write the journal {self.path}: {exc.strerror or exc}; free space "
+                f"on, or remount read-write, the disk holding {self.path.parent} "
+                "(daemon.state_dir)"
+            )
+            raise JournalError(self.failure) from None
+        self.failure = None
+
+    def _cut_failed_append(self, fd: int) -> None:
+        """Cut what a failed append may have left after the last whole record."""
+        if self._whole_at is None:
+            return
+        if os.fstat(fd).st_size != self._whole_at:
+            os.ftruncate(fd, self._whole_at)
+        os.fsync(fd)
+        self._whole_at = None
 
     def _cut_torn_tail(self, fd: int) -> None:
         data = self._read_all(fd)

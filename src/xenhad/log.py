@@ -35,6 +35,7 @@ every logger already handed out, because the processors read the settings on eac
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import json
@@ -133,6 +134,19 @@ def configure(
     # Libraries' info chatter (urllib3's "Resetting dropped connection") is not one of our
     # events: let their warnings through, and everything only when debugging.
     logging.getLogger().setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def print_error(message: str, *, stream: TextIO | None = None,
+                env: Mapping[str, str] | None = None) -> None:
+    """An error that is no event (a command's, or the daemon's before its logs are set up):
+    one line, `xenhad: <message>`, with journald's error prefix `<3>` when `stream` (default
+    stderr) is the journal, so that `journalctl -p err` lists it."""
+    out = sys.stderr if stream is None else stream
+    prefix = "<3>" if under_journald(out, os.environ if env is None else env) else ""
+    text = " ".join(message.split())  # one line, whatever the message holds
+    with contextlib.suppress(OSError, ValueError):
+        out.write(f"{prefix}xenhad: {text}\n")
+        out.flush()
 
 
 def get_logger(component: str, **context: Any) -> FilteringBoundLogger:

@@ -49,6 +49,8 @@ class Metrics(Collector):
                     0 if doc.get("xapi_error") else 1)
         yield gauge("passive", "1 when xenhad stays passive (see xenhad status)",
                     1 if doc.get("passive") else 0)
+        yield gauge("journal_writable", "0 while the journal of incidents cannot be written: "
+                    "no incident opens or takes a step", 0 if doc.get("journal_error") else 1)
         yield gauge("watchdog_armed", "1 while this daemon holds an armed watchdog",
                     1 if doc.get("watchdog_armed") else 0)
         states = GaugeMetricFamily("xenhad_host_state",

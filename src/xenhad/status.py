@@ -90,8 +90,8 @@ def render(doc: Mapping[str, Any]) -> str:
         f"quorum: {'yes' if doc.get('quorate') else 'NO'} "
         f"(in contact with {doc.get('sees')} of {doc.get('members')})",
     ]
-    for key, label in (("passive", "PASSIVE"), ("xapi_error", "XAPI"),
-                       ("fencing_unsafe", "UNSAFE")):
+    for key, label in (("journal_error", "CANNOT ACT"), ("passive", "PASSIVE"),
+                       ("xapi_error", "XAPI"), ("fencing_unsafe", "UNSAFE")):
         if doc.get(key):
             lines.append(f"{label}: {doc[key]}")
     failover = doc.get("failover") or {}
@@ -113,7 +113,9 @@ def render(doc: Mapping[str, Any]) -> str:
         lines.append("no incident in progress")
     for inc in incidents:
         lines.append(f"incident {inc.get('id')}: host {inc.get('host')}, phase "
-                     f"{inc.get('phase')}, {inc.get('note') or ''}".rstrip(", "))
+                     f"{inc.get('phase')}, {inc.get('note') or ''}".rstrip(", ")
+                     + (" (WAITING: the journal cannot be written)"
+                        if inc.get("waiting_for_journal") else ""))
         for vm in inc.get("vms") or []:
             lines.append(f"  {vm.get('name')}: {vm.get('status')}"
                          + (f" on {vm['target']}" if vm.get("target") else ""))

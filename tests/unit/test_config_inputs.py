@@ -136,7 +136,7 @@ def test_check_config_prints_the_error_of_an_absurd_value_and_fails(
     path.write_text(f'[host]\nuuid = "{HOST_UUID}"\n[xapi]\ntimeout = 1e300\n')
     assert cli.main(["check-config", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err == f"{path}: xapi.timeout = 1e+300 is invalid: expected a number of seconds " \
+    assert err == f"xenhad: {path}: xapi.timeout = 1e+300 is invalid: expected a number of seconds " \
         "from 0.01 to 600\n"
 
 
@@ -153,7 +153,8 @@ def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """`xenhad check-config FILE` as the unit's ExecStartPre runs it: exit code, output."""
     code = cli.main(["check-config", str(path)])
     out = capsys.readouterr()
-    return code, out.out + out.err
+    # An error line says who speaks ("xenhad: "), and journald's priority prefix under it.
+    return code, out.out + out.err.removeprefix("<3>").removeprefix("xenhad: ")
 
 
 def deep(levels: int) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import xenhad.journal as journal_module
+from small_disk import fill, small_disk
 from xenhad.journal import Journal, JournalError, ProblemKind
 
 
@@ -410,3 +411,60 @@ def test_records_are_plain_json_other_tools_can_read(path: Path) -> None:
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         {"t": 1.0, "host": "h", "kind": "down"}
     ]
+
+
+# -- a disk that fills up (issue 25) --------------------------------------------------------
+
+
+def test_a_failed_append_on_a_full_disk_leaves_the_journal_whole(tmp_path: Path) -> None:
+    # A real full disk: the kernel takes what fits of a long line, then says ENOSPC.
+    with small_disk(tmp_path / "disk", kib=32) as disk:
+        j = Journal(disk / "journal.jsonl")
+        j.append({"i": 0})
+        j.append({"i": 1})
+        filler = fill(disk)
+        with pytest.raises(JournalError, match="No space left on device") as info:
+            j.append({"i": 2, "pad": "x" * 20000})
+        assert "\n" not in str(info.value) and str(disk) in str(info.value)
+        # Nothing of the failed line is left in the file: the file is whole.
+        assert (disk / "journal.jsonl").read_bytes() == b'{"i":0}\n{"i":1}\n'
+        assert j.failure == str(info.value)
+        assert j.check() is not None  # still full
+        filler.unlink()
+        assert j.check() is None
+        j.append({"i": 3})  # once space is back, the daemon carries on
+        assert j.failure is None
+        report = Journal(disk / "journal.jsonl").replay()
+        assert [r["i"] for r in report.records] == [0, 1, 3]
+        assert report.problems == []
+        j.close()
+
+
+def test_a_failed_append_that_cannot_be_cut_back_at_once_is_cut_before_the_next(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a disk that fails for a while (EIO): the partial line stays until the next
+    # append, which cuts it before writing, and never writes after it.
+    j = Journal(path)
+    j.append({"i": 0})
+    real_write = os.write
+
+    def half_then_eio(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 100:
+            real_write(fd, bytes(data[:50]))
+            raise OSError(5, "Input/output error")
+        return real_write(fd, data)
+
+    def eio(*_: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "write", half_then_eio)
+    monkeypatch.setattr(os, "ftruncate", eio)
+    with pytest.raises(JournalError, match="Input/output error"):
+        j.append({"i": 1, "pad": "x" * 200})
+    assert path.read_bytes().startswith(b'{"i":0}\n{"i":1,"pad":"xxx')
+    with pytest.raises(JournalError):
+        j.append({"i": 2})  # refused: the torn bytes cannot be cut yet
+    monkeypatch.undo()
+    j.append({"i": 3})
+    assert path.read_bytes() == b'{"i":0}\n{"i":3}\n'

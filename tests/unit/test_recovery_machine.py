@@ -258,6 +258,39 @@ def test_the_next_order_waits_out_the_start_delay_of_a_vm_seen_running() -> None
     assert d.status("db") is VmStatus.RUNNING
 
 
+def test_after_a_resume_the_next_order_waits_for_a_vm_in_doubt_and_its_start_delay() -> None:
+    # The daemon restarted while db's start was in flight: the start is in doubt (UNKNOWN)
+    # until a snapshot shows db running, and VM.start may still be sleeping its start_delay
+    # (issue 25, finding 7): the next order waits it out, as for a start not yet answered.
+    d = Drive(opened(vm("db", order=0, start_delay=30), vm("app", order=1), unsafe=True))
+    d(ev.ResetDone(101, "uuid-db", True))
+    d(ev.ResetDone(101, "uuid-app", True))
+    (first,) = (a for a in d(ev.CapacityMeasured(102, ROOM)) if isinstance(a, ev.StartVm))
+    resumed = step(d.incident, ev.Resumed(103), SET)
+    assert resumed.incident.vms["uuid-db"].status is VmStatus.UNKNOWN
+    assert resumed.actions == ()  # app, of the next order, waits for db's fate
+    d.incident = resumed.incident
+    assert d(ev.VmObserved(104, "uuid-db", True, first.host)) == ()
+    assert d.status("db") is VmStatus.RUNNING
+    assert d(ev.Wake(133.9)) == ()
+    assert d(ev.Wake(134)) == (ev.MeasureCapacity(exclude="dead"),)
+
+
+def test_a_timed_out_start_seen_running_holds_the_next_order_too() -> None:
+    # A start whose answer was lost holds the next order until a snapshot says whether
+    # its VM runs, then for its start_delay.
+    d = Drive(opened(vm("db", order=0, start_delay=30), vm("app", order=1), unsafe=True))
+    d(ev.ResetDone(101, "uuid-db", True))
+    d(ev.ResetDone(101, "uuid-app", True))
+    (first,) = (a for a in d(ev.CapacityMeasured(102, ROOM)) if isinstance(a, ev.StartVm))
+    assert d(ev.StartDone(110, "uuid-db", first.host, ev.StartOutcome.UNKNOWN, "",
+                          "timed out")) == ()
+    assert d(ev.Wake(110.5)) == ()  # in doubt: the next order waits for a snapshot
+    assert d(ev.VmObserved(111, "uuid-db", True, first.host)) == ()
+    assert d(ev.Wake(140.9)) == ()
+    assert d(ev.Wake(141)) == (ev.MeasureCapacity(exclude="dead"),)
+
+
 def test_an_answered_start_has_slept_its_delay_already() -> None:
     d = Drive(opened(vm("db", order=0, start_delay=30), vm("app", order=1), unsafe=True))
     d(ev.ResetDone(101, "uuid-db", True))

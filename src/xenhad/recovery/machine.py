@@ -267,13 +267,14 @@ def _observed(incident: Incident, event: VmObserved, settings: Settings) -> Tran
     if event.running and elsewhere:
         # Running on a live host, whoever started it: never start it a second time.
         updated = replace(task, status=VmStatus.RUNNING, host=event.resident_on, last_error="")
-        if task.status is VmStatus.STARTING and task.vm.start_delay > 0:
-            # Our start has not answered: VM.start sleeps the VM's start_delay once its
-            # domain runs (Xapi_vm_helpers.start_delay), and xapi's HA starts the next
-            # order after that. The delay is counted from now, which is no earlier than
-            # the domain came up. The task is final all the same: should the answer never
-            # come (its host lost), the VM is safe from a second start, and the incident
-            # closes.
+        if task.status in (VmStatus.STARTING, VmStatus.UNKNOWN) and task.vm.start_delay > 0:
+            # Our start has not answered (or its answer was lost: a timeout, or a daemon
+            # resumed from its journal while it was in flight): VM.start sleeps the VM's
+            # start_delay once its domain runs (Xapi_vm_helpers.start_delay), and xapi's HA
+            # starts the next order after that. The delay is counted from now, which is no
+            # earlier than the domain came up. The task is final all the same: should the
+            # answer never come (its host lost), the VM is safe from a second start, and
+            # the incident closes.
             incident = replace(incident, next_wave_at=max(
                 incident.next_wave_at, event.now + task.vm.start_delay))
         return _settle(_with_task(incident, updated), event.now, ())
@@ -360,9 +361,11 @@ def _settle(incident: Incident, now: float, actions: tuple[Action, ...]) -> Tran
         return Transition(incident, actions)
     if all(t.status.final for t in incident.vms.values()):
         return Transition(replace(incident, phase=Phase.DONE, closed_at=now), actions)
-    in_flight = incident.capacity_pending or incident.tasks(VmStatus.STARTING) or any(
-        isinstance(a, StartVm) for a in actions
-    )
+    # A start in doubt (UNKNOWN: lost answer, or resumed from the journal) holds the next
+    # wave as one in flight does, until a snapshot says whether it runs (then its
+    # start_delay holds it, _observed) or not (then it is tried again with the others).
+    in_flight = incident.capacity_pending or incident.tasks(
+        VmStatus.STARTING, VmStatus.UNKNOWN) or any(isinstance(a, StartVm) for a in actions)
     if not in_flight and now >= incident.next_wave_at and _eligible(incident, now):
         return Transition(
             replace(incident, capacity_pending=True),

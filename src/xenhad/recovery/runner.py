@@ -3,17 +3,27 @@
 Single flight lives here and in the daemon: one runner per host, and inside a runner one
 event at a time, so the machine never sees two results race. Actions run as tasks whose
 results come back through the same queue.
+
+Nothing is done that the journal has not recorded: an event is applied only once it is
+written, an action performed only once its intent is. When the journal refuses a write (a
+full or read-only disk), the runner holds: the event waits, first in line, with the results
+that arrive after it, and every Wake (each tick) tries the writes again; snapshots
+(VmObserved) are dropped meanwhile, as the next tick brings fresh ones. A daemon stopped
+or killed while it holds resumes from what the journal has, as after any crash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from xenhad.journal import JournalError
 from xenhad.model import PoolView
 from xenhad.recovery import events as ev
 from xenhad.recovery.executor import Executor
@@ -48,7 +58,16 @@ class IncidentRunner:
         self._alert = deps.alert
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._first: tuple[ev.Action, ...] = ()
+        self._unwritten: list[Callable[[], None]] = []
+        """Intents the journal refused: `_held` waits until they are written."""
+        self._held: list[ev.Action] = []
+        self._backlog: collections.deque[ev.Event] = collections.deque()
+        """Events not applied yet: the first one's record was refused, the rest came later."""
+
+    @property
+    def blocked(self) -> bool:
+        """The journal refused a write this incident needs: it takes no step until then."""
+        return bool(self._unwritten or self._backlog)
 
     @classmethod
     def open(cls, opened: ev.Opened, deps: RunnerDeps) -> IncidentRunner:
@@ -77,7 +96,7 @@ class IncidentRunner:
                 why="fencing.mode = trust-liveness: restarting VMs without proof their host "
                 "is off; a host that is only cut off will run them twice",
             )
-        runner._first = runner._record(transition)
+        runner._owe(runner._record(transition))
         runner._send("incident.opened", vms=len(opened.vms), protected=protected,
                      unsafe=opened.unsafe)
         return runner
@@ -87,6 +106,9 @@ class IncidentRunner:
 
     def observe(self, view: PoolView, now: float) -> None:
         """Tell the incident what the latest snapshot says of its VMs, and that time passed."""
+        if self.blocked:
+            self.feed(ev.Wake(now))  # try the journal again; snapshots would be dropped
+            return
         for uuid, task in self.incident.vms.items():
             if task.status.final:
                 continue
@@ -97,12 +119,16 @@ class IncidentRunner:
         self.feed(ev.Wake(now))
 
     async def run(self) -> Incident:
-        for action in self._first:
-            self._launch(action)
+        self._flush()
         while not self.incident.phase.closed:
             event = await self._queue.get()
-            for action in self._apply(event):
-                self._launch(action)
+            if not self.blocked:
+                if not self._apply(event):
+                    self._backlog.append(event)
+                continue
+            if not isinstance(event, (ev.Wake, ev.VmObserved)):
+                self._backlog.append(event)  # a result: it keeps its place in line
+            self._retry()
         await self._cancel_in_flight()
         self._log_closed()
         return self.incident
@@ -112,12 +138,53 @@ class IncidentRunner:
         await self._cancel_in_flight()
         log.info("incident.parked", incident=self.incident.id, phase=self.incident.phase.value)
 
-    def _apply(self, event: ev.Event) -> tuple[ev.Action, ...]:
+    def _apply(self, event: ev.Event) -> bool:
+        """Journal `event`, apply it, and perform its actions once their intents are
+        written. False when the journal refused the event: nothing changed."""
         transition = step(self.incident, event, self._settings)
         if transition.incident == self.incident and not transition.actions:
-            return ()  # nothing changed: not worth a journal line
-        self._history.event(self.incident, self.incident.host, event)
-        return self._record(transition)
+            return True  # nothing changed: not worth a journal line
+        try:
+            self._history.event(self.incident, self.incident.host, event)
+        except JournalError:
+            return False  # the daemon says so, once (Daemon._watch_journal)
+        self._owe(self._record(transition))
+        self._flush()
+        return True
+
+    def _owe(self, actions: tuple[ev.Action, ...]) -> None:
+        incident = self.incident
+        self._unwritten.extend(functools.partial(self._history.action, incident, a)
+                               for a in actions)
+        self._held.extend(actions)
+
+    def _flush(self) -> bool:
+        """Write the intents owed, then perform their actions; False while refused."""
+        while self._unwritten:
+            try:
+                self._unwritten[0]()
+            except JournalError:
+                return False
+            self._unwritten.pop(0)
+        held, self._held = self._held, []
+        for action in held:
+            self._launch(action)
+        return True
+
+    def _retry(self) -> None:
+        """Take the steps the journal refused, in order, as far as it lets us now."""
+        if not self._flush():
+            return
+        while self._backlog and not self.incident.phase.closed:
+            if not self._apply(self._backlog[0]):
+                return
+            self._backlog.popleft()
+            if self._unwritten:
+                return
+        if self.blocked:
+            return
+        log.info("incident.journaled_again", incident=self.incident.id,
+                 phase=self.incident.phase.value)
 
     def _record(self, transition: Transition) -> tuple[ev.Action, ...]:
         before, after = self.incident, transition.incident
@@ -145,8 +212,6 @@ class IncidentRunner:
                 fix="no proof the host is off, so none of its VMs is touched; check its BMC "
                 "or fencing config",
             )
-        for action in transition.actions:
-            self._history.action(after, action)
         return transition.actions
 
     def _log_vm_changes(self, before: Incident, after: Incident) -> None:
