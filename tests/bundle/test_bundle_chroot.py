@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Chroot, clean_env
+from bundle_env import Chroot, clean_env
 
 from xenhad.log import LogLine, parse_line
 from xenhad.sim import PoolSpec
@@ -28,7 +28,7 @@ from xenhad.testbed import Testbed, to_toml
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-def test_version_and_check_config_run_from_nothing_but_the_bundle(chroot: Chroot) -> None:
+def test_version_check_config_and_preflight_run_from_nothing_but_the_bundle(chroot: Chroot) -> None:
     version = chroot.run("--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("xenhad ")
@@ -37,6 +37,11 @@ def test_version_and_check_config_run_from_nothing_but_the_bundle(chroot: Chroot
     config.write_text('[host]\nuuid = "0b5c62b4-5f6c-4a55-9a33-6d7a2e7d4c11"\n')
     good = chroot.run("check-config", "/tmp/check.toml")
     assert good.returncode == 0, good.stderr
+    # preflight, from the bundle too: no xapi in the chroot, so a FAIL line and exit 1.
+    preflight = chroot.run("preflight", "--config", "/tmp/check.toml", "--listen", "0")
+    assert preflight.returncode == 1, preflight.stderr
+    assert "OK    config" in preflight.stdout and "FAIL  xapi" in preflight.stdout
+
     config.write_text("[detector]\ninterval = -1\n")
     bad = chroot.run("check-config", "/tmp/check.toml")
     assert bad.returncode != 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import elf_audit
 import pytest
-from conftest import PREFIX, Bundle, require
+from bundle_env import PREFIX, Bundle, require
 
 MANYLINUX2014 = (2, 17)
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PREFIX, Bundle, require, run
+from bundle_env import PREFIX, Bundle, require, run
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Bundle, require, run
+from bundle_env import REPO, Bundle, require, run
 
 UNIT = REPO / "packaging" / "systemd" / "xenhad.service"
 
