@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     maint.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
                        help=f"the daemon's configuration (default {DEFAULT_CONFIG})")
 
+    preflight = sub.add_parser("preflight", help="is this host ready for xenhad? read-only "
+                               "checks, one OK/FAIL line each with the fix (exit 1 on a FAIL)")
+    preflight.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+                           help=f"the daemon's configuration (default {DEFAULT_CONFIG})")
+    preflight.add_argument("--listen", type=float, default=None, metavar="SECONDS",
+                           help="how long to listen for the other hosts' heartbeats "
+                           "(default peers.window)")
+
     chaos = sub.add_parser("chaos", help="seeded random faults against real daemons and the "
                            "simulator, with invariants checked (exit 1 on a violation)")
     chaos.add_argument("--schedules", type=_count(1, 100_000), default=5)
@@ -156,6 +164,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from xenhad.maintenance import run_maintenance
 
         return run_maintenance(args.config, args.host, on=args.action == "on")
+    if args.command == "preflight":
+        from xenhad.tools.preflight import run_preflight
+
+        return run_preflight(args.config, listen=args.listen)
     if args.command == "chaos":
         from xenhad.chaos.run import main as chaos_main
 

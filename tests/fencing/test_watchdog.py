@@ -59,7 +59,7 @@ def test_automatic_mode_logs_and_runs_without_when_unsafe() -> None:
 def test_required_mode_with_a_missing_device_is_an_error_naming_the_fix() -> None:
     plan = WatchdogPlan(WatchdogMode.REQUIRED, timeout=60, loop_interval=5)
     watchdog = Watchdog(LinuxWatchdogDevice("/nonexistent/watchdog"), plan)
-    with pytest.raises(WatchdogError, match="modprobe softdog"):
+    with pytest.raises(WatchdogError, match="modprobe xen_wdt"):
         asyncio.run(watchdog.activate())
 
 

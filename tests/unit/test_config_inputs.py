@@ -136,8 +136,8 @@ def test_check_config_prints_the_error_of_an_absurd_value_and_fails(
     path.write_text(f'[host]\nuuid = "{HOST_UUID}"\n[xapi]\ntimeout = 1e300\n')
     assert cli.main(["check-config", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err == f"xenhad: {path}: xapi.timeout = 1e+300 is invalid: expected a number of seconds " \
-        "from 0.01 to 600\n"
+    assert err == f"xenhad: {path}: xapi.timeout = 1e+300 is invalid: expected a number of " \
+        "seconds from 0.01 to 600\n"
 
 
 # --------------------------------------------------------------------------- the file itself

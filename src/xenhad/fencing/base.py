@@ -132,6 +132,15 @@ class FenceBackend(abc.ABC):
         )
         return result
 
+    async def check_status(self) -> PowerStatus:
+        """One status read that says why it failed (FenceFailure): `xenhad preflight`'s proof
+        that the BMC is reachable with valid credentials, switching nothing."""
+        try:
+            return await asyncio.wait_for(self._read_status(), self.operation_timeout)
+        except asyncio.TimeoutError:
+            raise FenceFailure(FenceOutcome.UNREACHABLE,
+                               f"no answer within {self.operation_timeout:g}s") from None
+
     async def power_status(self) -> PowerStatus:
         try:
             return await asyncio.wait_for(self._read_status(), self.operation_timeout)

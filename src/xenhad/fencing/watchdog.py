@@ -154,7 +154,19 @@ WDIOF_MAGICCLOSE = 0x0100
 
 
 class LinuxWatchdogDevice(WatchdogDevice):
-    """/dev/watchdog through the kernel's watchdog API (Documentation/watchdog/watchdog-api)."""
+    """/dev/watchdog through the kernel's watchdog API (Documentation/watchdog/watchdog-api).
+
+    On a dom0 the device is xen_wdt (Xen's domain watchdog: when it expires Xen reboots
+    the whole host, as native HA's xhad relies on), checked against linux
+    drivers/watchdog/xen_wdt.c: both its misc-device form and its watchdog-core form
+    (Linux 4.15+, so dom0's 4.19) answer WDIOC_GETSUPPORT with WDIOF_SETTIMEOUT and
+    WDIOF_MAGICCLOSE, WDIOC_KEEPALIVE, WDIOC_SETTIMEOUT (whole seconds, 0 refused) and
+    WDIOC_GETTIMEOUT, and stop the timer on the magic 'V' before close unless the module
+    was loaded with nowayout=1. ipmi_watchdog, the alternative (linux
+    drivers/char/ipmi/ipmi_watchdog.c), handles the same ioctls and the magic close but
+    reports neither flag (its options are 0): its timeout then stays the module's
+    `timeout=` (10 s by default; load it with the configured one) and close() warns.
+    """
 
     def __init__(self, path: str = "/dev/watchdog") -> None:
         self.path = path
@@ -170,8 +182,10 @@ class LinuxWatchdogDevice(WatchdogDevice):
             self._fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
             raise WatchdogError(
-                f"cannot open watchdog {self.path} ({e.strerror}): load a driver (e.g. "
-                "modprobe softdog, or the board's own) and run xenhad as root"
+                f"cannot open watchdog {self.path} ({e.strerror}): on a dom0 run "
+                "`modprobe xen_wdt` (Xen's watchdog; the xenhad package loads it at boot "
+                "through /usr/lib/modules-load.d/xenhad.conf), or `modprobe ipmi_watchdog` "
+                "for the BMC's; dom0 kernels have no softdog. xenhad must run as root"
             ) from None
 
     def close(self) -> None:
