@@ -57,10 +57,33 @@ class Settings:
     flat: bool
     contact_seconds: float = 180.0
     xapi_timeout: float = float(DEFAULT_DAEMON["xapi"]["timeout"])
+    confirm_seconds: float | None = None
+    """None: 4 ticks (the testbed's proportion)."""
+    window: float | None = None
+    """None: 4 heartbeat intervals."""
+    probe_timeout: float | None = None
+    watchdog: int = 0
+    """The self-fence watchdog's timeout, 0: none. With it, the victim's BMC dies with it
+    (a total power loss), so the watchdog's deadline is the only proof of power-off."""
+    margin: float = 15.0
 
     @property
     def confirm(self) -> float:
-        return 4 * self.tick
+        return 4 * self.tick if self.confirm_seconds is None else self.confirm_seconds
+
+    @property
+    def heartbeat_window(self) -> float:
+        return 4 * self.heartbeat if self.window is None else self.window
+
+    @property
+    def proof(self) -> float:
+        """With the watchdog alone: from the last contact, the window (every feed is at most
+        that after it), up to a round trip of echoes (how stale a peer's report may be,
+        peers/table.py latest_feed), the timeout and the margin. Else 0: a simulated BMC
+        answers at once."""
+        if not self.watchdog:
+            return 0.0
+        return self.heartbeat_window + heard_within(self.heartbeat) + self.watchdog + self.margin
 
     @property
     def detection(self) -> float:
@@ -70,13 +93,20 @@ class Settings:
         return heard_within(self.heartbeat) + self.confirm
 
     def overrides(self) -> dict[str, dict[str, Any]]:
-        return {
+        probe = min(0.8 * self.tick, 1.5) if self.probe_timeout is None else self.probe_timeout
+        overrides: dict[str, dict[str, Any]] = {
             "detector": {"interval": self.tick, "confirm_seconds": self.confirm,
-                         "probe_timeout": min(0.8 * self.tick, 1.5)},
-            "peers": {"interval": self.heartbeat, "window": 4 * self.heartbeat},
+                         "probe_timeout": probe},
+            "peers": {"interval": self.heartbeat, "window": self.heartbeat_window},
             "recovery": {"concurrency": self.concurrency},
             "xapi": {"timeout": self.xapi_timeout},
         }
+        return overrides
+
+
+PRODUCTION = dict(tick=2.0, heartbeat=1.0, confirm_seconds=10.0, window=4.0, probe_timeout=1.5,
+                  xapi_timeout=10.0)
+"""etc/xenhad.toml's defaults (with self-fencing: its example, timeout 60, margin 15)."""
 
 
 DEFAULTS = Settings(tick=float(DEFAULT_DAEMON["detector"]["interval"]), heartbeat=0.5,
@@ -122,7 +152,9 @@ def run(hosts: int, vms: int, vm_start: float, victim: str,
     spec = PoolSpec(hosts=hosts, vms=vms, seed=4, vm_start_seconds=vm_start,
                     fuse_seconds=FUSE, xapi_restart_seconds=XAPI_RESTART, boot_seconds=600.0)
     workdir = Path(tempfile.mkdtemp(prefix="xh-bench-"))
-    with Testbed(spec, workdir, overrides=settings.overrides()) as bed:
+    with Testbed(spec, workdir, overrides=settings.overrides(),
+                 self_fence=bool(settings.watchdog), watchdog_timeout=settings.watchdog or 6,
+                 self_fence_margin=settings.margin) as bed:
         bed.wait_for(lambda: len({n for n, _ in bed.events_named("quorum.gained")}) == hosts,
                      settings.contact_seconds, what="every daemon in contact")
         if settings.flat:
@@ -139,14 +171,21 @@ def run(hosts: int, vms: int, vm_start: float, victim: str,
             rank = 0 if records[vm]["protection"] == "restart" else 1
             waves.setdefault(wave_key(rank, int(db[vm].get("order", 0) or 0)),
                              []).append(delays[vm])
+        if settings.watchdog:
+            bed.wait_for(lambda: all(h["watchdog_deadline"] is not None
+                                     for h in bed.truth()["hosts"].values()),
+                         60, what="every watchdog armed")
         crashed = time.time()
-        bed.crash(victim)
+        if settings.watchdog:
+            bed.power_loss(victim)
+        else:
+            bed.crash(victim)
 
         def back() -> bool:
             now = bed.vm_hosts()
             return all(now.get(vm) and victim not in now[vm] for vm in lost)
 
-        bed.wait_for(back, 300, what="every protected VM back", step=0.1)
+        bed.wait_for(back, 300 + settings.proof, what="every protected VM back", step=0.1)
         done = time.time()
         bed.wait_for(lambda: bool(bed.events_named("incident.closed")), 60,
                      what="incident closed")
@@ -194,15 +233,31 @@ def main() -> None:
                     help="xapi.timeout (production: 10)")
     ap.add_argument("--crash", choices=["slave", "master", "both"], default="both",
                     help="which host to crash in each pool")
+    ap.add_argument("--production", action="store_true",
+                    help="etc/xenhad.toml's defaults: tick 2 s, confirmed after 10 s, heartbeats "
+                    "every 1 s in a 4 s window, probes 1.5 s, xapi.timeout 10 s")
+    ap.add_argument("--proof", choices=["bmc", "watchdog"], default="bmc",
+                    help="watchdog: self-fencing on, and the victim loses its BMC with its "
+                    "power, so only its watchdog's deadline proves it off")
+    ap.add_argument("--watchdog", type=int, default=60, help="self_fence.timeout (--proof "
+                    "watchdog)")
+    ap.add_argument("--margin", type=float, default=15.0, help="self_fence.margin")
     args = ap.parse_args()
-    settings = Settings(tick=args.tick, heartbeat=args.heartbeat,
-                        concurrency=args.concurrency, flat=args.flat,
-                        contact_seconds=args.contact_seconds, xapi_timeout=args.xapi_timeout)
+    base: dict[str, Any] = dict(tick=args.tick, heartbeat=args.heartbeat,
+                                xapi_timeout=args.xapi_timeout)
+    if args.production:
+        base = dict(PRODUCTION)
+    settings = Settings(**base, concurrency=args.concurrency, flat=args.flat,
+                        contact_seconds=args.contact_seconds,
+                        watchdog=args.watchdog if args.proof == "watchdog" else 0,
+                        margin=args.margin)
     print(f"tick {settings.tick:g} s, heartbeats every {settings.heartbeat:g} s, confirmed "
           f"after {settings.confirm:g} s of misses (detection threshold "
           f"{settings.detection:g} s), concurrency {settings.concurrency}, "
           f"{'flat' if settings.flat else 'seeded'} order and start_delay, VM start "
-          f"{args.vm_start:g} s\n")
+          f"{args.vm_start:g} s, proof of power-off: "
+          + (f"the watchdog alone ({settings.watchdog} s + margin {settings.margin:g} s)"
+             if settings.watchdog else "the BMC") + "\n")
     cols = ["detected", "confirmed", "promoted", "slaves recovered", "fenced",
             "last VM running"]
     print("| crash | pool | VMs to restart | " + " | ".join(cols)
@@ -218,7 +273,10 @@ def main() -> None:
             except TimeoutError as exc:
                 raise SystemExit(f"recovery_time: {kind} crash, {hosts} hosts: {exc}; give "
                                  "them longer with --contact-seconds") from None
-            fixed = settings.detection + (FUSE + XAPI_RESTART if kind == "master" else 0.0)
+            # With the watchdog alone, the proof runs from the last contact, in parallel
+            # with detection (and promotion): whichever ends last.
+            fixed = max(settings.detection + (FUSE + XAPI_RESTART if kind == "master" else 0.0),
+                        settings.proof)
             floor = fixed + (r["slowest start"] or 0.0)
             waves = fixed + (r["waves"] or 0.0)
             total = r["last VM running"] or float("nan")

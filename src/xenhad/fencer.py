@@ -13,11 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from xenhad.clock import Clock
 from xenhad.config import Config
 from xenhad.fencing import FenceChain, build_chain, chain_confirmed_off, chain_summary
 from xenhad.model import HostView
 from xenhad.recovery.events import FenceDone
+
+log = structlog.get_logger("xenhad.fencing")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class ChainFencer:
                    'entry for it, or accept the risk with fencing.mode = "trust-liveness"')
         proof = self._self_fence(host) if self._self_fence is not None else None
         if proof is not None and proof.passed:
+            log.warning("fence.self_fence_proven", host=host.name, why=proof.detail)
             return FenceDone(self._clock.wall(), True, "self-fence", f"{proof.detail} ({why})")
         if proof is not None:
             why = f"{why}; {proof.detail}"

@@ -112,6 +112,7 @@ class Testbed:
     self_fence: bool = False
     """Each daemon holds its host's simulated watchdog; peers trust its deadline."""
     watchdog_timeout: int = 6
+    self_fence_margin: float = 2.0
     systemd: bool = False
     """Give each daemon a NOTIFY_SOCKET (and WATCHDOG_USEC) the way systemd would."""
     watchdog_seconds: float = 30.0
@@ -217,7 +218,7 @@ class Testbed:
             fencing.setdefault("self_fence", {
                 "watchdog": "sim",
                 "timeout": self.watchdog_timeout,
-                "margin": 2.0,
+                "margin": self.self_fence_margin,
                 "mode": "required",
                 "sim_control_url": self._info["control_url"],
             })

@@ -76,3 +76,15 @@ def test_a_lying_fence_is_caught_as_a_double_run() -> None:
     # still runs them. The harness must see it.
     outcome = run_one(101, hosts=3, bmc="lie", keep=None, faults=CUT_OFF_HOST2)
     assert any("runs on" in v for v in outcome.violations), outcome.timeline
+
+
+def test_fixed_seeds_with_self_fencing_hold_every_invariant() -> None:
+    # Issue 18: the soak never turned self-fencing on, so no schedule exercised a watchdog
+    # as the only proof of power-off (a dead BMC) where a VM once ran twice.
+    result = subprocess.run(
+        [sys.executable, "-m", "xenhad", "chaos", "--schedules", "2", "--seed", "18",
+         "--self-fence", "--jobs", "2"],
+        capture_output=True, text=True, timeout=540,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "| 2 |" in result.stdout and "VIOLATION" not in result.stdout

@@ -95,3 +95,33 @@ def healthy_fenced(
             found.append(f"healthy host fenced: {host} was up, heartbeating and in reach of "
                          f"a majority for {HEALTHY_FOR:g}s before its BMC switched it off")
     return found
+
+
+DETECTION_BOUND = 30.0
+"""Seconds from a host's going down to its incident's opening, at most, in a schedule."""
+
+
+def self_fence_proofs_hold(
+    proofs: Iterable[tuple[float, str]], opened: Iterable[tuple[float, str]],
+    power_losses: dict[str, list[float]],
+) -> list[str]:
+    """Each time a daemon took a host's watchdog deadline as proof of power-off (`proofs`:
+    wall time, host), the host really went down after its incident opened and before then:
+    a reset by its watchdog never counts as a fence before it happened (issue 18), whatever
+    the network delayed or replayed (issue 24). `opened`: incident.opened (time, host)."""
+    found = []
+    opened_at: dict[str, list[float]] = {}
+    for at, host in opened:
+        opened_at.setdefault(host, []).append(at)
+    for at, host in proofs:
+        since = max((t for t in opened_at.get(host, []) if t <= at), default=None)
+        if since is None:
+            continue  # an offline incident or a resumed one: nothing to compare with
+        # Down shortly before its incident opened counts: a crash is what opens one (within
+        # the detection time, far under DETECTION_BOUND in a schedule's settings).
+        down = [t for t in power_losses.get(host, [])
+                if since - DETECTION_BOUND <= t <= at + 0.5]
+        if not down:
+            found.append(f"{host} was taken for reset by its watchdog at {at:.1f} but never "
+                         "went down")
+    return found

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import datetime
 import multiprocessing
 import signal
 import tempfile
@@ -118,6 +119,12 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
         fences = [(at, name) for name, b in (bed.bmcs.bmcs.items() if bed.bmcs else ())
                   for at, kind in b.resets if kind != "On"]
         outcome.violations += checks.healthy_fenced(fences, samples)
+        proofs = [(at_wall(e.timestamp), str(e.fields.get("host", "")))
+                  for _, e in bed.events_named("fence.self_fence_proven")]
+        opened = [(at_wall(e.timestamp), str(e.fields.get("host", "")))
+                  for _, e in bed.events_named("incident.opened")]
+        losses = {n: list(h.get("power_losses", [])) for n, h in bed.truth()["hosts"].items()}
+        outcome.violations += checks.self_fence_proofs_hold(proofs, opened, losses)
         if outcome.recovered_in is None:
             lost = checks.not_running(bed.truth(), protected)
             outcome.violations.append(f"protected VMs not running {RECOVERY_BOUND:g}s after "
@@ -148,6 +155,14 @@ def _check_runs(bed: Testbed, outcome: Outcome) -> None:
     for problem in checks.double_runs(bed.pool.double_runs()):
         if problem not in outcome.violations:
             outcome.violations.append(problem)
+
+
+def at_wall(stamp: str | None) -> float:
+    """A log line's timestamp (UTC, ISO 8601 with microseconds) as Unix time."""
+    if stamp is None:
+        return 0.0
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
 
 
 def _healthy(bed: Testbed, names: list[str]) -> dict[str, bool]:

@@ -84,6 +84,8 @@ class HostState:
     """Times the host was powered on after a power loss (a reset, a BMC cycle, a boot)."""
     watchdog_fired: int = 0
     """Times its watchdog expired and reset it."""
+    power_losses: list[float] = field(default_factory=list)
+    """Sim wall-clock times at which it went down (crash, BMC off, reset, shutdown)."""
     latency: dict[str, float] = field(default_factory=dict)
     errors: list[InjectedError] = field(default_factory=list)
     port: int = 0
@@ -338,6 +340,7 @@ class SimPool:
         return host.uuid in self.domains.get(vm_uuid, set())
 
     def _power_loss(self, h: HostState) -> None:
+        h.power_losses.append(self.clock.wall())
         h.powered = False
         h.xapi = "down"
         h.epoch += 1
@@ -715,6 +718,7 @@ class SimPool:
                     "is_master": h.is_master,
                     "watchdog_deadline": h.watchdog_deadline,
                     "boots": h.boots, "watchdog_fired": h.watchdog_fired,
+                    "power_losses": list(h.power_losses),
                 } for h in self.hosts},
                 "vms": vms,
                 "network": self.network.describe(names),
