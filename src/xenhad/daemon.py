@@ -522,11 +522,12 @@ class Daemon:
         # the others rejoin, every urgent tick: the new master's xapi is at its busiest.
         settled = self._failover.rejoined if fresh and self._failover is not None \
             else frozenset()
-        # A heard host whose xapi did not answer its last probe is asked again each tick:
-        # whether its xapi is hung or back is the detector's to know now (HUNG).
+        # A heard host whose xapi did not answer its last probe, or that XAPI says is not
+        # live, is asked each tick: whether its xapi is hung (HUNG, said at once) or back is
+        # the detector's to know now, not at the next round of probes two minutes later.
         probed = [h for h in others
                   if everyone or (fresh and h.uuid not in settled) or h.uuid not in heard
-                  or not self._probes.get(h.uuid, _NEVER).answered]
+                  or not h.live or not self._probes.get(h.uuid, _NEVER).answered]
         results = await asyncio.gather(*(self._probe(h) for h in probed))
         for h, r in zip(probed, results):
             self._probes[h.uuid] = Joined(r.answered, r.master_address if r.is_slave else None)
