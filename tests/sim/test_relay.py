@@ -292,11 +292,12 @@ def test_a_replay_redelivers_old_datagrams_across_a_partition_until_stopped(net:
     assert daemons.receive("host1", 5) == b"not-for-host3"
     pool.partition([["host1", "host2"], ["host3"]])
     time.sleep(SETTLE)
-    assert dropped(relay, daemons, "host1", "host3")  # the new ones are lost...
+    assert dropped(relay, daemons, "host1", "host3")  # the cut drops them...
     relay.replay("host3", ["host1", "host2"], every=0.1)
-    # ...the old ones come again, one at a time, in the order sent, over and over.
+    # ...but the network held them: they come, after the old ones, one at a time, in the
+    # order sent, over and over.
     got = [daemons.receive("host3", 2) for _ in range(5)]
-    assert got == [b"old-0", b"old-1", b"old-2", b"old-0", b"old-1"]
+    assert got == [b"old-0", b"old-1", b"old-2", b"host1->host3", b"old-0"]
     relay.stop_replay("host3")
     time.sleep(0.3)
     while daemons.receive("host3", 0.05) is not None:  # those already on their way
@@ -314,3 +315,17 @@ def test_a_replay_from_both_ends_mixes_old_and_new(net: tuple[
     got = [daemons.receive("host1", 2) for _ in range(4)]
     assert got == [b"b0", b"b3", b"b1", b"b2"]
     relay.stop_replay("host1")
+
+
+def test_a_replay_since_a_moment_takes_only_what_was_sent_after_it(net: tuple[
+        SimPool, Daemons, HeartbeatRelay]) -> None:
+    pool, daemons, relay = net
+    daemons.send(relay, "host1", "host3", b"before")
+    assert daemons.receive("host3", 5) == b"before"
+    cut_at = time.monotonic()
+    pool.partition([["host1", "host2"], ["host3"]])
+    time.sleep(SETTLE)
+    assert dropped(relay, daemons, "host1", "host3")
+    relay.replay("host3", ["host1"], every=0.1, since=cut_at)
+    assert [daemons.receive("host3", 2) for _ in range(2)] == [b"host1->host3"] * 2
+    relay.stop_replay("host3")

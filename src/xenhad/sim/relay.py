@@ -83,15 +83,16 @@ class HeartbeatRelay:
         return _counts(line)
 
     def replay(self, to: str, senders: list[str], every: float, *,
-               order: str = "sent") -> None:
-        """Re-deliver to host `to`'s daemon, one every `every` seconds and whatever the
-        partition, the heartbeats last forwarded to it from `senders` (host names; up to
-        relay_process.HISTORY each, as of now), over and over: a network that holds and
-        re-delivers datagrams, or someone replaying them from the wire. order "ends" mixes
+               since: float | None = None, order: str = "sent") -> None:
+        """Deliver to host `to`'s daemon, one every `every` seconds and whatever the
+        partition, the heartbeats last sent to it from `senders` (host names; up to
+        relay_process.HISTORY each, as of now, delivered or dropped; only those sent at or
+        after time.monotonic() `since` if given), over and over: a network that holds and
+        delivers datagrams late, or someone replaying them from the wire. order "ends" mixes
         the oldest and newest (oldest, newest, second oldest, ...)."""
         addresses = {h.name: h.address for h in self._pool.hosts}
         message = {"op": "replay", "to": addresses[to], "every": every, "order": order,
-                   "from": [addresses[s] for s in senders]}
+                   "since": since, "from": [addresses[s] for s in senders]}
         with self._lock:
             self._write(json.dumps(message).encode() + b"\n")
 

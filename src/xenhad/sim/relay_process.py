@@ -9,12 +9,14 @@ reach M. Its stdin carries one JSON line per message from the simulator:
    "cuts": [[src, dst], ...]}     who may reach whom from now on (Network's semantics)
   {"op": "stats"}                 answer {"delivered": n, "dropped": n} in a line on stdout
   {"op": "replay", "to": address, "from": [address, ...], "every": seconds,
-   "order": "sent" | "ends"}     re-send to `to`, one every `every` seconds and whatever the
-                                  reach, the datagrams last forwarded to it from `from`
-                                  (up to HISTORY per pair, as of this message), over and over;
-                                  "ends" takes them oldest, newest, second oldest, ... (old and
-                                  new mixed: two boots of a sender that restarted); every <= 0
-                                  stops replaying to `to`
+   "since": monotonic, "order": "sent" | "ends"}
+                                  re-send to `to`, one every `every` seconds and whatever the
+                                  reach, the datagrams last sent to it from `from` (up to
+                                  HISTORY per pair, as of this message, delivered or dropped;
+                                  only those received at or after CLOCK_MONOTONIC `since`, if
+                                  given), over and over; "ends" takes them oldest, newest,
+                                  second oldest, ... (old and new mixed: two boots of a sender
+                                  that restarted); every <= 0 stops replaying to `to`
 
 EOF on stdin (the simulator closed it, or died) ends the process after it writes its
 final counts, so it never outlives the simulator.
@@ -40,7 +42,8 @@ from xenhad.sim.network import Network
 MAX_DATAGRAM = 65535
 
 HISTORY = 64
-"""Datagrams kept per (source, target) for a replay: 32 s of heartbeats at 0.5 s."""
+"""Datagrams kept per (source, target) for a replay: 32 s of heartbeats at 0.5 s. What a
+cut dropped is kept too: a network that buffers delivers what a partition held back."""
 
 
 class Reach:
@@ -72,9 +75,10 @@ class Forwarder:
         self._reach = reach
         self.delivered = 0
         self.dropped = 0
-        self.history: dict[tuple[str, str], deque[bytes]] = {}
-        """(source, target) -> the last HISTORY datagrams forwarded: what a buffering
-        network, or someone on the wire, could deliver again."""
+        self.history: dict[tuple[str, str], deque[tuple[float, bytes]]] = {}
+        """(source, target) -> the last HISTORY datagrams sent and when they came, whether
+        forwarded or dropped: what a buffering network, or someone on the wire, could
+        deliver (again)."""
 
     def drain(self, sock: socket.socket, target: str) -> None:
         """Forward everything queued on `target`'s socket, so no backlog waits a round."""
@@ -85,6 +89,8 @@ class Forwarder:
                 return
             except ConnectionError:
                 continue  # a pending ICMP error, consumed by this call; the queue remains
+            self.history.setdefault((source, target), deque(maxlen=HISTORY)).append(
+                (time.monotonic(), data))
             if not self._reach.allows(source, target):
                 self.dropped += 1
                 continue
@@ -93,8 +99,6 @@ class Forwarder:
                 self.delivered += 1
             except OSError:
                 self.dropped += 1
-                continue
-            self.history.setdefault((source, target), deque(maxlen=HISTORY)).append(data)
 
     def replay(self, sock: socket.socket, target: str, data: bytes) -> None:
         """Deliver an old datagram again, as a network that held it would: no reach
@@ -126,9 +130,11 @@ class Replay:
 
 def replay_for(forwarder: Forwarder, message: Mapping[str, Any], now: float) -> Replay:
     target = str(message["to"])
-    kept: list[bytes] = []
+    since = float(message.get("since") or 0.0)
+    held: list[tuple[float, bytes]] = []
     for source in message.get("from", []):
-        kept.extend(forwarder.history.get((str(source), target), ()))
+        held.extend(e for e in forwarder.history.get((str(source), target), ()) if e[0] >= since)
+    kept = [data for _, data in sorted(held, key=lambda e: e[0])]
     if message.get("order") == "ends":
         mixed: list[bytes] = []
         while kept:
