@@ -105,14 +105,23 @@ def test_18_1_a_slow_master_cut_off_stops_feeding_within_a_window(workdir: Path)
 def test_18_2_a_one_way_cut_from_the_master_fences_no_healthy_host(workdir: Path) -> None:
     """master -> slaves dropped, slaves -> master flowing; after the heal, no host that
     stayed up and beating is fenced, and none of its VMs is lost."""
-    with Testbed(SPEC, workdir, self_fence=True) as bed:
+    # xapi's liveness timers short, so the old master's database marks its former slaves
+    # not live while it is cut off; Xapi_fuse at its 10 s, so it is back as a master
+    # before the promotion on the other side is through.
+    spec = dataclasses.replace(SPEC, host_heartbeat_interval=1.0, db_gc_interval=1.0,
+                               host_assumed_dead_interval=4.0, fuse_seconds=10.0)
+    with Testbed(spec, workdir, self_fence=True) as bed:
         wait_armed(bed)
         kept = {h: guests_on(bed, h) for h in ("host2", "host3")}
         for slave in ("host2", "host3"):
             bed.pool.cut("host1", slave)
         watch(bed, lambda: bed.truth()["hosts"]["host1"]["watchdog_fired"] >= 1, 60,
               "the cut master to starve its watchdog and reset")
-        time.sleep(4)
+        # It boots as a master (its pool.conf), its new daemon counts misses while it has
+        # no quorum (the cut still holds), and only then does the network heal.
+        watch(bed, lambda: bed.daemons["host1"].starts >= 2 and bed.daemon_alive("host1"),
+              60, "host1's daemon to start again after its reset")
+        time.sleep(6)
         bed.pool.heal()
         healed = time.monotonic()
         # Past the old master's boot, its daemon's confirmation and an incident's fence.
@@ -130,7 +139,9 @@ def test_18_2_a_one_way_cut_from_the_master_fences_no_healthy_host(workdir: Path
 def test_18_3_a_hung_xapi_with_a_beating_daemon_is_left_alone(workdir: Path) -> None:
     """Past xapi's dead interval (the master's database says the host is not live) and the
     detector's confirmation, the host is still left alone, and said loudly."""
-    spec = dataclasses.replace(SPEC, host_assumed_dead_interval=4.0)
+    # xapi's liveness timers, short: XAPI says "not live" within seconds, not 10 minutes.
+    spec = dataclasses.replace(SPEC, host_heartbeat_interval=1.0, db_gc_interval=1.0,
+                               host_assumed_dead_interval=4.0)
     with Testbed(spec, workdir, self_fence=True) as bed:
         wait_armed(bed)
         guests = guests_on(bed, "host2")
