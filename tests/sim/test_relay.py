@@ -280,3 +280,52 @@ def test_64_hosts_beats_are_forwarded_while_the_simulator_is_busy(tmp_path: Path
           f"max {result['max'] * 1000:.2f} ms")
     assert relay.stats == {"delivered": 64 * 63, "dropped": 0}
     assert gone(relay.pid)
+
+
+def test_a_replay_redelivers_old_datagrams_across_a_partition_until_stopped(net: tuple[
+        SimPool, Daemons, HeartbeatRelay]) -> None:
+    pool, daemons, relay = net
+    for n in range(3):
+        daemons.send(relay, "host1", "host3", f"old-{n}".encode())
+        assert daemons.receive("host3", 5) == f"old-{n}".encode()
+    daemons.send(relay, "host2", "host1", b"not-for-host3")
+    assert daemons.receive("host1", 5) == b"not-for-host3"
+    pool.partition([["host1", "host2"], ["host3"]])
+    time.sleep(SETTLE)
+    assert dropped(relay, daemons, "host1", "host3")  # the cut drops them...
+    relay.replay("host3", ["host1", "host2"], every=0.1)
+    # ...but the network held them: they come, after the old ones, one at a time, in the
+    # order sent, over and over.
+    got = [daemons.receive("host3", 2) for _ in range(5)]
+    assert got == [b"old-0", b"old-1", b"old-2", b"host1->host3", b"old-0"]
+    relay.stop_replay("host3")
+    time.sleep(0.3)
+    while daemons.receive("host3", 0.05) is not None:  # those already on their way
+        pass
+    assert daemons.receive("host3", 0.5) is None
+
+
+def test_a_replay_from_both_ends_mixes_old_and_new(net: tuple[
+        SimPool, Daemons, HeartbeatRelay]) -> None:
+    _, daemons, relay = net
+    for n in range(4):
+        daemons.send(relay, "host2", "host1", f"b{n}".encode())
+        assert daemons.receive("host1", 5) == f"b{n}".encode()
+    relay.replay("host1", ["host2"], every=0.05, order="ends")
+    got = [daemons.receive("host1", 2) for _ in range(4)]
+    assert got == [b"b0", b"b3", b"b1", b"b2"]
+    relay.stop_replay("host1")
+
+
+def test_a_replay_since_a_moment_takes_only_what_was_sent_after_it(net: tuple[
+        SimPool, Daemons, HeartbeatRelay]) -> None:
+    pool, daemons, relay = net
+    daemons.send(relay, "host1", "host3", b"before")
+    assert daemons.receive("host3", 5) == b"before"
+    cut_at = time.monotonic()
+    pool.partition([["host1", "host2"], ["host3"]])
+    time.sleep(SETTLE)
+    assert dropped(relay, daemons, "host1", "host3")
+    relay.replay("host3", ["host1"], every=0.1, since=cut_at)
+    assert [daemons.receive("host3", 2) for _ in range(2)] == [b"host1->host3"] * 2
+    relay.stop_replay("host3")

@@ -82,6 +82,26 @@ class HeartbeatRelay:
             raise RuntimeError(f"the heartbeat relay process exited ({self._proc.poll()})")
         return _counts(line)
 
+    def replay(self, to: str, senders: list[str], every: float, *,
+               since: float | None = None, order: str = "sent") -> None:
+        """Deliver to host `to`'s daemon, one every `every` seconds and whatever the
+        partition, the heartbeats last sent to it from `senders` (host names; up to
+        relay_process.HISTORY each, as of now, delivered or dropped; only those sent at or
+        after time.monotonic() `since` if given), over and over: a network that holds and
+        delivers datagrams late, or someone replaying them from the wire. order "ends" mixes
+        the oldest and newest (oldest, newest, second oldest, ...)."""
+        addresses = {h.name: h.address for h in self._pool.hosts}
+        message = {"op": "replay", "to": addresses[to], "every": every, "order": order,
+                   "since": since, "from": [addresses[s] for s in senders]}
+        with self._lock:
+            self._write(json.dumps(message).encode() + b"\n")
+
+    def stop_replay(self, to: str) -> None:
+        addresses = {h.name: h.address for h in self._pool.hosts}
+        with self._lock:
+            self._write(json.dumps({"op": "replay", "to": addresses[to],
+                                    "every": 0}).encode() + b"\n")
+
     def close(self) -> None:
         self._closing.set()
         if self._thread is not None:
