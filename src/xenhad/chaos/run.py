@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from xenhad.chaos import checks
-from xenhad.chaos.schedule import Fault, generate
+from xenhad.chaos.schedule import KINDS, SELF_FENCE_KINDS, Fault, generate
 from xenhad.sim import PoolSpec
 from xenhad.testbed import Testbed
 
@@ -61,7 +61,8 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
             self_fence: bool = False) -> Outcome:
     """One schedule: drawn from `seed`, or the given `faults` (a directed scenario)."""
     names = [f"host{i + 1}" for i in range(hosts)]
-    outcome = Outcome(seed, generate(seed, names) if faults is None else faults)
+    kinds = SELF_FENCE_KINDS if self_fence else KINDS
+    outcome = Outcome(seed, generate(seed, names, kinds=kinds) if faults is None else faults)
     workdir = (keep / f"seed-{seed}") if keep else Path(tempfile.mkdtemp(prefix="xh-chaos-"))
     outcome.workdir = workdir
     # xapi's own clocks shortened (a host is marked dead after 10 s, not 600 s), so that
@@ -219,11 +220,17 @@ def _apply(bed: Testbed, fault: Fault) -> str:
         bed.kill_daemon(hosts[0], respawn=True)
     elif kind == "sighup":
         bed.signal_daemon(hosts[0], signal.SIGHUP)
+    elif kind == "heartbeat-replay" and bed.relay is not None:
+        others = [h for h in bed.daemons if h != hosts[0]]
+        bed.relay.replay(hosts[0], others, 1.8, since=time.monotonic())
     return ""
 
 
 def _heal_all(bed: Testbed, names: list[str], bmc: str) -> None:
     bed.pool.clear_faults()
+    if bed.relay is not None:
+        for name in names:
+            bed.relay.stop_replay(name)
     for name in names:
         bed.bmc_mode(name, bmc)
         if not bed.truth()["hosts"][name]["powered"]:

@@ -29,14 +29,23 @@ class Fault:
         return f"+{self.at:5.1f}s {self.kind} {what}{extra}".rstrip()
 
 
-def generate(seed: int, hosts: list[str], *, duration: float = 24.0) -> list[Fault]:
+SELF_FENCE_KINDS = (*KINDS, "heartbeat-replay")
+"""With self-fencing: the heartbeats others sent a host from the fault on are delivered to
+it late, again and again, whatever the partition (issue 24: they once kept a cut-off host
+quorate past its peers' deadline for it). A separate tuple: adding a kind to KINDS would
+give every seed that once failed another schedule."""
+
+
+def generate(seed: int, hosts: list[str], *, duration: float = 24.0,
+             kinds: tuple[str, ...] = KINDS) -> list[Fault]:
     rng = random.Random(seed)
     faults: list[Fault] = []
     t = rng.uniform(2.0, 4.0)
     while t < duration:
-        kind = rng.choice(KINDS)
+        kind = rng.choice(kinds)
         one = (rng.choice(hosts),)
-        if kind in ("crash", "hang", "shutdown", "boot", "bmc-down", "daemon-kill", "sighup"):
+        if kind in ("crash", "hang", "shutdown", "boot", "bmc-down", "daemon-kill", "sighup",
+                    "heartbeat-replay"):
             faults.append(Fault(t, kind, one))
         elif kind == "latency":
             faults.append(Fault(t, kind, one, value=round(rng.uniform(0.2, 3.0), 1)))
