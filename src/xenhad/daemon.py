@@ -190,6 +190,11 @@ class Daemon:
         self._alerts_config = configuration.AlertsConfig()
         self._alerts = Alerts.from_config(configuration.AlertsConfig())  # none until run()
         self._probes: dict[HostId, Joined] = {}
+        """Whom each host's xapi follows, as of its last probe; for a host whose daemon
+        beats, as of its last probe that answered (failover's reading: a probe lost under
+        load says nothing of whom a live host follows)."""
+        self._xapi_answers: dict[HostId, bool] = {}
+        """Whether each host's xapi answered its last probe (the detector's reading)."""
         self._deferred: set[HostId] = set()
         self._may_act = True
         self._reread = False
@@ -319,7 +324,7 @@ class Daemon:
         view, peers = self._view, self._peers
         if view is None or peers is None or self._failover is None or view.master == self._me:
             return None
-        return peers.contact_at(view.master)
+        return peers.alive_at(view.master)
 
     def _tick_budget(self) -> float:
         # One snapshot (with its retries) and one round of probes, in the worst case.
@@ -527,12 +532,17 @@ class Daemon:
         # the detector's to know now, not at the next round of probes two minutes later.
         probed = [h for h in others
                   if everyone or (fresh and h.uuid not in settled) or h.uuid not in heard
-                  or not h.live or not self._probes.get(h.uuid, _NEVER).answered]
+                  or not h.live or not self._xapi_answers.get(h.uuid, False)]
         results = await asyncio.gather(*(self._probe(h) for h in probed))
         for h, r in zip(probed, results):
-            self._probes[h.uuid] = Joined(r.answered, r.master_address if r.is_slave else None)
+            self._xapi_answers[h.uuid] = r.answered
+            if r.answered or h.uuid not in heard or h.uuid not in self._probes:
+                self._probes[h.uuid] = Joined(r.answered,
+                                              r.master_address if r.is_slave else None)
         for gone in set(self._probes) - {h.uuid for h in others}:
             del self._probes[gone]
+        for gone in set(self._xapi_answers) - {h.uuid for h in others}:
+            del self._xapi_answers[gone]
         covered = {h.uuid for h in probed}
         if len(covered) == len(others):
             self._probed_all_at = now
@@ -546,7 +556,7 @@ class Daemon:
             # Not probed this tick (heard lately): its xapi answered at its last probe.
             h.uuid: Observation(
                 xapi_live=h.live,
-                answered=answered_now.get(h.uuid, self._probes.get(h.uuid, _NEVER).answered),
+                answered=self._xapi_answers.get(h.uuid, False),
                 enabled=h.enabled and not h.maintenance,
                 heard=h.uuid in heard,
                 rival_master=(joined := self._probes.get(h.uuid, _NEVER)).answered
@@ -598,6 +608,7 @@ class Daemon:
         link = HeartbeatLink(
             me=self._me, pool=view.pool_uuid, secret=secret, table=self._peers,
             clock=self._clock, peer_port=cfg.port, batch=batch_seconds(cfg.interval),
+            vouch_within=heard_within(cfg.interval),
         )
         await link.open(self.config.xapi.source_address, cfg.listen_port or cfg.port)
         self._link = link
@@ -746,13 +757,15 @@ class Daemon:
     # -- master failover ---------------------------------------------------------------
 
     def _heard_lately(self, now: float) -> frozenset[HostId]:
-        """Peers whose daemon is in proven contact as of a round trip ago: alive, whatever
-        their xapi says. (Contact for quorum allows the whole window; liveness need not wait
-        that long to doubt a host whose xapi is silent too.) Proven by echoes, not arrival:
-        heartbeats delayed or replayed by the network vouch for no one."""
+        """Peers whose daemon is proven alive as of a round trip ago, by us or by a peer in
+        proven contact with us: alive, whatever their xapi says, and whatever one direction
+        of the network between us does (a one-way cut once had a healthy host fenced).
+        Contact for quorum allows the whole window and must be our own; liveness need not
+        wait that long to doubt a host whose xapi is silent too. Proven by echoes, not
+        arrival: heartbeats delayed or replayed by the network vouch for no one."""
         if self._peers is None:
             return frozenset()
-        return self._peers.fresh(now, within=self._heard_within())
+        return self._peers.alive(now, within=self._heard_within())
 
     def _heard_within(self) -> float:
         return heard_within(self.config.peers.interval)

@@ -313,3 +313,23 @@ def test_with_echoes_the_deadline_needs_no_delivery_allowance() -> None:
     t.receive(late, 13.5, 1008.0)
     assert t.evidence("x", 13.5) == 10.5
     assert t.latest_feed("x", 13.5, since=0.0, interval=0.5) == 10.5 + 2 + 1.5
+
+
+def test_a_host_cut_off_from_us_one_way_is_alive_on_the_word_of_a_peer_in_contact() -> None:
+    # A chaos soak with self-fencing: a one-way cut master -> host2 left host2 unable to
+    # echo the master's heartbeats, and the master fenced it though host3 heard it fine.
+    t = PeerTable("me", "pool", window=2.0)
+    for n in range(10):
+        t.sending(n, 10.0 + n)
+    # host2's heartbeats arrive but echo nothing of ours (it does not hear us).
+    t.receive(v2("host2", 1, echo={}), 19.0, 1000.0)
+    assert t.contact_at("host2") is None and t.alive(19.0, 2.0) == frozenset()
+    # host3 hears us (echoes our heartbeat of 18) and has proven contact with host2 since
+    # 0.4 s before it sent: host2 was alive at 18 - 0.4 = 17.6, or later.
+    vouch = dataclasses.replace(v2("host3", 1, echo={"me": 8}), proven=(("host2", 0.4),))
+    t.receive(vouch, 19.0, 1000.0)
+    assert t.alive_at("host2") == 17.6
+    assert t.alive(19.0, 2.0) == {"host2", "host3"}
+    assert t.alive(19.7, 2.0) == {"host3"}  # that proof is as old as it was
+    assert t.mutual(19.0) == {"host3"}  # quorum needs contact of our own
+    assert decode(encode(vouch, SECRET), SECRET).proven == (("host2", 0.4),)

@@ -413,8 +413,14 @@ class Failover:
         """Whether a majority of the pool follows another master that answers as one; sets
         the master to rejoin."""
         self._rejoin = None
-        if self._promoted_at is not None and now - self._promoted_at < self.settings.rejoin_grace:
-            return False  # the slaves we are recovering still name the old master
+        if (self._promoted_at is not None and now - self._promoted_at < self.settings.rejoin_grace
+                and self._last_recover >= self._promoted_at):
+            # The slaves we told to rejoin still name the old master until their xapi has
+            # restarted. Before we told any, a majority that follows another live master
+            # does so for its own reasons (it came back from the dead, and they with it):
+            # waiting out the grace only kept two masters (no quorum, nothing recovered) for
+            # a minute, which the old master's fencing of this healthy one used to cut short.
+            return False
         followed: dict[HostId, int] = {}
         follows = _follows(view, contact, probes)
         for peer in contact.mutual:

@@ -68,10 +68,23 @@ class Heartbeat:
     """Wall-clock time at which the sender's boot began: orders its boots, so an older one's
     heartbeats replayed after a newer one was heard are refused. None from version 1."""
 
+    proven: tuple[tuple[HostId, float], ...] | None = None
+    """(peer, seconds before sending since which the sender has proven contact with it, by
+    echo) for the peers it is in proven contact with lately: lets a receiver that cannot
+    hear a peer itself (a one-way cut) know it alive, timed on the receiver's own clock
+    (table.alive_at). None from a version 1 daemon."""
+
     @property
     def echoes(self) -> bool:
         """Version 2: its contact is proven by echoes, not by arrival time (table.py)."""
         return self.echo is not None
+
+    def proven_ago(self, host: HostId) -> float | None:
+        """Seconds before sending since which the sender has proven contact with `host`."""
+        for peer, age in self.proven or ():
+            if peer == host:
+                return age
+        return None
 
     def echo_of(self, host: HostId) -> int | None:
         """The last sequence number of `host` the sender accepted; None if none."""
@@ -105,6 +118,7 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
             **({} if hb.last_heard is None else {"ages": _floored(hb.last_heard)}),
             **({} if hb.echo is None else {"v": 2, "echo": dict(hb.echo)}),
             **({} if hb.boot_started is None else {"bt": hb.boot_started}),
+            **({} if hb.proven is None else {"pv": _floored(hb.proven)}),
         },
         separators=(",", ":"), sort_keys=True,
     ).encode()
@@ -143,6 +157,7 @@ _JSON = json.JSONDecoder(parse_constant=_NonFinite)
 _NUMBERS = frozenset({int, float})
 _STR = frozenset({str})
 _AGES = "field 'ages' must map host uuids to seconds >= 0"
+_PROVEN = "field 'pv' must map host uuids to seconds >= 0"
 
 
 def decode(data: bytes, secret: bytes) -> Heartbeat:
@@ -175,6 +190,7 @@ def decode(data: bytes, secret: bytes) -> Heartbeat:
         heard=tuple(_strings(raw, "heard")), quorate=quorate, armed=armed, priority=priority,
         vote=_vote(get("vote")), last_heard=_ages(get("ages")), epoch=epoch,
         promoting=promoting, echo=_echo(get("echo")), boot_started=_boot_started(get("bt")),
+        proven=_ages(get("pv"), _PROVEN),
     )
 
 
@@ -199,6 +215,7 @@ def _checked(raw: dict[str, Any]) -> Heartbeat:
         promoting=_field(raw, "promoting", bool, False),
         echo=_echo(raw.get("echo")),
         boot_started=_boot_started(raw.get("bt")),
+        proven=_ages(raw.get("pv"), _PROVEN),
     )
 
 
@@ -231,7 +248,7 @@ def _vote(value: object) -> tuple[HostId, HostId] | None:
     return (value[0], value[1])
 
 
-def _ages(value: object) -> tuple[tuple[HostId, float], ...] | None:
+def _ages(value: object, why: str = _AGES) -> tuple[tuple[HostId, float], ...] | None:
     # Absent from a daemon that predates it: the table then treats the sender's report as
     # "heard everyone just now", which can only delay a self-fence conclusion.
     if value is None:
@@ -239,19 +256,19 @@ def _ages(value: object) -> tuple[tuple[HostId, float], ...] | None:
     # By exact type: the parser makes no subclasses but bool (of int) and _NonFinite (of
     # float), and both are refused.
     if not isinstance(value, dict):
-        raise HeartbeatError(_AGES)
+        raise HeartbeatError(why)
     kinds = set(map(type, value.values()))
     if not kinds <= _NUMBERS:
-        raise HeartbeatError(_AGES)
+        raise HeartbeatError(why)
     ages: dict[HostId, float] = value
     if int in kinds:  # ours sends floats; an integer too large for one is refused too
         try:
             ages = {host: float(age) for host, age in value.items()}
         except OverflowError:
-            raise HeartbeatError(_AGES) from None
+            raise HeartbeatError(why) from None
     # max: a number too large for a float (1e400) is read as inf.
     if ages and not (min(ages.values()) >= 0 and max(ages.values()) < math.inf):
-        raise HeartbeatError(_AGES)
+        raise HeartbeatError(why)
     return tuple(sorted(ages.items()))
 
 

@@ -75,6 +75,7 @@ class HeartbeatLink:
         clock: Clock,
         peer_port: int,
         batch: float,
+        vouch_within: float | None = None,
     ) -> None:
         if batch <= 0:
             raise ValueError(f"batch = {batch}: expected seconds > 0")
@@ -88,6 +89,8 @@ class HeartbeatLink:
         self._boot_started = clock.wall()
         self._seq = secrets.randbelow(_SEQ_START)
         self._batch = batch
+        self._vouch_within = table.window if vouch_within is None else vouch_within
+        """How recent proven contact must be for our heartbeats to vouch for a peer."""
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resume: asyncio.Handle | None = None
@@ -192,6 +195,7 @@ class HeartbeatLink:
             promoting=promoting,
             echo=self._table.echoes(),
             boot_started=self._boot_started,
+            proven=self._table.proven_ages(now, self._vouch_within),
         )
         data = encode(hb, self._secret)
         for peer in peers:

@@ -160,6 +160,41 @@ class PeerTable:
             return last.proven_at
         return last.at if self.me in last.hb.heard else None
 
+    def proven_ages(self, now: float, within: float) -> tuple[tuple[HostId, float], ...]:
+        """What our next heartbeat vouches for: each peer in proven contact within `within`
+        seconds, and how long ago that contact was proven (heartbeat.proven)."""
+        return tuple(sorted(
+            (h, now - at) for h in self._last
+            if (at := self.contact_at(h)) is not None and now - at <= within
+        ))
+
+    def alive_at(self, host: HostId) -> float | None:
+        """Since when, on our clock, `host`'s daemon is proven alive: our own proven contact
+        with it, or a peer's in proven contact with us. A peer P vouches that it had proven
+        contact with `host` some `age` before it sent; it sent after contact_at(P), so
+        `host` was alive at contact_at(P) - age or later. So a host cut off from us in one
+        direction only (it hears us not, or we it not) but heard by the others is alive,
+        and nothing delayed or replayed can make this time later than it was."""
+        times = [at] if (at := self.contact_at(host)) is not None else []
+        for peer, last in self._last.items():
+            if peer == host or (via := self.contact_at(peer)) is None:
+                continue
+            ago = last.hb.proven_ago(host)
+            if ago is not None:
+                times.append(via - ago)
+        return max(times, default=None)
+
+    def alive(self, now: float, within: float) -> frozenset[HostId]:
+        """Peers proven alive within the last `within` seconds (alive_at): whose daemon
+        beats, whatever their xapi or the network between us says."""
+        hosts = set(self._last)
+        for last in self._last.values():
+            hosts.update(h for h, _ in last.hb.proven or ())
+        hosts.discard(self.me)
+        return frozenset(
+            h for h in hosts if (at := self.alive_at(h)) is not None and now - at <= within
+        )
+
     def fresh(self, now: float, within: float | None = None) -> frozenset[HostId]:
         """Peers in proven contact within the last `within` seconds (default: the window)."""
         limit = self.window if within is None else within
