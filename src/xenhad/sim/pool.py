@@ -414,9 +414,23 @@ class SimPool:
             h.db.set(self.pool_ref_in(h.db), "master", h.ref)
             h.db.set(h.metrics_ref, "live", True)
             self._resync_local(h, h.db)
+            # dbsync_master.ml: Cancel_tasks.cancel_tasks_on_host ~host_opt:None, "tasks
+            # that were running on the master": every task in the database is cancelled,
+            # and the operations they held on VMs with them.
+            self._cancel_operations(h.db, None)
             self.changed.notify_all()
             return
         self._hello(h)
+
+    def _cancel_operations(self, db: Db, host_ref: str | None) -> None:
+        """Cancel_tasks.cancel_tasks_on_host: the VM operations of tasks that died with a
+        xapi (all of them, or those of one host: a start is the task of its target host)."""
+        for ref, rec in db.tables["VM"].items():
+            if not rec["current_operations"]:
+                continue
+            if host_ref is None or rec.get("scheduled_to_be_resident_on") == host_ref:
+                db.set(ref, "current_operations", {})
+                db.set(ref, "scheduled_to_be_resident_on", NULL_REF)
 
     def pool_ref_in(self, db: Db) -> str:
         return db.pool_ref()
@@ -442,6 +456,8 @@ class SimPool:
         m.shutting_down.discard(h.ref)
         m.heartbeats[h.ref] = self.now()
         self._resync_local(h, db)
+        # xapi_pool.ml hello: "cancelling tasks on behalf of slave".
+        self._cancel_operations(db, h.ref)
         h.db = db.copy()
         epoch = h.epoch
 
