@@ -8,6 +8,8 @@ the value or raises XapiFailure; `Blackhole` means the request must never be ans
 
 from __future__ import annotations
 
+import threading
+import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ from xenhad.sim.model import (
     build_pool,
     host_free_memory,
     render,
+    task_record,
     vm_memory,
     vm_memory_overhead,
 )
@@ -78,6 +81,8 @@ def known_methods() -> list[str]:
 
 def call(pool: SimPool, host: HostState, channel: str, source: HostState | None,
          name: str, params: list[Any]) -> Any:
+    if name.startswith("Async."):
+        return _call_async(pool, host, channel, source, name, params)
     entry = _METHODS.get(name)
     if entry is None:
         raise XapiFailure("MESSAGE_METHOD_UNKNOWN", [name])
@@ -106,6 +111,65 @@ def call(pool: SimPool, host: HostState, channel: str, source: HostState | None,
         pool.count_call(ctx.served, name)  # what the master's xapi pays for its slaves
     _check_session(ctx)
     return fn(ctx, *params[1:])
+
+
+def _call_async(pool: SimPool, host: HostState, channel: str, source: HostState | None,
+                name: str, params: list[Any]) -> str:
+    """server_helpers.ml: `Async.<call>` answers a task ref at once and runs the call in its
+    own thread; the task's status, result (an XML-RPC <value>, "" for void) and error_info
+    say how it ended (event.from reports every change of it)."""
+    inner = name[len("Async."):]
+    entry = _METHODS.get(inner)
+    if entry is None or entry[3] != MASTER:
+        raise XapiFailure("MESSAGE_METHOD_UNKNOWN", [name])
+    fn, low, high, _ = entry
+    given = len(params) - 1
+    if not low <= given <= high:
+        raise XapiFailure("MESSAGE_PARAMETER_COUNT_MISMATCH", [name, str(low), str(given)])
+    ctx = Ctx(pool, host, host, channel, source, inner, session=str(params[0]))
+    if host.emergency:
+        raise XapiFailure("HOST_STILL_BOOTING", [])
+    if not host.is_master:
+        ctx.served = _forward_target(pool, host)
+    _check_session(ctx)
+    pool.count_call(ctx.served, name)
+    db = ctx.db
+    task = _new_ref(pool)
+    db.add("task", task, task_record(_new_ref(pool)[len("OpaqueRef:"):], name, "",
+                                     ctx.served.ref, pool.clock.wall()))
+
+    def run() -> None:
+        with pool.lock:
+            try:
+                value = fn(ctx, *params[1:])
+            except XapiFailure as e:
+                outcome = {"status": "failure", "error_info": e.description()}
+            except Blackhole:
+                return  # the call hangs, and so does its task
+            else:
+                outcome = {"status": "success", "result": _xmlrpc_value(value)}
+            if task in db.tables["task"]:
+                for field, v in {**outcome, "progress": 1.0,
+                                 "finished": _now(pool)}.items():
+                    db.set(task, field, v)
+            pool.changed.notify_all()
+
+    threading.Thread(target=run, name=f"sim-{name}", daemon=True).start()
+    return task
+
+
+def _xmlrpc_value(value: Any) -> str:
+    if value == "" or value is None:
+        return ""
+    text = xmlrpc.client.dumps((value,), allow_none=True)
+    return text[text.index("<value>"):text.rindex("</value>") + len("</value>")]
+
+
+def _now(pool: SimPool) -> Any:
+    import time
+
+    return xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%SZ",
+                                                time.gmtime(pool.clock.wall())))
 
 
 def _forward_target(pool: SimPool, host: HostState) -> HostState:
@@ -281,6 +345,7 @@ def register_classes(sample: Db) -> None:
         return
     # A pool with one of everything, whatever `sample` holds: every class gets its getters.
     full, _ = build_pool(PoolSpec(hosts=2, vms=1, groups=1, local_vms=1), 0.0)
+    full.add("task", "OpaqueRef:sample", task_record("", "", "", NULL_REF, 0.0))
     for cls in CLASSES:
         some = next(iter(full.tables[cls]))
         fields = list(render(full, cls, some))
@@ -822,6 +887,51 @@ def _matches(classes: list[str], cls: str, ref: str) -> bool:
             if k.lower() == lower and r == ref:
                 return True
     return False
+
+
+@method("system.listMethods", 0, LOGIN)
+def system_list_methods(ctx: Ctx) -> list[str]:
+    # api_server.ml answers it without a session (and, over XML-RPC, without the
+    # Status/Value envelope: rpc.py).
+    return known_methods()
+
+
+@method("event.inject", 2)
+def event_inject(ctx: Ctx, cls: Any, ref: Any) -> str:
+    # xapi_event.ml inject: a "mod" of the object now, and the token just before it, so an
+    # event.from from that token sees at least that one event.
+    db = ctx.db
+    table = next((t for t in db.tables if t.lower() == _str(cls, "class").lower()), None)
+    if table is None or str(ref) not in db.tables[table]:
+        raise XapiFailure("HANDLE_INVALID", [str(cls), str(ref)])
+    token = f"{db.generation:020d},{0:020d}"
+    db.touch(str(ref))
+    ctx.pool.changed.notify_all()
+    return token
+
+
+@method("task.create", 2)
+def task_create(ctx: Ctx, label: Any, description: Any) -> str:
+    ref = _new_ref(ctx.pool)
+    ctx.db.add("task", ref, task_record(ref[len("OpaqueRef:"):], _str(label, "label"),
+                                        _str(description, "description"), ctx.served.ref,
+                                        ctx.pool.clock.wall()))
+    return ref
+
+
+@method("task.destroy", 1)
+def task_destroy(ctx: Ctx, task: Any) -> str:
+    ctx.db.get("task", str(task))
+    ctx.db.remove("task", str(task))
+    return ""
+
+
+@method("task.cancel", 1)
+def task_cancel(ctx: Ctx, task: Any) -> str:
+    # xapi_task.ml cancel: only a cancellable operation stops; VM.start in the simulator
+    # is not one, so the task runs to its end.
+    ctx.db.get("task", str(task))
+    return ""
 
 
 @method("event.from", 3)

@@ -18,7 +18,7 @@ from xenhad.sim.spec import GiB, MiB, PoolSpec
 
 NULL_REF = "OpaqueRef:NULL"
 CLASSES = ("pool", "host", "host_metrics", "VM", "SR", "PBD", "VDI", "VBD", "network", "PIF",
-           "VIF", "VM_group")
+           "VIF", "VM_group", "task")
 """Table names as xapi spells them (the event class is the lower-case form)."""
 
 Record = dict[str, Any]
@@ -72,6 +72,14 @@ class Db:
         self.class_of[ref] = cls
         self.created[ref] = self.generation
         self.modified[ref] = self.generation
+
+    def remove(self, cls: str, ref: str) -> None:
+        if self.tables[cls].pop(ref, None) is not None:
+            self.generation += 1
+            self.deleted.append((self.generation, cls, ref))
+            self.class_of.pop(ref, None)
+            self.created.pop(ref, None)
+            self.modified.pop(ref, None)
 
     def get(self, cls: str, ref: str) -> Record:
         rec = self.tables[cls].get(ref)
@@ -404,6 +412,17 @@ def _seed_pinned(db: Db, spec: PoolSpec, hosts: list[SeedHost], storage: _Storag
                                   "VMs": members})
         for m in members:
             db.tables["VM"][m]["groups"] = [gref]
+
+
+def task_record(uuid: str, name: str, description: str, host: str, wall: float) -> Record:
+    # idl/datamodel.ml task: status pending -> success | failure | cancelled; result is the
+    # call's value as an XML-RPC <value> ("" for void); error_info the failure.
+    return {"uuid": uuid, "name_label": name, "name_description": description,
+            "status": "pending", "progress": 0.0, "result": "", "error_info": [],
+            "created": _now_datetime(wall), "finished": _now_datetime(0.0),
+            "resident_on": host, "type": "", "subtask_of": NULL_REF, "subtasks": [],
+            "other_config": {}, "allowed_operations": ["cancel"],
+            "current_operations": {}, "backtrace": "()"}
 
 
 def is_guest(rec: Record) -> bool:
