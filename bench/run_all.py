@@ -6,7 +6,7 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHES = ["sim_startup.py", "placement_plan.py", "footprint.py", "rest_cost.py",
+BENCHES = ["sim_startup.py", "placement_plan.py", "pool_read.py", "footprint.py", "rest_cost.py",
            "recovery_time.py"]
 
 for name in BENCHES:

@@ -65,6 +65,7 @@ from xenhad.recovery.history import History, Recovered
 from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot
 from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
+from xenhad.stranded import Stranded, stranded
 from xenhad.unit import restart_delay
 from xenhad.xapi.client import Xapi, single_attempt
 from xenhad.xapi.connect import open_xapi
@@ -167,6 +168,9 @@ class Daemon:
         self._pending_resume: list[Incident] = []
         self._lock_fd = -1
         self._warned: set[tuple[str, str, str]] = set()
+        self._stranded: list[Stranded] = []
+        self._stranded_of: tuple[object, object] | None = None
+        self._stranded_said: set[tuple[str, str]] = set()
         self._xapi_logged_at = 0.0
         self._peers: PeerTable | None = None
         self._link: HeartbeatLink | None = None
@@ -461,6 +465,7 @@ class Daemon:
         self._health.xapi_error = ""
         self._health.xapi_failing_since = None
         self._view = view
+        self._note_stranded(view)
         await self._open_peers(view)
         if self._me not in view.hosts:
             self._passive(f"this host {self._me} is not in the pool database; check host.uuid")
@@ -1217,6 +1222,24 @@ class Daemon:
         # WATCHDOG only from a loop that completed its tick: a wedged loop gets restarted.
         self._notify.watchdog()
 
+    def _note_stranded(self, view: PoolView) -> None:
+        """Protected VMs no other host could run: said once each at warning when they
+        appear (and again should one come back after it was fixed), listed in status."""
+        if not view.vms or self._stranded_of == (view.vms, view.hosts):
+            return  # a slave's read has no VMs; a quiet pool's view is the same objects
+        self._stranded_of = (view.vms, view.hosts)
+        self._stranded = stranded(view)
+        names = self._host_names()
+        now = {(s.vm, s.reason) for s in self._stranded}
+        for s in self._stranded:
+            if (s.vm, s.reason) not in self._stranded_said:
+                log.warning("vm.protected_in_name_only", vm=s.name, uuid=s.vm,
+                            host=names.get(s.host or "", s.host), why=s.reason,
+                            fix="if its host dies, xenhad will not restart it elsewhere: "
+                            "move its disks to a shared SR, its VIFs to a network every "
+                            "host has, or set its protection off")
+        self._stranded_said = now
+
     def _status_doc(self) -> dict[str, Any]:
         """What `xenhad status` shows: this daemon's view, as of its last tick."""
         view, h, now = self._view, self._health, self._clock.monotonic()
@@ -1258,6 +1281,9 @@ class Daemon:
             "hosts": sorted(hosts, key=lambda x: str(x["name"])),
             "incidents": [{**_incident_doc(r.incident, names), "waiting_for_journal": r.blocked}
                           for r in self._runners.values()],
+            "cannot_restart_elsewhere": [
+                {"name": s.name, "uuid": s.vm, "host": names.get(s.host or "", s.host),
+                 "why": s.reason} for s in self._stranded],
         }
 
     def _status_line(self) -> str:

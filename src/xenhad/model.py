@@ -58,6 +58,10 @@ class HostView:
     maintenance: bool = False
     """Marked by `xenhad maintenance on` (host.other_config): never recovered, even once
     xapi re-enables it after a reboot."""
+    srs: frozenset[str] | None = None
+    """uuids of the SRs with a currently_attached PBD here; None: storage was not read."""
+    networks: frozenset[str] | None = None
+    """uuids of the networks with a PIF here; None: networks were not read."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class VmView:
     resident_on: HostId | None
     affinity: HostId | None
     memory: int
-    """Bytes a start needs: memory_static_max (xapi's own admission check uses it)."""
+    """Bytes a start needs on a host, as VM.start counts them (memory_check.ml
+    vm_compute_start_memory: dynamic_min, or static_max for pv_in_pvh, plus the overhead)."""
     protection: Protection
     order: int = 0
     start_delay: int = 0
@@ -78,6 +83,14 @@ class VmView:
     always_run: bool = False
     """ha_always_run: set by VM.start for a "restart" VM, cleared by every shutdown through
     the API (xapi_vm.ml). Halted with it set, the VM died without anyone asking."""
+    srs: frozenset[str] = frozenset()
+    """uuids of the SRs of its disks (non-empty VBDs' VDIs): a host must see each."""
+    networks: frozenset[str] = frozenset()
+    """uuids of its VIFs' networks that have PIFs: a host must have a PIF on each."""
+    pinned: str = ""
+    """Why it can run on no other host (a passthrough device of its host); "" if none."""
+    group: str | None = None
+    """uuid of its anti-affinity VM group (datamodel_vm_group.ml)."""
 
     @property
     def running(self) -> bool:
@@ -97,6 +110,8 @@ class PoolView:
     other_config: Mapping[str, str] = field(default_factory=dict)
     taken_at: float = 0.0
     pool_uuid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """name_label of each SR and network by uuid, for the operator's messages."""
 
     def vms_on(self, host: HostId) -> list[VmView]:
         return [vm for vm in self.vms.values() if vm.resident_on == host]

@@ -1,7 +1,9 @@
-"""One `PoolView` per tick, from four XAPI calls whatever the size of the pool.
+"""One `PoolView` per tick, from one XAPI call per class whatever the size of the pool.
 
-pool, host, host_metrics and VM `get_all_records`, issued concurrently: per-object calls
-would grow a tick with the pool and multiply the chances of one hanging.
+pool, host, host_metrics and VM `get_all_records`, and what says where a VM can run (SR,
+PBD, VDI, VBD, network, PIF, VIF, VM_group), issued concurrently: per-object calls would
+grow a tick with the pool and multiply the chances of one hanging. The daemon itself reads
+them all through event.from (pool_cache.py), one call a tick.
 
 A record xenhad cannot read fails the whole snapshot with one `XapiReplyError` line naming
 the object and the field, rather than a half-understood view the detector would act on.
@@ -45,7 +47,17 @@ FIELDS: Mapping[str, frozenset[str]] = {
         "uuid", "name_label", "power_state", "resident_on", "affinity", "memory_static_max",
         "ha_restart_priority", "ha_always_run", "order", "start_delay", "current_operations",
         "other_config", "is_control_domain", "is_a_template", "is_a_snapshot",
+        "memory_dynamic_min", "VCPUs_max", "HVM_shadow_multiplier", "domain_type", "groups",
+        "VUSBs", "attached_PCIs",
     }),
+    "sr": frozenset({"uuid", "name_label", "shared"}),
+    "pbd": frozenset({"host", "SR", "currently_attached"}),
+    "vdi": frozenset({"SR"}),
+    "vbd": frozenset({"VM", "VDI", "empty"}),
+    "network": frozenset({"uuid", "name_label"}),
+    "pif": frozenset({"host", "network"}),
+    "vif": frozenset({"VM", "network"}),
+    "vm_group": frozenset({"uuid", "name_label", "placement"}),
 }
 """Every field build_snapshot reads, by lower-cased class: all a cache of records keeps. A
 real VM record has about a hundred more (last_booted_record alone is a whole serialised
@@ -101,15 +113,22 @@ async def snapshot(xapi: RecordSource, *, protection_key: str, now: float) -> Po
     return (await read_snapshot(xapi, protection_key=protection_key, now=now)).view
 
 
+STORAGE: tuple[RecordClass, ...] = (
+    "SR", "PBD", "VDI", "VBD", "network", "PIF", "VIF", "VM_group")
+"""What says where a VM can run (xapi_vm_helpers.ml assert_can_boot_here)."""
+
+
 async def read_snapshot(xapi: RecordSource, *, protection_key: str, now: float) -> Snapshot:
     """The view plus the VMs whose protection value is not understood (log them)."""
-    pools, hosts, metrics, vms = await asyncio.gather(
+    pools, hosts, metrics, vms, *storage = await asyncio.gather(
         xapi.get_all_records("pool"),
         xapi.get_all_records("host"),
         xapi.get_all_records("host_metrics"),
         xapi.get_all_records("VM"),
+        *(xapi.get_all_records(cls) for cls in STORAGE),
     )
-    return build_snapshot(pools, hosts, metrics, vms, protection_key=protection_key, now=now)
+    return build_snapshot(pools, hosts, metrics, vms, protection_key=protection_key, now=now,
+                          storage={cls.lower(): t for cls, t in zip(STORAGE, storage)})
 
 
 def build_snapshot(
@@ -121,8 +140,12 @@ def build_snapshot(
     protection_key: str,
     now: float,
     reuse: ReusableVms | None = None,
+    storage: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> Snapshot:
-    """Pure: the four get_all_records answers (ref -> record) to a Snapshot.
+    """Pure: the get_all_records answers (ref -> record) to a Snapshot.
+
+    `storage`: the records of STORAGE's classes by lower-cased class; without them (a
+    slave's read) hosts see every SR and network and VMs need none.
 
     With `reuse`, its VM views and warnings are taken as they are when building them again
     would give the same: the same protection_key, and every host ref resolving to the same
@@ -136,10 +159,11 @@ def build_snapshot(
     pool_ref, pool_record = next(iter(pools.items()))
     pool = _Record("pool", pool_ref, pool_record)
 
+    where = _Where(storage) if storage else None
     host_views: dict[HostId, HostView] = {}
     uuid_of: dict[str, HostId] = {}
     for ref, record in hosts.items():
-        host = _host(ref, _Record("host", ref, record), metrics)
+        host = _host(ref, _Record("host", ref, record), metrics, where)
         host_views[host.uuid] = host
         uuid_of[ref] = host.uuid
 
@@ -162,7 +186,7 @@ def build_snapshot(
         # as the host's going changes the mapping and the rebuild below fails the tick.
         vm_views, warnings = reuse.snapshot.view.vms, reuse.snapshot.warnings
     else:
-        vm_views, warnings = _vms(vms, uuid_of, protection_key)
+        vm_views, warnings = _vms(vms, uuid_of, protection_key, where)
 
     return Snapshot(
         PoolView(
@@ -174,6 +198,7 @@ def build_snapshot(
             vms=vm_views,
             other_config=pool.mapping("other_config"),
             taken_at=now,
+            labels=where.labels if where is not None else {},
         ),
         warnings,
     )
@@ -187,7 +212,8 @@ def _host_uuids(view: PoolView) -> dict[str, HostId]:
 
 
 def _vms(
-    vms: Mapping[str, Mapping[str, Any]], uuid_of: Mapping[str, HostId], protection_key: str
+    vms: Mapping[str, Mapping[str, Any]], uuid_of: Mapping[str, HostId], protection_key: str,
+    where: _Where | None = None,
 ) -> tuple[dict[VmId, VmView], tuple[ProtectionWarning, ...]]:
     vm_views: dict[VmId, VmView] = {}
     warnings: list[ProtectionWarning] = []
@@ -195,14 +221,15 @@ def _vms(
         vm = _Record("VM", ref, record)
         if vm.flag("is_control_domain") or vm.flag("is_a_template") or vm.flag("is_a_snapshot"):
             continue
-        view, warning = _vm(ref, vm, uuid_of, protection_key)
+        view, warning = _vm(ref, vm, uuid_of, protection_key, where)
         vm_views[view.uuid] = view
         if warning is not None:
             warnings.append(warning)
     return vm_views, tuple(warnings)
 
 
-def _host(ref: str, host: _Record, metrics: Mapping[str, Mapping[str, Any]]) -> HostView:
+def _host(ref: str, host: _Record, metrics: Mapping[str, Mapping[str, Any]],
+          where: _Where | None = None) -> HostView:
     metrics_ref = host.ref("metrics")
     record = metrics.get(metrics_ref)
     if record is None:
@@ -223,11 +250,14 @@ def _host(ref: str, host: _Record, metrics: Mapping[str, Mapping[str, Any]]) -> 
         memory_total=total,
         memory_free=free,
         maintenance=MAINTENANCE_KEY in host.mapping("other_config", {}),
+        srs=where.host_srs.get(ref, frozenset()) if where is not None else None,
+        networks=where.host_networks.get(ref, frozenset()) if where is not None else None,
     )
 
 
 def _vm(
-    ref: str, vm: _Record, uuid_of: Mapping[str, HostId], protection_key: str
+    ref: str, vm: _Record, uuid_of: Mapping[str, HostId], protection_key: str,
+    where: _Where | None = None,
 ) -> tuple[VmView, ProtectionWarning | None]:
     uuid = vm.uuid()
     name = vm.text("name_label")
@@ -255,14 +285,118 @@ def _vm(
         power_state=power_state,
         resident_on=resident,
         affinity=affinity,
-        memory=vm.integer("memory_static_max"),
+        memory=start_memory(vm),
         protection=protection,
         order=vm.integer("order", default=0),
         start_delay=vm.integer("start_delay", default=0),
         busy=bool(vm.mapping("current_operations", default={})),
         always_run=vm.flag("ha_always_run", default=False),
+        srs=where.vm_srs.get(ref, frozenset()) if where is not None else frozenset(),
+        networks=where.vm_networks.get(ref, frozenset()) if where is not None else frozenset(),
+        pinned=_pinned(vm),
+        group=where.group_of(vm) if where is not None else None,
     )
     return view, warning
+
+
+_MIB = 1024 * 1024
+
+
+def _mib_used(n: int) -> int:
+    return -(-n // _MIB)
+
+
+def start_memory(vm: _Record) -> int:
+    """Bytes VM.start wants free on its host (xapi_vm_helpers.ml assert_enough_memory_
+    available): memory_check.ml vm_compute_start_memory, dynamic_min (static_max for
+    pv_in_pvh) in whole MiB, plus the overhead of xapi-idl/memory/memory.ml: 2 MiB of extra
+    (1 for PV), the shadow (256 pages a vCPU and 2 pages a MiB of static_max, times the
+    shadow multiplier) and 38 pages a vCPU. Fields an old xapi lacks take their defaults."""
+    static_max = vm.integer("memory_static_max")
+    domain_type = vm.text("domain_type", default="hvm")
+    base = static_max if domain_type == "pv_in_pvh" else vm.integer(
+        "memory_dynamic_min", default=static_max)
+    vcpus = max(1, vm.integer("VCPUs_max", default=1))
+    multiplier = vm.number("HVM_shadow_multiplier", default=1.0)
+    if domain_type == "pv":
+        multiplier = 1.0  # memory.ml Linux.shadow_multiplier_default
+    shadow_pages = 256 * vcpus + 2 * _mib_used(static_max)
+    shadow = max(1, int(_mib_used(shadow_pages * 4096) * multiplier))
+    extra = 1 if domain_type == "pv" else 2
+    shim = 23 + _mib_used(static_max) // 90 if domain_type == "pv_in_pvh" else 0
+    overhead = extra + shadow + _mib_used(38 * vcpus * 4096) + shim
+    return (_mib_used(max(0, base)) + overhead) * _MIB
+
+
+def _pinned(vm: _Record) -> str:
+    # Passthrough of a physical device of its host: no other host has that device
+    # (xapi_vm_helpers.ml assert_usbs_available; PCI passthrough by other_config:pci).
+    if vm.record.get("VUSBs"):
+        return "has a USB device of its host passed through (VUSB)"
+    if vm.record.get("attached_PCIs") or "pci" in vm.mapping("other_config", default={}):
+        return "has a PCI device of its host passed through"
+    return ""
+
+
+class _Where:
+    """Which SRs and networks each host sees and each VM needs, from the storage records.
+
+    A host sees an SR through a currently_attached PBD (assert_can_see_SRs), a network
+    through any PIF (assert_can_see_named_networks). A VM needs the SRs of its non-empty
+    VBDs' VDIs and the networks of its VIFs that have PIFs; a network without PIFs
+    (internal) is left out: xapi pins it to where the VMs on it run, which a refusal
+    (VM_REQUIRES_NETWORK) then shows, and the next host is tried.
+    """
+
+    def __init__(self, storage: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+        def table(cls: str) -> Mapping[str, Mapping[str, Any]]:
+            return storage.get(cls, {})
+
+        sr_uuid = {ref: str(r.get("uuid", ref)) for ref, r in table("sr").items()}
+        net_uuid = {ref: str(r.get("uuid", ref)) for ref, r in table("network").items()}
+        self.labels: dict[str, str] = {}
+        for cls, uuids in (("sr", sr_uuid), ("network", net_uuid)):
+            for ref, rec in table(cls).items():
+                self.labels[uuids[ref]] = str(rec.get("name_label", "")) or uuids[ref]
+        self.host_srs: dict[str, frozenset[str]] = {}
+        srs: dict[str, set[str]] = {}
+        for rec in table("pbd").values():
+            if rec.get("currently_attached") is True and rec.get("SR") in sr_uuid:
+                srs.setdefault(str(rec.get("host")), set()).add(sr_uuid[rec["SR"]])
+        self.host_srs = {h: frozenset(v) for h, v in srs.items()}
+        nets: dict[str, set[str]] = {}
+        with_pifs: set[str] = set()
+        for rec in table("pif").values():
+            if rec.get("network") in net_uuid:
+                nets.setdefault(str(rec.get("host")), set()).add(net_uuid[rec["network"]])
+                with_pifs.add(rec["network"])
+        self.host_networks = {h: frozenset(v) for h, v in nets.items()}
+        vdi_sr = {ref: r.get("SR") for ref, r in table("vdi").items()}
+        vm_srs: dict[str, set[str]] = {}
+        for rec in table("vbd").values():
+            if rec.get("empty") is True:
+                continue
+            sr = vdi_sr.get(str(rec.get("VDI")))
+            if sr in sr_uuid:
+                vm_srs.setdefault(str(rec.get("VM")), set()).add(sr_uuid[sr])
+        self.vm_srs = {v: frozenset(s) for v, s in vm_srs.items()}
+        vm_nets: dict[str, set[str]] = {}
+        for rec in table("vif").values():
+            if rec.get("network") in with_pifs:
+                vm_nets.setdefault(str(rec.get("VM")), set()).add(net_uuid[rec["network"]])
+        self.vm_networks = {v: frozenset(n) for v, n in vm_nets.items()}
+        self._anti = {ref: str(r.get("uuid", ref)) for ref, r in table("vm_group").items()
+                      if r.get("placement") == "anti_affinity"}
+
+    def group_of(self, vm: _Record) -> str | None:
+        # xapi_vm_helpers.ml vm_has_anti_affinity: the first of its groups that is one.
+        groups = vm.record.get("groups") or []
+        if not isinstance(groups, list):
+            raise vm.bad("groups", "is not a set of references")
+        for g in groups:
+            if g in self._anti:
+                return self._anti[g]
+        return None
 
 
 def _protection(
@@ -360,6 +494,18 @@ class _Record:
             number = int(value.strip())
         if number is None or not _INT64_MIN <= number <= _INT64_MAX:
             raise self.bad(field, "is not a 64-bit integer")
+        return number
+
+    def number(self, field: str, default: Any = _MISSING) -> float:
+        value = self._get(field, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.bad(field, "is not a number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise self.bad(field, "is not a number") from None
+        if not 0 <= number <= 1e6:
+            raise self.bad(field, "is out of range")
         return number
 
     def mapping(self, field: str, default: Any = _MISSING) -> dict[str, str]:

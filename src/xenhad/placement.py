@@ -18,13 +18,27 @@ can take it goes there instead. Ties are broken by uuid (xapi also sorts hosts a
 uuid for determinism, compute_restart_plan), so equal input gives an equal plan whatever
 the order of the input sequences.
 
-Memory is in bytes, as XAPI counts it (VM memory_static_max, host.compute_free_memory).
+Memory is in bytes, as XAPI counts it: a VM's start memory (memory_check.ml, its target
+plus its overhead) against host.compute_free_memory.
+
+A VM runs only on a host that can boot it (xapi_vm_helpers.ml assert_can_boot_here): one
+with a plugged PBD of every SR its disks are on (VM_REQUIRES_SR), a PIF on every network of
+its VIFs (VM_REQUIRES_NETWORK), and not one that already refused it for a reason of its own
+(a GPU, pCPUs, CPU features). A VM pinned by a physical device of its old host (PCI or USB
+passthrough) runs nowhere else. A VM that no host given could ever run is *stranded*: it is
+not attempted, and `Plan.stranded` says why, so the operator hears it before the day. A VM
+that only a host not receiving now (disabled, not live) could run waits in `unplaced`.
+
+An anti-affinity VM (datamodel_vm_group.ml, placement anti_affinity) goes to the fitting
+host running the fewest VMs of its group, counting those placed by this plan, then the
+roomiest (xapi_ha_vm_failover.ml compute_spread_evenly_plan, xapi_vm_helpers.ml
+rank_hosts_by_placement): two members share a host only when no other host has room.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from xenhad.model import HostId, Protection, VmId
@@ -41,18 +55,35 @@ _LAST = float("inf")
 class Candidate:
     uuid: VmId
     memory: int
-    """Bytes the VM needs to start (memory_static_max)."""
+    """Bytes the VM needs to start: its start memory with the overhead (memory_check.ml)."""
     affinity: HostId | None
     order: int
     protection: Protection
+    srs: frozenset[str] = frozenset()
+    """SRs of its disks: a host must have a plugged PBD of each."""
+    networks: frozenset[str] = frozenset()
+    """Networks of its VIFs that have PIFs: a host must have a PIF on each."""
+    pinned: str = ""
+    """Why it runs on no other host (a passthrough device of its old host); "" if free."""
+    group: str | None = None
+    """Its anti-affinity VM group."""
+    refused: frozenset[HostId] = frozenset()
+    """Hosts that refused to start it for a reason of their own: not tried again."""
 
 
 @dataclass(frozen=True)
 class HostCapacity:
-    """A host that may receive VMs: live and enabled, with host.compute_free_memory bytes."""
+    """A host with host.compute_free_memory bytes; `receiving`: live and enabled now."""
 
     uuid: HostId
     free_memory: int
+    srs: frozenset[str] | None = None
+    """SRs with a currently_attached PBD here; None: not known (seen as every SR)."""
+    networks: frozenset[str] | None = None
+    """Networks with a PIF here; None: not known (seen as every network)."""
+    receiving: bool = True
+    """False: not live or not enabled now, so it takes no VM, but a VM only it could run
+    waits for it rather than being called stranded."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,9 @@ class Plan:
     """VMs to restart that fit on no host, with why: the caller retries them later."""
     skipped: tuple[VmId, ...] = ()
     """Protection OFF: never restarted by xenhad."""
+    stranded: tuple[Unplaced, ...] = ()
+    """VMs that no host given can run, whatever its memory (a disk on an SR, a network or
+    a device no host has, or refused by every host that could): not attempted."""
 
     def host_of(self, vm: VmId) -> HostId | None:
         for wave in self.waves:
@@ -141,9 +175,17 @@ class _Free:
         heapq.heappush(self._heap, (-self.free[host], host))
 
 
-def plan(candidates: Sequence[Candidate], hosts: Sequence[HostCapacity]) -> Plan:
-    """Place `candidates` on `hosts`, consuming free memory as VMs are placed.
+def plan(
+    candidates: Sequence[Candidate],
+    hosts: Sequence[HostCapacity],
+    *,
+    grouped: Mapping[str, Mapping[HostId, int]] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Plan:
+    """Place `candidates` on the receiving `hosts`, consuming free memory as VMs are placed.
 
+    `grouped`: for each anti-affinity group, how many of its VMs already run on each host.
+    `labels`: names of SRs, networks and hosts for the reasons given (uuids otherwise).
     Raises ValueError (one line) for a VM or host listed twice or a negative VM memory.
     """
     seen: set[VmId] = set()
@@ -153,12 +195,24 @@ def plan(candidates: Sequence[Candidate], hosts: Sequence[HostCapacity]) -> Plan
         if c.memory < 0:
             raise ValueError(f"VM {c.uuid} needs {c.memory} bytes: memory must be >= 0")
         seen.add(c.uuid)
-    free = _Free(hosts)
+    receiving = [h for h in hosts if h.receiving]
+    free = _Free(receiving)
+    every = {h.uuid: h for h in hosts}
+    if len(every) != len(hosts):
+        raise ValueError("a host is listed twice: pass each host once")
+    fit = _Fit(receiving, list(every.values()))
+    counts: dict[str, dict[HostId, int]] = {
+        g: dict(per_host) for g, per_host in (grouped or {}).items()}
+    names = labels or {}
 
     skipped = tuple(sorted(c.uuid for c in candidates if c.protection is Protection.OFF))
     groups: dict[tuple[int, float], list[Candidate]] = {}
+    stranded: list[Unplaced] = []
     for c in candidates:
         if c.protection is Protection.OFF:
+            continue
+        if not fit.anywhere(c):
+            stranded.append(Unplaced(c.uuid, stranded_reason(c, hosts, names), c.protection))
             continue
         rank = 0 if c.protection is Protection.RESTART else 1
         groups.setdefault((rank, _wave_key(c.order)), []).append(c)
@@ -169,29 +223,129 @@ def plan(candidates: Sequence[Candidate], hosts: Sequence[HostCapacity]) -> Plan
         members.sort(key=lambda c: (-c.memory, c.uuid))
         placed: list[Placement] = []
         for c in members:
-            host = _choose(c, free)
+            able = fit.receiving(c)
+            host = _choose(c, free, able, counts)
             if host is None:
-                unplaced.append(Unplaced(c.uuid, _why_not(c, free), c.protection))
+                unplaced.append(Unplaced(c.uuid, _why_not(c, free, able, names),
+                                         c.protection))
             else:
                 free.take(host, c.memory)
+                if c.group is not None:
+                    per_host = counts.setdefault(c.group, {})
+                    per_host[host] = per_host.get(host, 0) + 1
                 placed.append(Placement(c.uuid, host))
         if placed:
             order = int(key) if key != _LAST else NEGATIVE_ORDER_WAVE
             waves.append(Wave(order, tuple(placed), members[0].protection))
-    return Plan(tuple(waves), tuple(unplaced), skipped)
+    stranded.sort(key=lambda u: u.vm)
+    return Plan(tuple(waves), tuple(unplaced), skipped, tuple(stranded))
 
 
-def _choose(c: Candidate, free: _Free) -> HostId | None:
-    if c.affinity is not None and free.free.get(c.affinity, -1) >= c.memory:
+def can_run(c: Candidate, host: HostCapacity) -> bool:
+    """Whether `host` could boot `c`, memory aside (assert_can_boot_here's SR, network and
+    device checks, and no refusal of its own)."""
+    if c.pinned or host.uuid in c.refused:
+        return False
+    if host.srs is not None and not c.srs <= host.srs:
+        return False
+    return host.networks is None or c.networks <= host.networks
+
+
+def stranded_reason(c: Candidate, hosts: Sequence[HostCapacity],
+                    labels: Mapping[str, str] | None = None) -> str:
+    """Why no host of `hosts` can run `c`, naming the SR, network or device: one line."""
+    names = labels or {}
+
+    def name(key: str) -> str:
+        return names.get(key, key)
+
+    if c.pinned:
+        return c.pinned
+    for sr in sorted(c.srs):
+        if not any(h.srs is None or sr in h.srs for h in hosts):
+            return f"its disk is on SR {name(sr)}, which no other host sees"
+    for net in sorted(c.networks):
+        if not any(h.networks is None or net in h.networks for h in hosts):
+            return f"its VIF is on network {name(net)}, which no other host has"
+    if c.refused and all(h.uuid in c.refused for h in hosts if can_run(
+            Candidate(c.uuid, c.memory, c.affinity, c.order, c.protection, c.srs,
+                      c.networks), h)):
+        refused = ", ".join(sorted(name(h) for h in c.refused))
+        return f"refused by every host that sees its SRs and networks ({refused})"
+    return "no other host sees all of its SRs and networks"
+
+
+class _Fit:
+    """Which hosts can run a VM, memory aside: computed once per distinct need (a pool's
+    VMs share a few SRs and networks), not once per VM and host."""
+
+    def __init__(self, receiving: Sequence[HostCapacity], every: Sequence[HostCapacity]) -> None:
+        self._receiving = receiving
+        self._every = every
+        self._cache: dict[tuple[frozenset[str], frozenset[str], bool, frozenset[HostId]],
+                          tuple[list[HostId], bool]] = {}
+
+    def _lookup(self, c: Candidate) -> tuple[list[HostId], bool]:
+        key = (c.srs, c.networks, bool(c.pinned), c.refused)
+        hit = self._cache.get(key)
+        if hit is None:
+            able = [h.uuid for h in self._receiving if can_run(c, h)]
+            # With no host at all there is nothing to judge by: it waits, not stranded.
+            anywhere = bool(able) or not self._every or any(
+                can_run(c, h) for h in self._every)
+            hit = self._cache[key] = (able, anywhere)
+        return hit
+
+    def receiving(self, c: Candidate) -> list[HostId]:
+        return self._lookup(c)[0]
+
+    def anywhere(self, c: Candidate) -> bool:
+        return self._lookup(c)[1]
+
+
+def _choose(c: Candidate, free: _Free, able: list[HostId],
+            counts: Mapping[str, Mapping[HostId, int]]) -> HostId | None:
+    if not able:
+        return None
+    everywhere = len(able) == len(free.free)
+    if c.affinity is not None and free.free.get(c.affinity, -1) >= c.memory and (
+            everywhere or c.affinity in able):
         return c.affinity
-    best = free.roomiest()
-    if best is not None and best[1] >= c.memory:
-        return best[0]
+    if c.group is not None:
+        per_host = counts.get(c.group, {})
+        best: tuple[int, int, HostId] | None = None
+        for h in able:
+            room = free.free[h]
+            if room < c.memory:
+                continue
+            key = (per_host.get(h, 0), -room, h)
+            if best is None or key < best:
+                best = key
+        return best[2] if best is not None else None
+    if everywhere:
+        top = free.roomiest()
+        return top[0] if top is not None and top[1] >= c.memory else None
+    roomiest: tuple[int, HostId] | None = None
+    for h in able:
+        pair = (-free.free[h], h)
+        if roomiest is None or pair < roomiest:
+            roomiest = pair
+    if roomiest is not None and -roomiest[0] >= c.memory:
+        return roomiest[1]
     return None
 
 
-def _why_not(c: Candidate, free: _Free) -> str:
-    best = free.roomiest()
-    if best is None:
+def _why_not(c: Candidate, free: _Free, able: list[HostId],
+             labels: Mapping[str, str]) -> str:
+    if not free.free:
         return f"needs {_mib_up(c.memory)} MiB, no live, enabled host to receive it"
-    return f"needs {_mib_up(c.memory)} MiB, largest free {_mib_down(best[1])} MiB"
+    if not able:
+        return f"only a host not receiving VMs now could run it (needs {_mib_up(c.memory)} MiB)"
+    if len(able) == len(free.free):
+        best = free.roomiest()
+        if best is None:
+            return f"needs {_mib_up(c.memory)} MiB, no live, enabled host to receive it"
+        return f"needs {_mib_up(c.memory)} MiB, largest free {_mib_down(best[1])} MiB"
+    largest = max(free.free[h] for h in able)
+    return (f"needs {_mib_up(c.memory)} MiB, largest free on a host that can run it "
+            f"{_mib_down(largest)} MiB")

@@ -22,11 +22,17 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from xenhad.monitor import FIELDS, ReusableVms, Snapshot, build_snapshot
+from xenhad.monitor import FIELDS, STORAGE, ReusableVms, Snapshot, build_snapshot
 from xenhad.xapi.errors import XapiReplyError, shown
 
-CLASSES: tuple[str, ...] = ("pool", "host", "host_metrics", "VM")
-"""What a PoolView is made of, as event.from and get_all_records name them."""
+CLASSES: tuple[str, ...] = ("pool", "host", "host_metrics", "VM", *STORAGE)
+"""What a PoolView is made of, as event.from and get_all_records name them: the VMs, and
+what says where each can run (a 1,000-VM pool adds a VBD, VDI and VIF or so per VM, kept
+to the few fields monitor.FIELDS names; bench/RESULTS.md has the cost)."""
+
+_VM_INPUTS = frozenset({"vm", "vbd", "vdi", "vif", "vm_group", "network", "pif", "sr"})
+"""Classes a VM view is built from: an event of one of them rebuilds the VM views (a PBD
+changes only what a host sees)."""
 
 WITHOUT_VMS: tuple[str, ...] = ("pool", "host", "host_metrics")
 """What a slave's daemon reads (PoolCache.read with vms=False): it acts on no VM until it is
@@ -106,9 +112,10 @@ class PoolCache:
             if self._built is not None and not self._vms_changed:
                 reuse = ReusableVms(self._built, self._built_key)
             records = {cls: self._records.get(cls.lower(), {}) for cls in CLASSES}
+            storage = {cls.lower(): records[cls] for cls in STORAGE} if vms else None
             snap = build_snapshot(records["pool"], records["host"], records["host_metrics"],
                                   records["VM"], protection_key=protection_key, now=now,
-                                  reuse=reuse)
+                                  reuse=reuse, storage=storage)
         except BaseException:
             self.reset()
             raise
@@ -150,7 +157,7 @@ class PoolCache:
                     f"({shown(ref)}) is not a string: the read is skipped"
                 )
             cls = cls.lower()
-            if cls == "vm":
+            if cls in _VM_INPUTS:
                 self._vms_changed = True
             table = self._records.setdefault(cls, {})
             if event.get("operation") == "del":

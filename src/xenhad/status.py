@@ -107,6 +107,13 @@ def render(doc: Mapping[str, Any]) -> str:
                   h.get("peer", ""), h.get("uuid", "")) for h in hosts]
         lines.append("")
         lines.extend(_table(rows))
+    stranded = doc.get("cannot_restart_elsewhere") or []
+    if stranded:
+        lines.append("")
+        lines.append(f"protected VMs no other host can run ({len(stranded)}): not restarted "
+                     "if their host dies")
+        for vm in stranded:
+            lines.append(f"  {vm.get('name')} on {vm.get('host')}: {vm.get('why')}")
     incidents = doc.get("incidents") or []
     lines.append("")
     if not incidents:

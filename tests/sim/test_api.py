@@ -50,7 +50,9 @@ def test_master_answers_reads_with_xapi_record_shapes(pool: SimPool) -> None:
     assert x.VM.get_uuid(vm) == vms[vm]["uuid"]
     assert x.VM.get_by_uuid(vms[vm]["uuid"]) == vm
     free = int(x.host.compute_free_memory(master))
-    used = sum(int(v["memory_dynamic_min"]) for v in vms.values() if v["resident_on"] == master)
+    # memory_check.ml vm_compute_used_memory: dynamic_min plus the VM's memory_overhead.
+    used = sum(int(v["memory_dynamic_min"]) + int(v["memory_overhead"])
+               for v in vms.values() if v["resident_on"] == master)
     assert free == pool.spec.host_memory - pool.spec.host_memory_overhead - used
 
 
@@ -79,7 +81,7 @@ def test_unknown_method_and_parameter_count(pool: SimPool) -> None:
     assert raw.VM.frobnicate(s._session)["ErrorDescription"] == [
         "MESSAGE_METHOD_UNKNOWN", "VM.frobnicate"]
     assert raw.VM.get_record(s._session)["ErrorDescription"] == [
-        "MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.get_record", "2", "1"]
+        "MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.get_record", "1", "0"]
     req = urllib.request.Request(pool.url("host1"), data=b"<not xml", method="POST")
     with urllib.request.urlopen(req, timeout=5) as r:
         assert b"XMLRPC_UNMARSHAL_FAILURE" in r.read()
@@ -127,13 +129,18 @@ def test_start_memory_and_no_hosts(pool: SimPool) -> None:
     halted = next(r for r, v in vms.items() if v["power_state"] == "Running"
                   and not v["is_control_domain"])
     x.VM.hard_shutdown(halted)
+    big = 10 * pool.spec.host_memory
     with pool.lock:  # the sim has no setters: write the master's database directly
-        pool.hosts[0].db.set(halted, "memory_static_max", 10 * pool.spec.host_memory)
+        for f in ("memory_static_max", "memory_dynamic_max", "memory_dynamic_min"):
+            pool.hosts[0].db.set(halted, f, big)
     host1 = x.host.get_by_name_label("host1")[0]
     with pytest.raises(XenAPI.Failure) as e:
         x.VM.start_on(halted, host1, False, False)
     assert failure(e)[0] == "HOST_NOT_ENOUGH_FREE_MEMORY"
-    assert failure(e)[1] == str(10 * pool.spec.host_memory)
+    # memory_check.ml: VM.start needs dynamic_min plus the overhead (shadow included).
+    overhead = int(x.VM.compute_memory_overhead(halted))
+    assert overhead > 0
+    assert failure(e)[1] == str(big + overhead)
     with pytest.raises(XenAPI.Failure) as e:
         x.VM.start(halted, False, False)
     assert failure(e) == ["NO_HOSTS_AVAILABLE"]

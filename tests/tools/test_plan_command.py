@@ -84,7 +84,9 @@ def test_the_plan_covers_every_vm_of_the_host(pool: SimPool, workdir: Path, host
     taken: dict[str, int] = {}
     for r in plan["restarts"]:
         assert r["host"] != host
-        assert r["memory"] == int(on_host[r["vm"]]["memory_static_max"])
+        # What VM.start counts (memory_check.ml): dynamic_min plus the VM's overhead.
+        record = on_host[r["vm"]]
+        assert r["memory"] == int(record["memory_dynamic_min"]) + int(record["memory_overhead"])
         assert r["protection"] == truth.protection(on_host[r["vm"]])
         taken[r["host"]] = taken.get(r["host"], 0) + r["memory"]
     for t in plan["targets"]:
@@ -165,3 +167,15 @@ def test_a_bad_config_or_missing_host_argument_is_one_line(workdir: Path) -> Non
     missing = xenhad("plan", "--config", str(config))
     assert missing.returncode == 2 and "HOST" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_the_plan_names_what_no_other_host_can_run(workdir: Path) -> None:
+    with SimPool(PoolSpec(hosts=3, vms=3, seed=4, local_vms=1, groups=1,
+                          base_address="127.0.0.12")) as storage_pool:
+        plan = plan_json(socket_config(storage_pool, workdir), "host2")
+        assert [(n["vm"], n["reason"]) for n in plan["cannot_run"]] == [
+            ("local001", "its disk is on SR Local storage on host2, which no other host sees")]
+        # The pair on host2 goes to two different hosts.
+        pair = {r["vm"]: r["host"] for r in plan["restarts"] if r["vm"].startswith("aa01")}
+        assert len(pair) == 2 and len(set(pair.values())) == 2
+        assert [s["vm"] for s in plan["pool_cannot_restart_elsewhere"]] == ["local001"]

@@ -351,7 +351,7 @@ def test_field_names_and_short_values_are_shared_between_records(sim: SimPool) -
 # ---- monitor ----------------------------------------------------------------------------
 
 
-def test_snapshot_matches_the_pool_and_costs_four_calls_whatever_its_size() -> None:
+def test_snapshot_matches_the_pool_and_costs_one_call_a_class_whatever_its_size() -> None:
     for hosts, vms in ((2, 3), (6, 30)):
         with same_port_pool(PoolSpec(hosts=hosts, vms=vms, seed=7)) as pool:
 
@@ -360,7 +360,8 @@ def test_snapshot_matches_the_pool_and_costs_four_calls_whatever_its_size() -> N
                     await xapi.login()
                     before = sum(xapi.requests.values())
                     snap = await monitor.read_snapshot(xapi, protection_key="xenhad", now=42.0)
-                    assert sum(xapi.requests.values()) - before == 4
+                    # pool, host, host_metrics, VM and the 8 classes of where a VM can run
+                    assert sum(xapi.requests.values()) - before == 4 + len(monitor.STORAGE)
                     return snap, xapi
 
             snap, _ = run(scenario())
@@ -415,3 +416,27 @@ def test_event_from_waits_server_side_beyond_the_call_timeout(sim: SimPool) -> N
             assert "token" in batch
 
     run(scenario())
+
+
+def test_snapshot_says_what_each_host_sees_and_each_vm_needs() -> None:
+    with same_port_pool(PoolSpec(hosts=3, vms=2, seed=7, local_vms=1, groups=1)) as pool:
+
+        async def scenario() -> Any:
+            async with facade(pool) as xapi:
+                await xapi.login()
+                return await monitor.read_snapshot(xapi, protection_key="xenhad", now=1.0)
+
+        view = run(scenario()).view
+        by_name = {v.name: v for v in view.vms.values()}
+        host = {h.name: h for h in view.hosts.values()}
+        (local_sr,) = by_name["local001"].srs
+        assert view.labels[local_sr] == "Local storage on host2"
+        assert host["host2"].srs is not None and local_sr in host["host2"].srs
+        assert host["host3"].srs is not None and local_sr not in host["host3"].srs
+        (shared,) = by_name["aa01a"].srs
+        assert all(h.srs is not None and shared in h.srs for h in view.hosts.values())
+        (net,) = by_name["aa01a"].networks
+        assert all(h.networks is not None and net in h.networks for h in view.hosts.values())
+        assert by_name["aa01a"].group is not None
+        assert by_name["aa01a"].group == by_name["aa01b"].group
+        assert by_name["local001"].group is None and by_name["local001"].pinned == ""

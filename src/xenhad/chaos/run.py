@@ -25,8 +25,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from xenhad.chaos import checks
+from xenhad.chaos import checks, placement_checks
 from xenhad.chaos.schedule import KINDS, SELF_FENCE_KINDS, Fault, generate
 from xenhad.sim import PoolSpec
 from xenhad.testbed import Testbed
@@ -58,7 +59,7 @@ def schedule_seed(seed: int, index: int) -> int:
 
 def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
             faults: list[Fault] | None = None, base_address: str = "127.0.0.2",
-            self_fence: bool = False) -> Outcome:
+            self_fence: bool = False, storage: bool = True) -> Outcome:
     """One schedule: drawn from `seed`, or the given `faults` (a directed scenario)."""
     names = [f"host{i + 1}" for i in range(hosts)]
     kinds = SELF_FENCE_KINDS if self_fence else KINDS
@@ -70,7 +71,10 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
     spec = PoolSpec(hosts=hosts, vms=hosts * 3, seed=seed % 1000, vm_start_seconds=0.5,
                     fuse_seconds=3.0, boot_seconds=5.0, host_heartbeat_interval=2.0,
                     host_assumed_dead_interval=10.0, db_gc_interval=2.0,
-                    base_address=base_address)
+                    base_address=base_address,
+                    # A protected VM on its host's local SR (down until that host is back,
+                    # then started there again) and an anti-affinity pair.
+                    local_vms=1 if storage else 0, groups=1 if storage else 0)
     # A VM.start lost in a partition is given up after 10 s, not a real boot's 300 s, so
     # that it fits the bound (xapi.timeout stays the testbed's 2 s).
     with Testbed(spec, workdir, overrides={"recovery": {"start_timeout": 10.0}},
@@ -85,6 +89,9 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
         if bmc != "ok":
             for name in names:
                 bed.bmc_mode(name, bmc)
+        groups = _groups(bed)
+        homes = {vm: on[0] for vm, on in running.items() if vm.startswith("local") and on}
+        placed: list[placement_checks.Sample] = []
         started = time.monotonic()
         pending = list(outcome.faults)
         while pending or time.monotonic() - started < pending_end(outcome.faults):
@@ -99,6 +106,7 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
                 outcome.timeline.append(fault.describe() + _apply(bed, fault))
             _check_runs(bed, outcome)
             samples.append((time.monotonic(), _healthy(bed, names)))
+            placed.append(_placement_sample(bed, groups))
             time.sleep(0.2)
         outcome.timeline.append(f"+{time.monotonic() - started:5.1f}s heal all, boot all")
         _heal_all(bed, names, bmc)
@@ -106,17 +114,20 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
         while time.monotonic() < healed + SETTLE_SECONDS:
             _check_runs(bed, outcome)
             samples.append((time.monotonic(), _healthy(bed, names)))
+            placed.append(_placement_sample(bed, groups))
             truth = bed.truth()
             since = time.monotonic() - healed
-            if outcome.recovered_in is None and not checks.not_running(truth, protected):
+            if outcome.recovered_in is None and not checks.not_running(
+                    truth, _expected(truth, protected, homes)):
                 outcome.recovered_in = since
             if since > RECOVERY_BOUND and outcome.recovered_in is None:
                 break
             if not checks.masters(truth) and outcome.recovered_in is not None and since > 15:
                 break
             time.sleep(0.2)
-        outcome.checks += 3
+        outcome.checks += 4
         outcome.violations += checks.masters(bed.truth())
+        outcome.violations += placement_checks.anti_affinity_spread(groups, placed)
         fences = [(at, name) for name, b in (bed.bmcs.bmcs.items() if bed.bmcs else ())
                   for at, kind in b.resets if kind != "On"]
         outcome.violations += checks.healthy_fenced(fences, samples)
@@ -127,7 +138,8 @@ def run_one(seed: int, *, hosts: int, bmc: str, keep: Path | None,
         losses = {n: list(h.get("power_losses", [])) for n, h in bed.truth()["hosts"].items()}
         outcome.violations += checks.self_fence_proofs_hold(proofs, opened, losses)
         if outcome.recovered_in is None:
-            lost = checks.not_running(bed.truth(), protected)
+            truth = bed.truth()
+            lost = checks.not_running(truth, _expected(truth, protected, homes))
             outcome.violations.append(f"protected VMs not running {RECOVERY_BOUND:g}s after "
                                       f"the heal: {', '.join(lost)}")
         for name in names:
@@ -164,6 +176,58 @@ def at_wall(stamp: str | None) -> float:
         return 0.0
     return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _expected(truth: dict[str, Any], protected: set[str], homes: dict[str, str]) -> set[str]:
+    """The protected VMs that must run again: a VM on its host's local SR only while that
+    host is powered (a fence that lands after the heal leaves a host off, and nothing but
+    that host can run it; xenhad says so and does not try)."""
+    off = {n for n, h in truth["hosts"].items() if not h["powered"]}
+    return {vm for vm in protected if homes.get(vm) not in off}
+
+
+def _groups(bed: Testbed) -> dict[str, tuple[str, ...]]:
+    """Anti-affinity groups by name -> their members' names, from the master's database."""
+    pool = bed.pool
+    with pool.lock:
+        db = pool.master_db()
+        return {g["name_label"]: tuple(sorted(db.tables["VM"][v]["name_label"]
+                                              for v in g["VMs"]))
+                for g in db.tables["VM_group"].values() if g["placement"] == "anti_affinity"}
+
+
+def _placement_sample(bed: Testbed, groups: dict[str, tuple[str, ...]]) -> (
+        placement_checks.Sample):
+    """Where each group member runs, and which hosts could take one: powered, xapi up,
+    live and enabled in the master's database, in two-way reach of the master, with room."""
+    from xenhad.sim.model import host_free_memory, vm_memory
+
+    pool = bed.pool
+    members = {m for ms in groups.values() for m in ms}
+    with pool.lock:
+        master = pool.current_master()
+        db = master.db
+        need = max((vm_memory(rec) for rec in db.tables["VM"].values()
+                    if rec["name_label"] in members), default=0)
+        receiving = set()
+        for h in pool.hosts:
+            rec = db.tables["host"].get(h.ref)
+            if rec is None or not (h.powered and h.xapi == "up" and not h.emergency):
+                continue
+            metrics = db.tables["host_metrics"].get(rec["metrics"])
+            if not (rec["enabled"] and metrics and metrics["live"]):
+                continue
+            if h is not master and (pool.network.blocked(master.uuid, h.uuid)
+                                    or pool.network.blocked(h.uuid, master.uuid)):
+                continue
+            if host_free_memory(db, h.ref) >= need:
+                receiving.add(h.name)
+        names = {h.uuid: h.name for h in pool.hosts}
+        uuids = {rec["uuid"]: rec["name_label"] for rec in db.tables["VM"].values()
+                 if rec["name_label"] in members}
+        where = {uuids[v]: tuple(sorted(names[u] for u in on))
+                 for v, on in pool.domains.items() if v in uuids}
+    return placement_checks.Sample(time.monotonic(), where, frozenset(receiving))
 
 
 def _healthy(bed: Testbed, names: list[str]) -> dict[str, bool]:

@@ -23,6 +23,9 @@ class StartOutcome(enum.Enum):
     """A condition that may pass: no memory, host disabled or offline, an operation in progress."""
     FAILED = "failed"
     """A condition that will not pass by waiting: the VM cannot be started by us."""
+    REFUSED = "refused"
+    """This host cannot run it (VM_REQUIRES_SR, VM_REQUIRES_GPU, HOST_NOT_ENOUGH_PCPUS...):
+    another host that can is tried next."""
     UNKNOWN = "unknown"
     """The call may have happened (timeout after sending): XAPI's next snapshot decides."""
 
@@ -68,6 +71,14 @@ class CapacityMeasured:
     now: float
     hosts: tuple[tuple[HostId, int], ...]
     """(host uuid, free bytes) for each live, enabled host other than the dead one."""
+    sees: tuple[tuple[HostId, tuple[str, ...], tuple[str, ...]], ...] = ()
+    """(host uuid, SRs plugged, networks with a PIF) of every host but the dead one, those
+    that receive no VM now included. Journals written before storage was read have none:
+    every host is then taken to see everything."""
+    grouped: tuple[tuple[str, HostId, VmId], ...] = ()
+    """(anti-affinity group, host, VM) of every group member running on another host."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """(uuid, name) of the hosts, SRs and networks named in a reason."""
 
 
 @dataclass(frozen=True)
@@ -174,8 +185,10 @@ def encode(event: Event) -> dict[str, Any]:
             value = value.value
         elif f.name == "vms":
             value = [_encode_vm(vm) for vm in value]
-        elif f.name == "hosts":
-            value = [list(pair) for pair in value]
+        elif f.name in ("hosts", "grouped", "labels"):
+            value = [list(entry) for entry in value]
+        elif f.name == "sees":
+            value = [[h, list(srs), list(nets)] for h, srs, nets in value]
         record[f.name] = value
     return record
 
@@ -195,6 +208,13 @@ def decode(record: Mapping[str, Any]) -> Event:
                 value = tuple(_decode_vm(v) for v in value)
             elif f.name == "hosts":
                 value = tuple((str(h), int(m)) for h, m in value)
+            elif f.name == "sees":
+                value = tuple((str(h), tuple(map(str, srs)), tuple(map(str, nets)))
+                              for h, srs, nets in value)
+            elif f.name == "grouped":
+                value = tuple((str(g), str(h), str(v)) for g, h, v in value)
+            elif f.name == "labels":
+                value = tuple((str(k), str(n)) for k, n in value)
             elif f.name == "outcome":
                 value = StartOutcome(value)
             kwargs[f.name] = value
@@ -213,6 +233,10 @@ def _encode_vm(vm: VmSnapshot) -> dict[str, Any]:
         "affinity": vm.affinity,
         "order": vm.order,
         "start_delay": vm.start_delay,
+        "srs": sorted(vm.srs),
+        "networks": sorted(vm.networks),
+        "pinned": vm.pinned,
+        "group": vm.group,
     }
 
 
@@ -225,4 +249,8 @@ def _decode_vm(raw: Mapping[str, Any]) -> VmSnapshot:
         affinity=raw.get("affinity"),
         order=int(raw.get("order", 0)),
         start_delay=int(raw.get("start_delay", 0)),  # absent from older journals
+        srs=frozenset(map(str, raw.get("srs", ()))),
+        networks=frozenset(map(str, raw.get("networks", ()))),
+        pinned=str(raw.get("pinned", "")),
+        group=None if raw.get("group") is None else str(raw["group"]),
     )

@@ -46,6 +46,27 @@ _RETRY_CODES = frozenset(
 )
 
 
+# VM.start errors that say this host cannot run the VM, whatever the time (xapi_vm_helpers.ml
+# assert_can_boot_here: SRs, networks, IOMMU, GPUs, pCPUs, CPU features, virtual hardware
+# platform, HVM): another host that can is tried, not this one again.
+_HOST_REFUSALS = frozenset(
+    {
+        "VM_REQUIRES_SR",
+        "VM_REQUIRES_NETWORK",
+        "VM_REQUIRES_GPU",
+        "VM_REQUIRES_VGPU",
+        "VM_REQUIRES_IOMMU",
+        "VM_HAS_VUSBS",
+        "HOST_NOT_ENOUGH_PCPUS",
+        "VM_INCOMPATIBLE_WITH_THIS_HOST",
+        "VM_HOST_INCOMPATIBLE_VERSION",
+        "VM_HOST_INCOMPATIBLE_VIRTUAL_HARDWARE_PLATFORM_VERSION",
+        "VM_HVM_REQUIRED",
+        "NETWORK_SRIOV_INSUFFICIENT_CAPACITY",
+    }
+)
+
+
 class Fencer(Protocol):
     """Proves a host is off. Implementations: fencing backends, or trust-liveness."""
 
@@ -123,7 +144,22 @@ class Executor:
             *(self._free_memory(h) for h in hosts), return_exceptions=False
         )
         measured = tuple((h.uuid, m) for h, m in zip(hosts, free) if m is not None)
-        return CapacityMeasured(self._now(), measured)
+        view = self._view()
+        # What every other host sees, and where each group's members run: placement's
+        # inputs, journaled with the memory so a replay plans the same.
+        sees = tuple(
+            (h.uuid, tuple(sorted(h.srs)), tuple(sorted(h.networks)))
+            for h in sorted(view.hosts.values(), key=lambda h: h.uuid)
+            if h.uuid != action.exclude and h.srs is not None and h.networks is not None
+        )
+        grouped = tuple(sorted(
+            (vm.group, vm.resident_on, vm.uuid) for vm in view.vms.values()
+            if vm.group is not None and vm.resident_on is not None and vm.running
+            and vm.resident_on != action.exclude
+        ))
+        labels = tuple(sorted(
+            [*view.labels.items(), *((h.uuid, h.name) for h in view.hosts.values())]))
+        return CapacityMeasured(self._now(), measured, sees, grouped, labels)
 
     async def _free_memory(self, host: HostView) -> int | None:
         try:
@@ -163,4 +199,6 @@ def _classify(exc: XapiError) -> tuple[StartOutcome, str, str]:
         return StartOutcome.RETRY, exc.code, detail
     if exc.code in _RETRY_CODES:
         return StartOutcome.RETRY, exc.code, detail
+    if exc.code in _HOST_REFUSALS:
+        return StartOutcome.REFUSED, exc.code, detail
     return StartOutcome.FAILED, exc.code, detail

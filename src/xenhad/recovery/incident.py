@@ -40,10 +40,13 @@ class VmStatus(enum.Enum):
     FAILED = "failed"
     LEFT = "left"
     """Not protected: reset so the database tells the truth, but not restarted."""
+    STRANDED = "stranded"
+    """No other host can run it (its disk on the dead host's local SR, a network or device
+    no survivor has, refused by every host that could): not attempted, and said why."""
 
     @property
     def final(self) -> bool:
-        return self in (VmStatus.RUNNING, VmStatus.FAILED, VmStatus.LEFT)
+        return self in (VmStatus.RUNNING, VmStatus.FAILED, VmStatus.LEFT, VmStatus.STRANDED)
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,17 @@ class VmSnapshot:
     order: int = 0
     start_delay: int = 0
     """Seconds before the next `order` starts once this VM runs (VM.start_delay)."""
+    srs: frozenset[str] = frozenset()
+    networks: frozenset[str] = frozenset()
+    pinned: str = ""
+    group: str | None = None
+    """Where it can run (model.VmView): journals from before these were kept have none."""
 
     @classmethod
     def of(cls, vm: VmView) -> VmSnapshot:
         return cls(uuid=vm.uuid, name=vm.name, protection=vm.protection, memory=vm.memory,
-                   affinity=vm.affinity, order=vm.order, start_delay=vm.start_delay)
+                   affinity=vm.affinity, order=vm.order, start_delay=vm.start_delay,
+                   srs=vm.srs, networks=vm.networks, pinned=vm.pinned, group=vm.group)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ class VmTask:
     attempts: int = 0
     retry_at: float = 0.0
     last_error: str = ""
+    refused: frozenset[HostId] = frozenset()
+    """Hosts that refused to start it for a reason of their own: placed elsewhere next."""
 
 
 @dataclass(frozen=True)

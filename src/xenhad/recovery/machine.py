@@ -204,21 +204,13 @@ def _capacity(incident: Incident, event: CapacityMeasured, settings: Settings) -
     eligible = _eligible(incident, event.now)
     if not eligible:
         return _settle(incident, event.now, ())
-    plan = placement.plan(
-        [
-            placement.Candidate(
-                uuid=t.vm.uuid,
-                memory=t.vm.memory,
-                affinity=t.vm.affinity,
-                order=t.vm.order,
-                protection=t.vm.protection,
-            )
-            for t in eligible
-        ],
-        [placement.HostCapacity(uuid=h, free_memory=m) for h, m in event.hosts],
-    )
+    plan = _plan(incident, eligible, event)
     tasks = dict(incident.vms)
     actions: list[Action] = []
+    for stranded in plan.stranded:
+        # No host but the dead one can run it: it is not attempted, and the summary says why.
+        tasks[stranded.vm] = replace(tasks[stranded.vm], status=VmStatus.STRANDED, host=None,
+                                     last_error=stranded.reason)
     if plan.waves:
         # Only the first wave starts now: later waves wait for it, as xapi's HA restarts
         # in `order` (xapi_ha_vm_failover.ml); the next capacity reading sees its memory used.
@@ -233,12 +225,57 @@ def _capacity(incident: Incident, event: CapacityMeasured, settings: Settings) -
         # so a pool without room is asked again after the backoff, not in a tight loop.
         reasons = {u.vm: u.reason for u in plan.unplaced}
         for task in eligible:
+            if tasks[task.vm.uuid].status is VmStatus.STRANDED:
+                continue
             why = reasons.get(task.vm.uuid, "no live, enabled host to place it on")
             spent = replace(task, attempts=task.attempts + 1)
             tasks[task.vm.uuid] = _failed_attempt(
                 spent, event.now, settings, f"no host fits: {why}"
             )
     return _settle(replace(incident, vms=tasks), event.now, tuple(actions))
+
+
+def _plan(incident: Incident, eligible: list[VmTask], event: CapacityMeasured) -> placement.Plan:
+    sees = {h: (frozenset(srs), frozenset(nets)) for h, srs, nets in event.sees}
+    receiving = {h for h, _ in event.hosts}
+    hosts = [
+        placement.HostCapacity(uuid=h, free_memory=m, srs=sees[h][0] if h in sees else None,
+                               networks=sees[h][1] if h in sees else None)
+        for h, m in event.hosts
+    ]
+    hosts.extend(
+        placement.HostCapacity(uuid=h, free_memory=0, srs=srs, networks=nets, receiving=False)
+        for h, (srs, nets) in sorted(sees.items()) if h not in receiving and h != incident.host
+    )
+    # Members of a group running now: as XAPI last said, and as this incident started them
+    # (a start XAPI has not reported yet counts already).
+    member_host = {vm: (g, h) for g, h, vm in event.grouped}
+    for t in incident.tasks(VmStatus.RUNNING, VmStatus.STARTING):
+        if t.vm.group is not None and t.host is not None:
+            member_host[t.vm.uuid] = (t.vm.group, t.host)
+    grouped: dict[str, dict[str, int]] = {}
+    for g, h in member_host.values():
+        grouped.setdefault(g, {})[h] = grouped.get(g, {}).get(h, 0) + 1
+    return placement.plan(
+        [
+            placement.Candidate(
+                uuid=t.vm.uuid,
+                memory=t.vm.memory,
+                affinity=t.vm.affinity,
+                order=t.vm.order,
+                protection=t.vm.protection,
+                srs=t.vm.srs,
+                networks=t.vm.networks,
+                pinned=t.vm.pinned,
+                group=t.vm.group,
+                refused=t.refused,
+            )
+            for t in eligible
+        ],
+        hosts,
+        grouped=grouped,
+        labels=dict(event.labels),
+    )
 
 
 def _start_done(incident: Incident, event: StartDone, settings: Settings) -> Transition:
@@ -250,6 +287,13 @@ def _start_done(incident: Incident, event: StartDone, settings: Settings) -> Tra
         updated = replace(task, status=VmStatus.RUNNING, host=host, last_error="")
     elif event.outcome is StartOutcome.RETRY:
         updated = _failed_attempt(task, event.now, settings, f"{event.code} {event.detail}")
+    elif event.outcome is StartOutcome.REFUSED:
+        # This host cannot run it; another that can is tried at the next placement, at once.
+        updated = replace(
+            task, status=VmStatus.RESET, host=None, retry_at=event.now,
+            refused=task.refused | {event.host},
+            last_error=f"{event.code} {event.detail}".strip(),
+        )
     elif event.outcome is StartOutcome.FAILED:
         updated = replace(
             task, status=VmStatus.FAILED, host=None, last_error=f"{event.code} {event.detail}"
@@ -388,6 +432,7 @@ def summary(incident: Incident) -> Mapping[str, object]:
     """The facts of the one line an incident ends with."""
     restarted = {t.vm.name: t.host for t in incident.tasks(VmStatus.RUNNING)}
     failed = {t.vm.name: t.last_error for t in incident.tasks(VmStatus.FAILED)}
+    stranded = {t.vm.name: t.last_error for t in incident.tasks(VmStatus.STRANDED)}
     left = sorted(t.vm.name for t in incident.tasks(VmStatus.LEFT))
     waiting = sorted(
         t.vm.name for t in incident.vms.values() if not t.status.final
@@ -397,6 +442,7 @@ def summary(incident: Incident) -> Mapping[str, object]:
         "phase": incident.phase.value,
         "restarted": restarted,
         "failed": failed,
+        "cannot_run_elsewhere": stranded,
         "not_protected": left,
         "waiting": waiting,
         "fenced_by": incident.fenced_by,

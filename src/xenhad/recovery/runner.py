@@ -229,6 +229,10 @@ class IncidentRunner:
                          host=names.get(task.host or "", task.host), attempt=task.attempts)
             elif task.status is VmStatus.FAILED:
                 log.error("vm.failed", incident=after.id, vm=task.vm.name, why=task.last_error)
+            elif task.status is VmStatus.STRANDED:
+                log.error("vm.cannot_run_elsewhere", incident=after.id, vm=task.vm.name,
+                          why=task.last_error, fix="not attempted; it runs again when its "
+                          "host is back, or once a host can run it and it is started")
             elif task.status is VmStatus.RESET and old is not None and task.last_error:
                 log.warning("vm.retry", incident=after.id, vm=task.vm.name,
                             attempt=task.attempts, why=task.last_error)

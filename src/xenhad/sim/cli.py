@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, default=3, help="number of hosts (1-250)")
     p.add_argument("--vms", type=int, default=8, help="number of guest VMs")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--local-vms", type=int, default=0,
+                   help="protected VMs with their disk on their host's local SR")
+    p.add_argument("--groups", type=int, default=0,
+                   help="anti-affinity VM groups of two protected VMs (both on one host)")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="sim seconds per real second (e.g. 100: 600 s pass in 6 s)")
     p.add_argument("--base-dir", default=None, help="where the hosts' UNIX sockets live")
@@ -39,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     spec = PoolSpec(hosts=args.hosts, vms=args.vms, seed=args.seed, time_scale=args.time_scale,
+                    local_vms=args.local_vms, groups=args.groups,
                     base_dir=args.base_dir, base_address=args.base_address,
                     root_password=args.root_password, vm_start_seconds=args.vm_start_seconds,
                     boot_seconds=args.boot_seconds)

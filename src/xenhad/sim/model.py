@@ -14,10 +14,11 @@ import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any
 
-from xenhad.sim.spec import GiB, PoolSpec
+from xenhad.sim.spec import GiB, MiB, PoolSpec
 
 NULL_REF = "OpaqueRef:NULL"
-CLASSES = ("pool", "host", "host_metrics", "VM")
+CLASSES = ("pool", "host", "host_metrics", "VM", "SR", "PBD", "VDI", "VBD", "network", "PIF",
+           "VIF", "VM_group", "task")
 """Table names as xapi spells them (the event class is the lower-case form)."""
 
 Record = dict[str, Any]
@@ -71,6 +72,14 @@ class Db:
         self.class_of[ref] = cls
         self.created[ref] = self.generation
         self.modified[ref] = self.generation
+
+    def remove(self, cls: str, ref: str) -> None:
+        if self.tables[cls].pop(ref, None) is not None:
+            self.generation += 1
+            self.deleted.append((self.generation, cls, ref))
+            self.class_of.pop(ref, None)
+            self.created.pop(ref, None)
+            self.modified.pop(ref, None)
 
     def get(self, cls: str, ref: str) -> Record:
         rec = self.tables[cls].get(ref)
@@ -136,8 +145,8 @@ def _now_datetime(wall: float) -> xmlrpc.client.DateTime:
 class Ids:
     """Seeded uuids and refs, so the same spec always builds the same pool."""
 
-    def __init__(self, seed: int) -> None:
-        self._rng = random.Random(f"xenhad-sim-ids-{seed}")
+    def __init__(self, seed: int, kind: str = "ids") -> None:
+        self._rng = random.Random(f"xenhad-sim-{kind}-{seed}")
 
     def uuid(self) -> str:
         return str(uuidlib.UUID(int=self._rng.getrandbits(128), version=4))
@@ -152,7 +161,7 @@ def vm_record(uuid: str, name: str, *, memory: int, power_state: str = "Halted",
               ha_restart_priority: str = "", ha_always_run: bool = False, order: int = 0,
               start_delay: int = 0, domid: int = -1, description: str = "") -> Record:
     # Field names and shapes from idl/datamodel_vm.ml (the subset xenhad and tools read).
-    return {
+    rec: Record = {
         "uuid": uuid, "name_label": name, "name_description": description,
         "power_state": power_state, "resident_on": resident_on,
         "scheduled_to_be_resident_on": NULL_REF, "affinity": affinity,
@@ -172,8 +181,12 @@ def vm_record(uuid: str, name: str, *, memory: int, power_state: str = "Halted",
         "metrics": NULL_REF, "guest_metrics": NULL_REF, "appliance": NULL_REF,
         "VBDs": [], "VIFs": [], "consoles": [], "platform": {}, "HVM_boot_policy": "",
         "PV_bootloader": "", "xenstore_data": {}, "recommendations": "",
-        "last_booted_record": "",
+        "last_booted_record": "", "HVM_shadow_multiplier": 1.0, "VGPUs": [], "VUSBs": [],
+        "attached_PCIs": [], "groups": [], "suspend_VDI": NULL_REF,
     }
+    # xapi_vm_helpers.ml update_memory_overhead: kept current whenever memory changes.
+    rec["memory_overhead"] = vm_memory_overhead(rec)
+    return rec
 
 
 def boot_record(rec: Record) -> str:
@@ -243,6 +256,7 @@ def build_pool(spec: PoolSpec, wall: float) -> tuple[Db, list[SeedHost]]:
         db.add("VM", ids.ref(), vm_record(
             ids.uuid(), template_names[t % len(template_names)], memory=2 * GiB,
             is_a_template=True))
+    storage = _seed_storage(db, spec, hosts)
     guest_capacity = spec.host_memory - spec.dom0_memory - spec.host_memory_overhead
     free = [guest_capacity] * spec.hosts
     sizes = [1 * GiB, 2 * GiB, 2 * GiB, 4 * GiB, 4 * GiB, 8 * GiB, 16 * GiB]
@@ -266,27 +280,196 @@ def build_pool(spec: PoolSpec, wall: float) -> tuple[Db, list[SeedHost]]:
             rec.update(power_state="Running", resident_on=hosts[slot].ref,
                        domid=v + 1, memory_target=memory)
             rec["last_booted_record"] = boot_record(rec)
-        db.add("VM", ids.ref(), rec)
+        vref = ids.ref()
+        db.add("VM", vref, rec)
+        storage.attach(db, vref, storage.shared_sr, storage.pool_network)
+    _seed_pinned(db, spec, hosts, storage, free)
     return db, hosts
+
+
+@dataclass
+class _Storage:
+    """The seeded SRs and networks, and how to give a VM a disk and a VIF on them (its own
+    id stream, so a spec seeds the same hosts and VMs as before storage was modelled)."""
+
+    ids: Ids
+    shared_sr: str = NULL_REF
+    local_sr: dict[str, str] | None = None
+    """host ref -> its local SR."""
+    pool_network: str = NULL_REF
+
+    def attach(self, db: Db, vm_ref: str, sr: str, network: str) -> None:
+        # idl/datamodel_storage.ml (VDI), datamodel_vm.ml's VBD and VIF: a VM's disk is a
+        # VBD onto a VDI that lives on an SR; its NIC a VIF onto a network.
+        vm = db.tables["VM"][vm_ref]
+        vdi, vbd, vif = self.ids.ref(), self.ids.ref(), self.ids.ref()
+        db.add("VDI", vdi, {
+            "uuid": self.ids.uuid(), "name_label": f"{vm['name_label']} disk 0",
+            "name_description": "", "SR": sr, "VBDs": [vbd], "virtual_size": 20 * GiB,
+            "type": "user", "sharable": False, "read_only": False, "other_config": {},
+            "current_operations": {}, "allowed_operations": [], "tags": []})
+        db.tables["SR"][sr]["VDIs"].append(vdi)
+        db.add("VBD", vbd, {
+            "uuid": self.ids.uuid(), "VM": vm_ref, "VDI": vdi, "device": "xvda",
+            "userdevice": "0", "bootable": True, "mode": "RW", "type": "Disk",
+            "empty": False, "currently_attached": vm["power_state"] == "Running",
+            "other_config": {}, "current_operations": {}, "allowed_operations": []})
+        vm["VBDs"].append(vbd)
+        db.add("VIF", vif, {
+            "uuid": self.ids.uuid(), "VM": vm_ref, "network": network, "device": "0",
+            "MAC": "", "MTU": 1500, "currently_attached": vm["power_state"] == "Running",
+            "other_config": {}, "current_operations": {}, "allowed_operations": []})
+        vm["VIFs"].append(vif)
+        db.tables["network"][network]["VIFs"].append(vif)
+
+
+def _seed_storage(db: Db, spec: PoolSpec, hosts: list[SeedHost]) -> _Storage:
+    """A shared SR plugged on every host, a local SR on each, a network with a PIF on every
+    host and one ("eth1 on host1") with a PIF on the first host only."""
+    ids = Ids(spec.seed, "storage")
+    st = _Storage(ids, local_sr={})
+
+    def sr(name: str, shared: bool, on: list[SeedHost], kind: str) -> str:
+        # idl/datamodel_storage.ml SR and PBD; a PBD is the SR as one host sees it.
+        ref = ids.ref()
+        db.add("SR", ref, {
+            "uuid": ids.uuid(), "name_label": name, "name_description": "", "shared": shared,
+            "type": kind, "content_type": "", "PBDs": [], "VDIs": [],
+            "physical_size": 2048 * GiB, "physical_utilisation": 0, "virtual_allocation": 0,
+            "other_config": {}, "sm_config": {}, "current_operations": {},
+            "allowed_operations": [], "tags": []})
+        for h in on:
+            pbd = ids.ref()
+            db.add("PBD", pbd, {"uuid": ids.uuid(), "host": h.ref, "SR": ref,
+                                "device_config": {}, "currently_attached": True,
+                                "other_config": {}})
+            db.tables["SR"][ref]["PBDs"].append(pbd)
+            db.tables["host"][h.ref]["PBDs"].append(pbd)
+        return ref
+
+    def network(name: str, bridge: str, device: str, on: list[SeedHost]) -> str:
+        # idl/datamodel_network.ml; a PIF is the network's NIC on one host.
+        ref = ids.ref()
+        db.add("network", ref, {
+            "uuid": ids.uuid(), "name_label": name, "name_description": "", "bridge": bridge,
+            "MTU": 1500, "managed": True, "PIFs": [], "VIFs": [], "other_config": {},
+            "current_operations": {}, "allowed_operations": [], "tags": []})
+        for h in on:
+            pif = ids.ref()
+            db.add("PIF", pif, {"uuid": ids.uuid(), "host": h.ref, "network": ref,
+                                "device": device, "currently_attached": True,
+                                "management": device == "eth0", "VLAN": -1,
+                                "bond_slave_of": NULL_REF, "other_config": {}})
+            db.tables["network"][ref]["PIFs"].append(pif)
+            db.tables["host"][h.ref]["PIFs"].append(pif)
+        return ref
+
+    st.shared_sr = sr("Shared NFS", True, hosts, "nfs")
+    for h in hosts:
+        assert st.local_sr is not None
+        st.local_sr[h.ref] = sr(f"Local storage on {h.name}", False, [h], "ext")
+    st.pool_network = network("Pool-wide network associated with eth0", "xenbr0", "eth0",
+                              hosts)
+    network("eth1 on host1", "xenbr1", "eth1", hosts[:1])
+    return st
+
+
+def _seed_pinned(db: Db, spec: PoolSpec, hosts: list[SeedHost], storage: _Storage,
+                 free: list[int]) -> None:
+    """`local_vms` protected VMs with their disk on their host's local SR (local001..), and
+    `groups` anti-affinity VM groups of two protected VMs each (aa01a, aa01b, ...), both
+    members on one host. Slots start at host2: the master is not the usual victim."""
+    ids = storage.ids
+
+    def slot(i: int) -> int:
+        return 1 + i % (len(hosts) - 1) if len(hosts) > 1 else 0
+
+    def protected(name: str, at: int, sr: str) -> str:
+        memory = 2 * GiB
+        rec = vm_record(ids.uuid(), name, memory=memory, ha_restart_priority="restart",
+                        ha_always_run=True)
+        rec.update(power_state="Running", resident_on=hosts[at].ref, memory_target=memory,
+                   domid=500 + len(db.tables["VM"]))
+        rec["last_booted_record"] = boot_record(rec)
+        free[at] -= memory
+        ref = ids.ref()
+        db.add("VM", ref, rec)
+        storage.attach(db, ref, sr, storage.pool_network)
+        return ref
+
+    assert storage.local_sr is not None
+    for i in range(spec.local_vms):
+        at = slot(i)
+        protected(f"local{i + 1:03d}", at, storage.local_sr[hosts[at].ref])
+    for g in range(spec.groups):
+        at = slot(g)
+        gref = ids.ref()
+        members = [protected(f"aa{g + 1:02d}{m}", at, storage.shared_sr) for m in "ab"]
+        # idl/datamodel_vm_group.ml: placement anti_affinity; VMs is the other end of
+        # VM.groups.
+        db.add("VM_group", gref, {"uuid": ids.uuid(), "name_label": f"anti-affinity {g + 1}",
+                                  "name_description": "", "placement": "anti_affinity",
+                                  "VMs": members})
+        for m in members:
+            db.tables["VM"][m]["groups"] = [gref]
+
+
+def task_record(uuid: str, name: str, description: str, host: str, wall: float) -> Record:
+    # idl/datamodel.ml task: status pending -> success | failure | cancelled; result is the
+    # call's value as an XML-RPC <value> ("" for void); error_info the failure.
+    return {"uuid": uuid, "name_label": name, "name_description": description,
+            "status": "pending", "progress": 0.0, "result": "", "error_info": [],
+            "created": _now_datetime(wall), "finished": _now_datetime(0.0),
+            "resident_on": host, "type": "", "subtask_of": NULL_REF, "subtasks": [],
+            "other_config": {}, "allowed_operations": ["cancel"],
+            "current_operations": {}, "backtrace": "()"}
 
 
 def is_guest(rec: Record) -> bool:
     return not (rec["is_control_domain"] or rec["is_a_template"] or rec["is_a_snapshot"])
 
 
+def _mib_used(n: int) -> int:
+    # memory.ml mib_of_bytes_used / mib_of_pages_used: divide rounding up.
+    return -(-n // MiB)
+
+
+def vm_memory_overhead(rec: Record) -> int:
+    """VM.compute_memory_overhead: memory_check.ml vm_compute_memory_overhead, with the
+    models of xapi-idl/memory/memory.ml (HVM/PVH: 1 MiB internal + 1 MiB external extra,
+    Linux PV: 1 MiB external; shadow for vCPUs and the p2m; 38 pages a vCPU)."""
+    static_max_mib = _mib_used(int(rec["memory_static_max"]))
+    vcpus = int(rec["VCPUs_max"])
+    multiplier = float(rec.get("HVM_shadow_multiplier", 1.0))
+    pv = rec.get("domain_type") == "pv"
+    # shadow_mib: 256 pages a vCPU, and a page per MiB each for the p2m and shadow.
+    shadow_pages = 256 * vcpus + 2 * static_max_mib
+    shadow_mib = max(1, int(_mib_used(shadow_pages * 4096) * multiplier))
+    extra = 1 if pv else 2
+    return (extra + shadow_mib + _mib_used(38 * vcpus * 4096)) * MiB
+
+
 def vm_memory(rec: Record) -> int:
-    return int(rec["memory_static_max"])
+    """Bytes VM.start needs free on a host: xapi_vm_helpers.ml assert_enough_memory_
+    available, memory_check.ml vm_compute_start_memory with the Dynamic_min policy (hvm,
+    pv, pvh; pv_in_pvh counts static_max): the target in MiB plus the overhead, shadow
+    included (memory.ml footprint_mib)."""
+    policy = "memory_static_max" if rec.get("domain_type") == "pv_in_pvh" \
+        else "memory_dynamic_min"
+    target_mib = _mib_used(int(rec[policy]))
+    return target_mib * MiB + vm_memory_overhead(rec)
 
 
 def host_free_memory(db: Db, host_ref: str) -> int:
     """host.compute_free_memory: total minus overhead minus what resident and scheduled VMs
-    hold, from the database alone (memory_check.ml, with every VM at dynamic_min)."""
+    hold, from the database alone (memory_check.ml host_compute_free_memory_with_maximum_
+    compression: every VM at dynamic_min plus its memory_overhead, vm_compute_used_memory)."""
     host = db.tables["host"][host_ref]
     total = int(db.tables["host_metrics"][host["metrics"]]["memory_total"])
     used = int(host["memory_overhead"])
     for rec in db.tables["VM"].values():
         if rec["resident_on"] == host_ref or rec["scheduled_to_be_resident_on"] == host_ref:
-            used += int(rec["memory_dynamic_min"])
+            used += int(rec["memory_dynamic_min"]) + int(rec["memory_overhead"])
     return max(0, total - used)
 
 

@@ -97,10 +97,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         path = self.path.split("?", 1)[0]
         try:
-            if path in ("/", "/RPC2"):
-                self._xmlrpc(body)
-            elif path == "/jsonrpc":
+            # http_svr.ml finds a handler by the longest prefix of the path: /jsonrpc is
+            # JSON-RPC, anything else under / (/RPC2, /xmlrpc, ...) is post_root's XML-RPC.
+            if path.startswith("/jsonrpc"):
                 self._jsonrpc(body)
+            elif path.startswith("/json"):
+                # post_json (XML-RPC calls spelled in JSON) is not modelled.
+                self._reply(404, b"not found", "text/plain")
+            elif path.startswith("/"):
+                self._xmlrpc(body)
             else:
                 self._reply(404, b"not found", "text/plain")
         except _Held:
@@ -160,6 +165,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         "text/xml")
             return
         kind, value = self._dispatch(name, [_from_wire(p) for p in params])
+        if kind == "ok" and name == "system.listMethods":
+            # api_server.ml: its answer is the bare array, with no Status/Value envelope.
+            data = xmlrpc.client.dumps((to_xmlrpc(value),), methodresponse=True)
+            self._reply(200, data.encode("utf-8"), "text/xml")
+            return
         if kind == "ok":
             out = {"Status": "Success", "Value": to_xmlrpc(value)}
         else:
@@ -200,6 +210,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._reply(200, json.dumps(reply).encode(), "application/json")
 
     def _reply(self, status: int, data: bytes, ctype: str) -> None:
+        if ctype == "text/xml":
+            # xapi's Xmlrpc.to_string writes no whitespace between elements; Python's dumps
+            # does, and a strict client (Xen Orchestra's, which keeps text nodes) reads
+            # those as values. Text inside a value has its < and > escaped, so a newline
+            # between two tags is only ever formatting.
+            data = data.replace(b">\n<", b"><")
+            # rpclib's Xmlrpc writes a string as <value>text</value>; an empty <string/>
+            # reads as nothing at all to such a client (a task's empty result went missing).
+            data = data.replace(b"<value><string></string></value>", b"<value></value>")
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))

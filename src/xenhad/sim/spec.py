@@ -22,6 +22,10 @@ class PoolSpec:
     root_password: str = "xenroot"
     pool_name: str = "simpool"
     templates: int = 2
+    local_vms: int = 0
+    """Protected VMs whose disk is on their host's local SR: no other host can start them."""
+    groups: int = 0
+    """Anti-affinity VM groups of two protected VMs, both seeded on one host."""
     # xapi's intervals (xapi_globs.ml), in sim seconds.
     host_heartbeat_interval: float = 30.0
     host_assumed_dead_interval: float = 600.0
@@ -48,6 +52,8 @@ class PoolSpec:
             raise ValueError(f"hosts={self.hosts}: a pool has 1 to 250 hosts")
         if self.vms < 0:
             raise ValueError(f"vms={self.vms}: give zero or more VMs")
+        if self.local_vms < 0 or self.groups < 0:
+            raise ValueError("local_vms, groups: give zero or more")
         if self.time_scale <= 0:
             raise ValueError(f"time_scale={self.time_scale}: give a positive factor")
         try:

@@ -187,7 +187,8 @@ def _report(
             _line(t, host_name(t.host) if t.host else "where: not recorded")
             for t in protected if t.status is VmStatus.RUNNING
         ),
-        failed=tuple(_line(t, t.last_error) for t in protected if t.status is VmStatus.FAILED),
+        failed=tuple(_line(t, t.last_error) for t in protected
+                     if t.status in (VmStatus.FAILED, VmStatus.STRANDED)),
         not_placed=tuple(
             _line(t, t.last_error or _WAITING[t.status])
             for t in protected if not t.status.final

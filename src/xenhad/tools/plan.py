@@ -17,6 +17,7 @@ from xenhad import placement
 from xenhad.errors import XenhadError
 from xenhad.model import HostId, HostView, PoolView, Protection
 from xenhad.monitor import ProtectionWarning
+from xenhad.stranded import Stranded, stranded
 
 
 class UnknownHost(XenhadError):
@@ -71,6 +72,10 @@ class WhatIf:
     not_placed: tuple[NotPlaced, ...]
     unprotected: tuple[Unprotected, ...]
     notes: tuple[str, ...]
+    cannot_run: tuple[NotPlaced, ...] = ()
+    """This host's protected VMs that no survivor could run: never attempted."""
+    pool_stranded: tuple[Stranded, ...] = ()
+    """Every protected VM of the pool that no host but its own could run."""
 
 
 def find_host(view: PoolView, wanted: str) -> HostView:
@@ -110,13 +115,32 @@ def what_if(
     vms = sorted((vm for vm in view.vms_on(dead.uuid) if vm.running), key=lambda v: v.uuid)
     by_uuid = {vm.uuid: vm for vm in vms}
     measured = {uuid: m for uuid, m in free.items() if m is not None}
+    # As the executor reads it for recovery/machine.py: what every other host sees, the
+    # hosts not receiving now included, and where each group's members run.
+    hosts = [placement.HostCapacity(uuid=h, free_memory=m, srs=view.hosts[h].srs,
+                                    networks=view.hosts[h].networks)
+             for h, m in sorted(measured.items())]
+    hosts += [placement.HostCapacity(uuid=h.uuid, free_memory=0, srs=h.srs,
+                                     networks=h.networks, receiving=False)
+              for h in sorted(view.hosts.values(), key=lambda h: h.uuid)
+              if h.uuid != dead.uuid and h.uuid not in measured
+              and h.srs is not None and h.networks is not None]
+    grouped: dict[str, dict[HostId, int]] = {}
+    for other in view.vms.values():
+        if other.group is not None and other.running and other.resident_on not in (
+                None, dead.uuid):
+            per_host = grouped.setdefault(other.group, {})
+            per_host[other.resident_on] = per_host.get(other.resident_on, 0) + 1
     result = placement.plan(
         [
             placement.Candidate(uuid=vm.uuid, memory=vm.memory, affinity=vm.affinity,
-                                order=vm.order, protection=vm.protection)
+                                order=vm.order, protection=vm.protection, srs=vm.srs,
+                                networks=vm.networks, pinned=vm.pinned, group=vm.group)
             for vm in vms
         ],
-        [placement.HostCapacity(uuid=h, free_memory=m) for h, m in sorted(measured.items())],
+        hosts,
+        grouped=grouped,
+        labels={**view.labels, **names},
     )
     used: dict[HostId, int] = {}
     restarts: list[Restart] = []
@@ -143,6 +167,11 @@ def what_if(
             for u in sorted(result.skipped, key=lambda u: (by_uuid[u].name, u))
         ),
         notes=tuple(_notes(view, dead, free)),
+        cannot_run=tuple(
+            NotPlaced(u.vm, by_uuid[u.vm].name, by_uuid[u.vm].memory, u.protection, u.reason)
+            for u in result.stranded
+        ),
+        pool_stranded=tuple(stranded(view)),
     )
 
 

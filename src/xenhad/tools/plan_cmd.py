@@ -71,7 +71,7 @@ def _mib(n: int) -> str:
 
 
 def render(w: WhatIf) -> str:
-    running = len(w.restarts) + len(w.not_placed) + len(w.unprotected)
+    running = len(w.restarts) + len(w.not_placed) + len(w.unprotected) + len(w.cannot_run)
     role = "pool master" if w.is_master else "slave"
     lines = [
         f"if {w.host.name} ({w.host.uuid}, {role}) died now:",
@@ -96,12 +96,22 @@ def render(w: WhatIf) -> str:
     if w.not_placed:
         lines.append(f"  would not fit ({len(w.not_placed)}):")
         lines.extend(f"    {n.name} ({n.protection.value}): {n.reason}" for n in w.not_placed)
+    if w.cannot_run:
+        lines.append(f"  no other host can run them, not attempted ({len(w.cannot_run)}):")
+        lines.extend(f"    {n.name} ({n.protection.value}): {n.reason}" for n in w.cannot_run)
     if w.unprotected:
         lines.append(f"  not protected, left alone ({len(w.unprotected)}):")
         lines.extend(
             f"    {u.name}" + ("" if u.why == "protection off" else f": {u.why}")
             for u in w.unprotected
         )
+    if w.pool_stranded:
+        lines.append(f"protected VMs of the pool that no other host can run "
+                     f"({len(w.pool_stranded)}):")
+        names = {t.uuid: t.name for t in w.targets}
+        names[w.host.uuid] = w.host.name
+        lines.extend(f"  {s.name} on {names.get(s.host or '', s.host)}: {s.reason}"
+                     for s in w.pool_stranded)
     if w.notes:
         lines.append("  notes:")
         lines.extend(f"    {n}" for n in w.notes)
@@ -121,5 +131,9 @@ def to_json(w: WhatIf) -> dict[str, Any]:
                         "protection": n.protection.value, "reason": n.reason}
                        for n in w.not_placed],
         "unprotected": [{"vm": u.name, "uuid": u.uuid, "why": u.why} for u in w.unprotected],
+        "cannot_run": [{"vm": n.name, "uuid": n.uuid, "protection": n.protection.value,
+                        "reason": n.reason} for n in w.cannot_run],
+        "pool_cannot_restart_elsewhere": [{"vm": s.name, "uuid": s.vm, "host_uuid": s.host,
+                                           "why": s.reason} for s in w.pool_stranded],
         "notes": list(w.notes),
     }

@@ -62,7 +62,8 @@ ORIGINATOR = "xenhad"
 API_VERSION = "1.0"
 """login_with_password's version argument; xapi ignores it (xapi_session.ml)."""
 
-RecordClass = Literal["pool", "host", "host_metrics", "VM"]
+RecordClass = Literal["pool", "host", "host_metrics", "VM", "SR", "PBD", "VDI", "VBD",
+                      "network", "PIF", "VIF", "VM_group"]
 Record = dict[str, Any]
 T = TypeVar("T")
 
