@@ -26,6 +26,7 @@ import structlog
 
 from xenhad import config as configuration
 from xenhad import log as logsetup
+from xenhad import messages as msg
 from xenhad import status as status_socket
 from xenhad.alerts import Alerts
 from xenhad.clock import Clock, SystemClock
@@ -105,10 +106,12 @@ HISTORY_SECONDS = 30 * 24 * 3600
 
 XAPI_CLOSE_SECONDS = 5.0
 ALERTS_DRAIN_SECONDS = 5.0
+MESSAGES_DRAIN_SECONDS = 1.0
 STOP_SECONDS = XAPI_CLOSE_SECONDS + ALERTS_DRAIN_SECONDS + 5.0
 """The longest a stop takes from SIGTERM to exit: a logout, the alerts' drain, and 5 s for
-the rest (parking, the watchdog's disarm, the last heartbeat). The unit's TimeoutStopSec
-(30 s) leaves room over it; calls in flight are abandoned, never waited for."""
+the rest (parking, XAPI messages still queued (1 s), the watchdog's disarm, the last
+heartbeat). The unit's TimeoutStopSec (30 s) leaves room over it; calls in flight are
+abandoned, never waited for."""
 
 
 def heard_within(interval: float) -> float:
@@ -209,6 +212,12 @@ class Daemon:
         self._unwritten_ends: list[HostId] = []
         """Hosts back whose episode end the journal refused: written as soon as it can be."""
         self._journal_failing_since: float | None = None
+        self._messages = msg.PoolMessages(lambda: self._xapi, self._clock,
+                                          may_post=self._may_post)
+        self._down_why: dict[HostId, str] = {}
+        """Why the detector confirmed each host down: the evidence its message gives."""
+        self._quorum_known = False
+        """Quorum was held once: a later change of it is news (the first contact is not)."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -226,6 +235,7 @@ class Daemon:
         self._failover = self._make_failover()
         self._alerts = Alerts.from_config(self.config.alerts, sent_by=self._me)
         self._alerts_config = self.config.alerts
+        self._configure_messages()
         self._witness = self._make_witness()
         path = status_socket.socket_path(Path(self.config.daemon.state_dir))
         server = await status_socket.serve(path, self._status_doc)
@@ -367,6 +377,7 @@ class Daemon:
                 await asyncio.wait_for(self._xapi.close(), XAPI_CLOSE_SECONDS)
         # Alerts of the last transitions (parked incidents say nothing new) get a moment.
         await self._alerts.drain(timeout=ALERTS_DRAIN_SECONDS)
+        await self._messages.drain(timeout=MESSAGES_DRAIN_SECONDS)
         self._journal.close()
         # Counted before parking: a parked runner leaves self._runners as its task ends.
         log.info("daemon.stopped", open_incidents=len(parked))
@@ -586,6 +597,21 @@ class Daemon:
                 why=None if quorate else "this node is in contact with no majority of the "
                 "pool: it recovers nothing, and stops feeding its watchdog if it holds one",
             )
+            name = self._host_names().get(self._me, self._me)
+            if not quorate and self._quorum_known:
+                armed = self._watchdog is not None and self._watchdog.is_running
+                self._messages.post(msg.make(
+                    msg.QUORUM_LOST, msg.Subject.HOST, self._me,
+                    f"{name} lost quorum: in contact with {sees} of {pool} members, it "
+                    "recovers nothing" + (" and its watchdog resets it unless contact "
+                                          "returns" if armed else ""),
+                    repeat_key="quorum"))
+            elif quorate and self._quorum_known:
+                self._messages.forget("quorum")
+                self._messages.post(msg.make(
+                    msg.QUORUM_REGAINED, msg.Subject.HOST, self._me,
+                    f"{name} regained quorum: in contact with {sees} of {pool} members"))
+            self._quorum_known = self._quorum_known or quorate
         self._health.quorate = quorate
 
     async def _open_peers(self, view: PoolView) -> None:
@@ -676,9 +702,19 @@ class Daemon:
             device = device_for(settings, host=self._me)
             plan = WatchdogPlan(settings.mode, settings.timeout, self.config.detector.interval)
             watchdog = Watchdog(device, plan)
+            name = self._host_names().get(self._me, self._me)
             if not await watchdog.activate():
+                self._messages.post(msg.make(
+                    msg.WATCHDOG_NOT_ARMED, msg.Subject.HOST, self._me,
+                    f"{name}: self-fencing is NOT armed (its watchdog could not be opened, see "
+                    "watchdog.not_armed in its log): if it loses power with its BMC, its VMs "
+                    "stay down", repeat_key="watchdog"))
                 return
             self._watchdog = watchdog
+            self._messages.post(msg.make(
+                msg.WATCHDOG_ARMED, msg.Subject.HOST, self._me,
+                f"{name}: self-fencing armed ({settings.timeout:g} s watchdog): cut off from "
+                "the majority, it resets itself"))
             # Arming awaited the device: quorum is judged again for the feed.
             self._update_peer_quorum()
             await self._watchdog.keepalive(healthy=True, quorate=self._health.quorate)
@@ -698,6 +734,11 @@ class Daemon:
         two = view is not None and len(view.hosts) == 2 and self._witness is None
         if two and not self._said_two_hosts:
             self._said_two_hosts = True
+            self._messages.post(msg.make(
+                msg.WATCHDOG_NOT_ARMED, msg.Subject.HOST, self._me,
+                f"{self._host_names().get(self._me, self._me)}: self-fencing is NOT armed: a "
+                "2-host pool without a witness (set failover.witness)",
+                repeat_key="watchdog"))
             log.error("watchdog.not_armed", hosts=2,
                       why="a 2-host pool without a witness: any partition would reset both "
                       "hosts, and the survivor of a failure is never quorate alone",
@@ -817,6 +858,13 @@ class Daemon:
             self._beat()  # we step down: the other master must hear it now, not later
         replaced = self._failover.take_replaced()
         if replaced is not None:
+            names = self._host_names()
+            me = names.get(self._me, self._me)
+            self._messages.post(msg.make(
+                msg.MASTER_PROMOTED, msg.Subject.HOST, self._me,
+                f"{me} is the pool master now: xenhad promoted it "
+                "(pool.emergency_transition_to_master) after a majority of the pool confirmed "
+                f"the master {names.get(replaced, replaced)} down and voted for {me}"))
             # Our xapi is master now; the next tick recovers the slaves (from a view read
             # after the new epoch), and every second counts: run it at once.
             self._wake.set()
@@ -874,8 +922,14 @@ class Daemon:
             log.error("host.xapi_hung", **facts,
                       fix="its VMs run: restart its toolstack (xe-toolstack-restart); set "
                       "detector.hung_xapi_fence_after to have it fenced after a while instead")
+            self._messages.post(msg.make(
+                msg.HOST_XAPI_HUNG, msg.Subject.HOST, host_id,
+                f"{name}: its xapi does not answer ({verdict.reason}) but its xenhad daemon "
+                "beats, so its VMs run and it is left alone; restart its toolstack "
+                "(xe-toolstack-restart)", repeat_key=f"hung:{host_id}"))
         elif kind is VerdictKind.DOWN:
             log.error("host.down", **facts)
+            self._down_why[host_id] = f"{verdict.misses} missed ticks: {verdict.reason}"
             if host is not None and not self._may_act:
                 # Opened once this node may act (lock held, database reconciled).
                 self._deferred.add(host.uuid)
@@ -885,6 +939,7 @@ class Daemon:
                 self._open_incident(view, host)
         elif kind is VerdictKind.BACK:
             log.warning("host.back", **facts)
+            self._messages.forget(f"fence:{host_id}")
             self._proven_off.discard(host_id)
             self._unwritten_ends.append(host_id)
             self._write_episode_ends()
@@ -970,6 +1025,15 @@ class Daemon:
             return
         if self._metrics is not None:
             self._metrics.incident_opened()
+        protected = sum(1 for vm in vms if vm.protection.value != "off")
+        me = self._host_names().get(self._me, self._me)
+        why = self._down_why.pop(host.uuid, "the master this host replaced")
+        self._messages.post(msg.make(
+            msg.HOST_FAILED, msg.Subject.HOST, host.uuid,
+            f"{host.name} confirmed down by xenhad on {me} ({why}): {len(vms)} VMs were "
+            f"running there, {protected} protected; "
+            + ("restarting them on XAPI's word (trust-liveness)" if opened.unsafe else
+               "fencing it before any restart")))
         self._start_runner(runner)
 
     def _runner_deps(self) -> RunnerDeps:
@@ -980,7 +1044,29 @@ class Daemon:
             host_names=self._host_names,
             wall=self._clock.wall,
             alert=self._alerts.send,
+            notice=self._incident_notice,
         )
+
+    def _incident_notice(self, before: Incident, after: Incident) -> None:
+        view = self._view
+        for message in msg.incident_messages(before, after, self._host_names(),
+                                             view.pool_uuid if view is not None else ""):
+            self._messages.post(message)
+
+    def _configure_messages(self) -> None:
+        self._messages.enabled = self.config.alerts.xapi_messages
+        self._messages.repeat = self.config.alerts.message_repeat
+
+    def _may_post(self) -> bool:
+        """A message reaches the master now: we are it, or its daemon is in contact (a
+        slave's call is forwarded; to a silent master it would hang for its timeout)."""
+        view = self._view
+        if view is None:
+            return False
+        if view.master == self._me:
+            return True
+        heard = self._master_heard_at()
+        return heard is not None and self._clock.monotonic() - heard < self._heard_within()
 
     def _start_runner(self, runner: IncidentRunner) -> None:
         host = runner.incident.host
@@ -1289,6 +1375,7 @@ class Daemon:
             # Deliveries in flight to the old targets finish on their own.
             self._alerts = Alerts.from_config(new.alerts, sent_by=self._me)
             self._alerts_config = new.alerts
+        self._configure_messages()
         if new.xapi != old.xapi and self._xapi is not None:
             xapi, self._xapi = self._xapi, None
             asyncio.get_running_loop().create_task(xapi.close())

@@ -45,6 +45,8 @@ class RunnerDeps:
     wall: Callable[[], float]
     alert: Callable[[dict[str, Any]], None] = lambda payload: None
     """Each incident transition, for webhooks and hooks (xenhad.alerts: never blocks)."""
+    notice: Callable[[Incident, Incident], None] = lambda before, after: None
+    """Each step (before, after), for the XAPI messages (xenhad.messages: never blocks)."""
 
 
 class IncidentRunner:
@@ -56,6 +58,7 @@ class IncidentRunner:
         self._settings = deps.settings
         self._host_names = deps.host_names
         self._alert = deps.alert
+        self._notice = deps.notice
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unwritten: list[Callable[[], None]] = []
@@ -191,6 +194,8 @@ class IncidentRunner:
         self.incident = after
         # What happened to VMs first, then the phase it led to: the log reads in order.
         self._log_vm_changes(before, after)
+        if after != before:
+            self._notice(before, after)
         if before.phase is not after.phase:
             log.info(
                 "incident.step",

@@ -1,0 +1,93 @@
+"""What an administrator sees, with real daemons and the simulator: the XAPI messages the
+pool holds (as Xen Orchestra lists them), admission control, and the metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pool_checks import protected_on, running_again, wait_all_logged
+
+from xenhad.sim import PoolSpec
+from xenhad.testbed import Testbed
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+SPEC = PoolSpec(hosts=3, vms=12, seed=3, vm_start_seconds=0.5)
+
+
+def messages(bed: Testbed) -> list[dict[str, Any]]:
+    """The current master's messages, oldest first (message.get_all_records)."""
+    session = bed.xapi()
+    try:
+        records = list(session.xenapi.message.get_all_records().values())
+    finally:
+        session.xenapi.session.logout()
+    return sorted(records, key=lambda r: (str(r["timestamp"]), r["name"]))
+
+
+def named(bed: Testbed, name: str) -> list[dict[str, Any]]:
+    return [m for m in messages(bed) if m["name"] == name]
+
+
+def vm_uuids(bed: Testbed) -> dict[str, str]:
+    session = bed.xapi()
+    try:
+        return {rec["name_label"]: rec["uuid"]
+                for rec in session.xenapi.VM.get_all_records().values()}
+    finally:
+        session.xenapi.session.logout()
+
+
+def test_a_slave_crash_leaves_messages_on_the_host_and_each_vm(workdir: Path) -> None:
+    with Testbed(SPEC, workdir) as bed:
+        wait_all_logged(bed, "quorum.gained")
+        protected = protected_on(bed, "host2")
+        assert protected
+        host2 = bed.host("host2")["uuid"]
+        bed.crash("host2")
+        bed.wait_for(lambda: running_again(bed, protected, "host2"), 60,
+                     what=f"{protected} running again")
+        bed.wait_for(lambda: bool(named(bed, "XENHAD_INCIDENT_CLOSED")), 20,
+                     what="the incident's summary message")
+        failed, = named(bed, "XENHAD_HOST_FAILED")
+        assert (failed["cls"], failed["obj_uuid"], failed["priority"]) == ("Host", host2, "3")
+        assert failed["body"].startswith("host2 confirmed down by xenhad on host1 (")
+        fenced, = named(bed, "XENHAD_HOST_FENCED")
+        assert (fenced["cls"], fenced["obj_uuid"]) == ("Host", host2)
+        assert "fenced by redfish" in fenced["body"]
+        uuids = vm_uuids(bed)
+        restarted = named(bed, "XENHAD_VM_RESTARTED")
+        assert sorted(m["obj_uuid"] for m in restarted) == sorted(uuids[vm] for vm in protected)
+        for m in restarted:
+            assert m["cls"] == "VM" and m["priority"] == "4"
+            assert "after host2 failed" in m["body"] and "\n" not in m["body"]
+        closed, = named(bed, "XENHAD_INCIDENT_CLOSED")
+        assert (closed["cls"], closed["obj_uuid"], closed["priority"]) == ("Host", host2, "4")
+        assert f"{len(protected)} restarted" in closed["body"]
+        assert all(m["name"].startswith("XENHAD_") for m in messages(bed))
+
+
+def test_a_fence_that_never_succeeds_raises_a_bounded_number_of_messages(
+    workdir: Path,
+) -> None:
+    overrides = {"alerts": {"message_repeat": 8.0}}
+    with Testbed(SPEC, workdir, overrides=overrides) as bed:
+        wait_all_logged(bed, "quorum.gained")
+        bed.bmc_mode("host2", "ignore-off")  # accepts ForceOff, and the host stays on
+        bed.pool.partition([["host1", "host3"], ["host2"]])
+        bed.wait_for(lambda: bed.events_named("incident.waiting_fence", "host1"), 60,
+                     what="the incident to wait for a fence")
+        started = time.monotonic()
+        time.sleep(20)
+        held = time.monotonic() - started
+        attempts = len(bed.events_named("fence.not_confirmed", "host1"))
+        waiting = named(bed, "XENHAD_HOST_FENCE_FAILED")
+        # Every retry failed; one message, then one per message_repeat at most.
+        assert attempts > len(waiting)
+        assert 1 <= len(waiting) <= 1 + held // 8.0 + 1, (attempts, len(waiting))
+        assert all(m["cls"] == "Host" and m["priority"] == "2" for m in waiting)
+        assert "could not be fenced" in waiting[0]["body"]
+        assert not named(bed, "XENHAD_VM_RESTARTED")
