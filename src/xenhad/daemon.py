@@ -18,12 +18,13 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from xenhad import admission
 from xenhad import config as configuration
 from xenhad import log as logsetup
 from xenhad import messages as msg
@@ -217,6 +218,9 @@ class Daemon:
         self._down_why: dict[HostId, str] = {}
         """Why the detector confirmed each host down: the evidence its message gives."""
         self._quorum_known = False
+        self._absorb: admission.Absorb | None = None
+        """The last admission check's answer (None: not checked yet, or not master)."""
+        self._next_admission = 0.0
         """Quorum was held once: a later change of it is news (the first contact is not)."""
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -580,6 +584,7 @@ class Daemon:
                 if self._detector.state(host_id) is HostState.DOWN and host_id in view.hosts:
                     self._open_incident(view, view.hosts[host_id])
             self._restart_offline(view, now)
+            await self._check_admission(view, now)
         wall = self._clock.wall()
         for runner in self._runners.values():
             runner.observe(view, wall)
@@ -999,6 +1004,51 @@ class Daemon:
             return
         self._start_runner(runner)
 
+    async def _check_admission(self, view: PoolView, now: float) -> None:
+        """Every recovery.admission_interval, as the acting master: could the pool absorb
+        recovery.tolerate host failures now (admission.py)? Said when the answer changes.
+        Not while an incident runs (the pool is in flux) or without quorum."""
+        tolerate = self.config.recovery.tolerate
+        if tolerate <= 0:
+            self._absorb = None
+            return
+        if self._runners or not self._health.quorate or now < self._next_admission:
+            return
+        self._next_admission = now + self.config.recovery.admission_interval
+        # Hosts the detector counts as up: one it confirmed down receives nothing, and is
+        # no longer a failure to come.
+        up = {h: v for h, v in view.hosts.items()
+              if h == self._me or self._detector.state(h) is HostState.UP}
+        xapi = await self._connected()
+
+        async def free(host: HostView) -> int | None:
+            try:
+                return await xapi.host_compute_free_memory(host.ref)
+            except (XapiError, XapiUnreachable):
+                return None
+
+        hosts = [h for h in up.values() if h.live and h.enabled and not h.maintenance]
+        measured = dict(zip((h.uuid for h in hosts),
+                            await asyncio.gather(*(free(h) for h in hosts))))
+        result = admission.can_absorb(replace(view, hosts=up), measured, tolerate)
+        previous, self._absorb = self._absorb, result
+        if previous is not None and previous.ok == result.ok:
+            return
+        pool = view.pool_uuid
+        if result.ok:
+            log.info("pool.can_absorb" if previous is None else "pool.overcommit_cleared",
+                     tolerate=tolerate, scenarios=result.scenarios, why=result.line())
+            if previous is not None:
+                self._messages.post(msg.make(msg.POOL_OVERCOMMIT_CLEARED, msg.Subject.POOL,
+                                             pool, result.line()))
+        else:
+            log.error("pool.overcommitted", tolerate=tolerate, failed=list(result.failed),
+                      stranded=[vm for vm, _ in result.stranded], why=result.line(),
+                      fix="free memory on the hosts, add a host, or lower the protection "
+                      "of some VMs (or recovery.tolerate)")
+            self._messages.post(msg.make(msg.POOL_OVERCOMMITTED, msg.Subject.POOL, pool,
+                                         result.line()))
+
     def _open_incident(self, view: PoolView, host: HostView) -> None:
         if host.uuid in self._runners:
             log.info("incident.already_open", host=host.name)  # single flight
@@ -1327,6 +1377,9 @@ class Daemon:
                 "witness_held": self._witness.held if self._witness else None,
             },
             "watchdog_armed": self._watchdog is not None and self._watchdog.is_running,
+            "absorb": None if self._absorb is None or view is None or view.master != self._me
+            else {"tolerate": self._absorb.tolerate, "ok": self._absorb.ok,
+                  "line": self._absorb.line()},
             "hosts": sorted(hosts, key=lambda x: str(x["name"])),
             "incidents": [{**_incident_doc(r.incident, names), "waiting_for_journal": r.blocked}
                           for r in self._runners.values()],

@@ -94,6 +94,10 @@ def render(doc: Mapping[str, Any]) -> str:
                        ("xapi_error", "XAPI"), ("fencing_unsafe", "UNSAFE")):
         if doc.get(key):
             lines.append(f"{label}: {doc[key]}")
+    absorb = doc.get("absorb")
+    if isinstance(absorb, dict):
+        lines.append(f"capacity: {'ok' if absorb.get('ok') else 'OVERCOMMITTED'}, "
+                     f"{absorb.get('line')}")
     failover = doc.get("failover") or {}
     if failover.get("vote"):
         lines.append(f"failover: voting for {failover['vote']}")

@@ -16,6 +16,7 @@ from xenhad.testbed import Testbed
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 SPEC = PoolSpec(hosts=3, vms=12, seed=3, vm_start_seconds=0.5)
+GIB = 1024**3
 
 
 def messages(bed: Testbed) -> list[dict[str, Any]]:
@@ -91,3 +92,48 @@ def test_a_fence_that_never_succeeds_raises_a_bounded_number_of_messages(
         assert all(m["cls"] == "Host" and m["priority"] == "2" for m in waiting)
         assert "could not be fenced" in waiting[0]["body"]
         assert not named(bed, "XENHAD_VM_RESTARTED")
+
+
+def test_a_pool_filled_past_one_failure_is_said_once_and_cleared_when_room_returns(
+    workdir: Path,
+) -> None:
+    # 32 GiB hosts (seed 3): host1 has 16 GiB free, host2 5, host3 6; vm006 (16 GiB,
+    # protected) is halted. Started on host1, the failure of host1 would strand it.
+    spec = PoolSpec(hosts=3, vms=12, seed=3, vm_start_seconds=0.5, host_memory=32 * GIB)
+    overrides = {"recovery": {"tolerate": 1, "admission_interval": 1.0}}
+    with Testbed(spec, workdir, overrides=overrides) as bed:
+        bed.wait_for(lambda: bool(bed.events_named("pool.can_absorb", "host1")), 60,
+                     what="the first admission check")
+        assert not named(bed, "XENHAD_POOL_OVERCOMMITTED")
+        session = bed.xapi()
+        try:
+            x = session.xenapi
+            vm = x.VM.get_by_name_label("vm006")[0]
+            x.VM.start_on(vm, x.host.get_by_name_label("host1")[0], False, False)
+            bed.wait_for(lambda: bool(named(bed, "XENHAD_POOL_OVERCOMMITTED")), 30,
+                         what="the overcommit message")
+            time.sleep(4)  # several more checks, with the same answer
+            over, = named(bed, "XENHAD_POOL_OVERCOMMITTED")
+            [pool] = x.pool.get_all()
+            assert (over["cls"], over["obj_uuid"], over["priority"]) == (
+                "Pool", x.pool.get_uuid(pool), "3")
+            assert over["body"].startswith("the pool can no longer absorb the failure of 1 "
+                                           "host: if host1 failed, 1 protected VMs would find "
+                                           "no room: vm006 (needs 16384 MiB, largest free")
+            assert "OVERCOMMITTED" in bed_status(bed)
+            x.VM.hard_shutdown(vm)
+            bed.wait_for(lambda: bool(named(bed, "XENHAD_POOL_OVERCOMMIT_CLEARED")), 30,
+                         what="the message saying room returned")
+            time.sleep(3)
+        finally:
+            session.xenapi.session.logout()
+        assert len(named(bed, "XENHAD_POOL_OVERCOMMITTED")) == 1
+        cleared, = named(bed, "XENHAD_POOL_OVERCOMMIT_CLEARED")
+        assert cleared["priority"] == "4"
+        assert len(bed.events_named("pool.overcommitted", "host1")) == 1
+
+
+def bed_status(bed: Testbed) -> str:
+    from xenhad.status import query, render, socket_path
+
+    return render(query(socket_path(bed.workdir / "host1" / "state")))
