@@ -64,7 +64,7 @@ from xenhad.pool_cache import PoolCache
 from xenhad.recovery import events as ev
 from xenhad.recovery.executor import Executor
 from xenhad.recovery.history import History, Recovered
-from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot
+from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot, VmStatus
 from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
 from xenhad.unit import restart_delay
@@ -221,6 +221,9 @@ class Daemon:
         self._absorb: admission.Absorb | None = None
         """The last admission check's answer (None: not checked yet, or not master)."""
         self._next_admission = 0.0
+        self._suspect_at: dict[HostId, float] = {}
+        """When the detector first suspected each host: detection time, for the metrics."""
+        self._mutual: frozenset[HostId] = frozenset()
         """Quorum was held once: a later change of it is news (the first contact is not)."""
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -249,8 +252,9 @@ class Daemon:
             from xenhad.metrics import Metrics, serve
 
             self._metrics = Metrics()
-            serve(self._metrics, self.config.daemon.metrics_port)
-            log.info("metrics.serving", address="127.0.0.1", port=self.config.daemon.metrics_port)
+            address = self.config.daemon.metrics_address
+            serve(self._metrics, self.config.daemon.metrics_port, address)
+            log.info("metrics.serving", address=address, port=self.config.daemon.metrics_port)
         self._loop_task = asyncio.ensure_future(self._loop())
         try:
             await self._loop_task
@@ -683,6 +687,11 @@ class Daemon:
             return now
         members = set(self._view.hosts)
         mutual = self._peers.mutual(now) & members
+        if self._metrics is not None:
+            for lost in self._mutual - mutual:
+                self._metrics.count("peer_contact_lost",
+                                    self._host_names().get(lost, lost))
+        self._mutual = frozenset(mutual)
         sees, pool = 1 + len(mutual), len(members)
         if self._witness is not None:
             # The witness is one more member; its vote is ours while we hold its lease.
@@ -921,8 +930,10 @@ class Daemon:
         facts = {"host": name, "misses": verdict.misses, "reason": verdict.reason}
         if kind is VerdictKind.SUSPECT:
             log.warning("host.suspect", **facts)
+            self._suspect_at.setdefault(host_id, self._clock.monotonic())
         elif kind is VerdictKind.CLEARED:
             log.info("host.cleared", **facts)
+            self._suspect_at.pop(host_id, None)
         elif kind is VerdictKind.HUNG:
             log.error("host.xapi_hung", **facts,
                       fix="its VMs run: restart its toolstack (xe-toolstack-restart); set "
@@ -935,6 +946,9 @@ class Daemon:
         elif kind is VerdictKind.DOWN:
             log.error("host.down", **facts)
             self._down_why[host_id] = f"{verdict.misses} missed ticks: {verdict.reason}"
+            suspected = self._suspect_at.pop(host_id, None)
+            if suspected is not None and self._metrics is not None:
+                self._metrics.observe("detection", self._clock.monotonic() - suspected)
             if host is not None and not self._may_act:
                 # Opened once this node may act (lock held, database reconciled).
                 self._deferred.add(host.uuid)
@@ -1097,11 +1111,18 @@ class Daemon:
             notice=self._incident_notice,
         )
 
-    def _incident_notice(self, before: Incident, after: Incident) -> None:
-        view = self._view
-        for message in msg.incident_messages(before, after, self._host_names(),
-                                             view.pool_uuid if view is not None else ""):
-            self._messages.post(message)
+    def _incident_notice(self, before: Incident, after: Incident, event: ev.Event) -> None:
+        """Each step of an incident: its XAPI messages and its metrics. Never raises: what
+        the administrator is told must not stop the recovery it tells of."""
+        try:
+            view = self._view
+            for message in msg.incident_messages(before, after, self._host_names(),
+                                                 view.pool_uuid if view is not None else ""):
+                self._messages.post(message)
+            if self._metrics is not None:
+                _incident_metrics(self._metrics, before, after, event)
+        except Exception:
+            log.exception("incident.notice_failed", incident=after.id)
 
     def _configure_messages(self) -> None:
         self._messages.enabled = self.config.alerts.xapi_messages
@@ -1377,6 +1398,11 @@ class Daemon:
                 "witness_held": self._witness.held if self._witness else None,
             },
             "watchdog_armed": self._watchdog is not None and self._watchdog.is_running,
+            "heartbeats": None if self._link is None else {
+                "sent": self._link.sent, "received": self._link.received,
+                "bad": self._link.bad, "unlogged": self._link.unlogged},
+            "messages": {"posted": self._messages.posted, "dropped": self._messages.dropped,
+                         "suppressed": self._messages.suppressed},
             "absorb": None if self._absorb is None or view is None or view.master != self._me
             else {"tolerate": self._absorb.tolerate, "ok": self._absorb.ok,
                   "line": self._absorb.line()},
@@ -1468,6 +1494,33 @@ class Daemon:
                                                    str(delay.source))
         if warning is not None:
             log.warning("self_fence.restart_too_slow", why=warning)
+
+
+def _incident_metrics(metrics: Metrics, before: Incident, after: Incident,
+                      event: ev.Event) -> None:
+    if isinstance(event, ev.FenceDone) and not event.returned:
+        result = "off" if event.off else "failed"
+        metrics.count("fences", event.backend or "none", result)
+        if event.off and not before.fenced_by:
+            metrics.observe("fencing", event.now - after.opened_at)
+    elif isinstance(event, ev.FenceDone):
+        metrics.count("fences", event.backend or "none", "host-back")
+    for uuid, task in after.vms.items():
+        old = before.vms.get(uuid)
+        if old is not None and old.status is task.status and old.attempts == task.attempts:
+            continue
+        if task.status is VmStatus.RUNNING:
+            metrics.count("vm_restarts", "restarted")
+            metrics.observe("vm_restart", getattr(event, "now", after.opened_at)
+                            - after.opened_at)
+        elif task.status is VmStatus.FAILED:
+            metrics.count("vm_restarts", "given_up")
+        elif task.status is VmStatus.RESET and task.last_error and old is not None:
+            metrics.count("vm_restarts", "no_room" if task.last_error.startswith(
+                "no host fits") else "retry")
+    if after.phase.closed and not before.phase.closed:
+        metrics.count("incidents_closed", after.phase.value)
+        metrics.observe("recovery", (after.closed_at or after.opened_at) - after.opened_at)
 
 
 def _proves_off(incident: Incident) -> bool:

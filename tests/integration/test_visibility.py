@@ -137,3 +137,73 @@ def bed_status(bed: Testbed) -> str:
     from xenhad.status import query, render, socket_path
 
     return render(query(socket_path(bed.workdir / "host1" / "state")))
+
+
+def test_a_scrape_during_an_incident_shows_the_new_series(workdir: Path) -> None:
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class MetricsBed(Testbed):
+        def config_for(self, name: str) -> dict[str, Any]:
+            # host1's daemon serves metrics on host1's own address (daemon.metrics_address).
+            doc = super().config_for(name)
+            if name == "host1":
+                doc["daemon"].update(metrics_port=port,
+                                     metrics_address=self.host(name)["address"])
+            return doc
+
+    with MetricsBed(SPEC, workdir) as bed:
+        wait_all_logged(bed, "quorum.gained")
+        address = bed.host("host1")["address"]
+
+        def scrape() -> dict[str, list[Any]]:
+            url = f"http://{address}:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+            samples: dict[str, list[Any]] = {}  # by sample name (a counter's ends in _total)
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    samples.setdefault(sample.name, []).append(sample)
+            return samples
+
+        def value(families: dict[str, list[Any]], name: str, **labels: str) -> float:
+            found = [s.value for s in families.get(name, [])
+                     if all(s.labels.get(k) == v for k, v in labels.items())]
+            assert len(found) == 1, (name, labels, families.get(name))
+            return float(found[0])
+
+        before = scrape()
+        assert value(before, "xenhad_incidents_open", phase="waiting-fence") == 0
+        assert value(before, "xenhad_build_info", version=__import__("xenhad").__version__) == 1
+        host1 = bed.host("host1")["uuid"]
+        assert value(before, "xenhad_local_host", host="host1", uuid=host1) == 1
+        assert value(before, "xenhad_host_state", host="host1", uuid=host1, state="up") == 1
+        assert value(before, "xenhad_heartbeats_received_total") > 0
+        # host2's BMC ignores power-off and host2 is cut off: its incident waits.
+        bed.bmc_mode("host2", "ignore-off")
+        bed.pool.partition([["host1", "host3"], ["host2"]])
+        bed.wait_for(lambda: value(scrape(), "xenhad_incidents_open",
+                                   phase="waiting-fence") == 1, 30,
+                     what="the incident waiting for its fence in the metrics")
+        during = scrape()
+        host2 = bed.host("host2")["uuid"]
+        assert value(during, "xenhad_host_state", host="host2", uuid=host2, state="down") == 1
+        assert value(during, "xenhad_incident_waiting_fence", host="host2") == 1
+        assert value(during, "xenhad_fences_total", backend="redfish", result="failed") >= 1
+        assert value(during, "xenhad_detection_seconds_count") == 1
+        assert 0 < value(during, "xenhad_detection_seconds_sum") < 10
+        assert value(during, "xenhad_xapi_messages_total", result="posted") >= 1
+        bed.bmc_mode("host2", "ok")  # repaired: the next retry fences
+        bed.wait_for(lambda: value(scrape(), "xenhad_incidents_closed_total", phase="done")
+                     == 1, 60, what="the incident to close")
+        after = scrape()
+        assert value(after, "xenhad_fencing_seconds_count") == 1
+        assert value(after, "xenhad_recovery_seconds_count") == 1
+        assert value(after, "xenhad_vm_restarts_total", result="restarted") >= 1
+        assert value(after, "xenhad_incidents_open", phase="waiting-fence") == 0

@@ -45,8 +45,9 @@ class RunnerDeps:
     wall: Callable[[], float]
     alert: Callable[[dict[str, Any]], None] = lambda payload: None
     """Each incident transition, for webhooks and hooks (xenhad.alerts: never blocks)."""
-    notice: Callable[[Incident, Incident], None] = lambda before, after: None
-    """Each step (before, after), for the XAPI messages (xenhad.messages: never blocks)."""
+    notice: Callable[[Incident, Incident, ev.Event], None] = lambda before, after, event: None
+    """Each step (before, after, the event that made it), for the XAPI messages and the
+    metrics (never blocks, never raises)."""
 
 
 class IncidentRunner:
@@ -151,7 +152,9 @@ class IncidentRunner:
             self._history.event(self.incident, self.incident.host, event)
         except JournalError:
             return False  # the daemon says so, once (Daemon._watch_journal)
+        before = self.incident
         self._owe(self._record(transition))
+        self._notice(before, self.incident, event)
         self._flush()
         return True
 
@@ -194,8 +197,6 @@ class IncidentRunner:
         self.incident = after
         # What happened to VMs first, then the phase it led to: the log reads in order.
         self._log_vm_changes(before, after)
-        if after != before:
-            self._notice(before, after)
         if before.phase is not after.phase:
             log.info(
                 "incident.step",
