@@ -3,6 +3,8 @@ pool holds (as Xen Orchestra lists them), admission control, and the metrics."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -162,10 +164,13 @@ def test_a_scrape_during_an_incident_shows_the_new_series(workdir: Path) -> None
         wait_all_logged(bed, "quorum.gained")
         address = bed.host("host1")["address"]
 
-        def scrape() -> dict[str, list[Any]]:
+        def scrape_text() -> str:
             url = f"http://{address}:{port}/metrics"
             with urllib.request.urlopen(url, timeout=5) as r:
-                text = r.read().decode()
+                return str(r.read().decode())
+
+        def scrape() -> dict[str, list[Any]]:
+            text = scrape_text()
             samples: dict[str, list[Any]] = {}  # by sample name (a counter's ends in _total)
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
@@ -199,6 +204,11 @@ def test_a_scrape_during_an_incident_shows_the_new_series(workdir: Path) -> None
         assert value(during, "xenhad_detection_seconds_count") == 1
         assert 0 < value(during, "xenhad_detection_seconds_sum") < 10
         assert value(during, "xenhad_xapi_messages_total", result="posted") >= 1
+        promtool = shutil.which("promtool")
+        if promtool is not None:  # the exposition's lint (names, units, types)
+            lint = subprocess.run([promtool, "check", "metrics"], input=scrape_text(),
+                                  capture_output=True, text=True, timeout=30, check=False)
+            assert lint.returncode == 0, lint.stdout + lint.stderr
         bed.bmc_mode("host2", "ok")  # repaired: the next retry fences
         bed.wait_for(lambda: value(scrape(), "xenhad_incidents_closed_total", phase="done")
                      == 1, 60, what="the incident to close")
