@@ -174,15 +174,21 @@ def get_all(ctx: Ctx) -> list[str]:
     return list(_box(ctx).messages)
 
 
+def _newest_first(ctx: Ctx, cutoff: float) -> dict[str, dict[str, Any]]:
+    # get_real_inner: the records sorted newest first (by generation, then timestamp).
+    found = sorted((m for m in _box(ctx).messages.values() if m.timestamp > cutoff),
+                   key=lambda m: m.timestamp, reverse=True)
+    return {m.ref: m.record() for m in found}
+
+
 @method("message.get_all_records", 0)
 def get_all_records(ctx: Ctx) -> dict[str, dict[str, Any]]:
-    return {ref: m.record() for ref, m in _box(ctx).messages.items()}
+    return _newest_first(ctx, float("-inf"))
 
 
 @method("message.get_since", 1)
 def get_since(ctx: Ctx, since: Any) -> dict[str, dict[str, Any]]:
-    cutoff = _since(since)
-    return {ref: m.record() for ref, m in _box(ctx).messages.items() if m.timestamp > cutoff}
+    return _newest_first(ctx, _since(since))
 
 
 @method("message.get_by_uuid", 1)
