@@ -216,13 +216,13 @@ class Daemon:
         self._messages = msg.PoolMessages(lambda: self._xapi, self._clock,
                                           may_post=self._may_post)
         self._down_why: dict[HostId, str] = {}
+        self._evidence_of: dict[HostId, str] = {}
+        """The evidence each open incident was opened on, for `xenhad status`."""
         """Why the detector confirmed each host down: the evidence its message gives."""
         self._quorum_known = False
         self._absorb: admission.Absorb | None = None
         """The last admission check's answer (None: not checked yet, or not master)."""
         self._next_admission = 0.0
-        self._suspect_at: dict[HostId, float] = {}
-        """When the detector first suspected each host: detection time, for the metrics."""
         self._mutual: frozenset[HostId] = frozenset()
         """Quorum was held once: a later change of it is news (the first contact is not)."""
 
@@ -930,10 +930,8 @@ class Daemon:
         facts = {"host": name, "misses": verdict.misses, "reason": verdict.reason}
         if kind is VerdictKind.SUSPECT:
             log.warning("host.suspect", **facts)
-            self._suspect_at.setdefault(host_id, self._clock.monotonic())
         elif kind is VerdictKind.CLEARED:
             log.info("host.cleared", **facts)
-            self._suspect_at.pop(host_id, None)
         elif kind is VerdictKind.HUNG:
             log.error("host.xapi_hung", **facts,
                       fix="its VMs run: restart its toolstack (xe-toolstack-restart); set "
@@ -945,10 +943,10 @@ class Daemon:
                 "(xe-toolstack-restart)", repeat_key=f"hung:{host_id}"))
         elif kind is VerdictKind.DOWN:
             log.error("host.down", **facts)
-            self._down_why[host_id] = f"{verdict.misses} missed ticks: {verdict.reason}"
-            suspected = self._suspect_at.pop(host_id, None)
-            if suspected is not None and self._metrics is not None:
-                self._metrics.observe("detection", self._clock.monotonic() - suspected)
+            now = self._clock.monotonic()
+            self._down_why[host_id] = self._evidence(view, host_id, verdict, now)
+            if self._metrics is not None:
+                self._metrics.observe("detection", now - verdict.since)
             if host is not None and not self._may_act:
                 # Opened once this node may act (lock held, database reconciled).
                 self._deferred.add(host.uuid)
@@ -965,6 +963,29 @@ class Daemon:
             runner = self._runners.get(host_id)
             if runner is not None:
                 runner.feed(ev.HostReturned(self._clock.wall()))
+
+    def _evidence(self, view: PoolView, host_id: HostId, verdict: Verdict, now: float) -> str:
+        """Why `host_id` was confirmed down, in one line: what each tick saw, when its
+        daemon was last heard (by us or a peer), and who made the quorum that allowed it.
+        Journaled with the incident, so `xenhad history` can answer "why did it reboot"."""
+        names = self._host_names()
+        parts = [f"{verdict.misses} missed ticks over {now - verdict.since:.1f} s "
+                 f"({verdict.reason})"]
+        peers = self._peers
+        if peers is not None:
+            heard = peers.heard_at(host_id)
+            vouched = peers.evidence(host_id, now)
+            if heard is None:
+                parts.append("its daemon never heard since this one started")
+            else:
+                parts.append(f"its daemon last heard {now - heard:.1f} s before")
+            if vouched is not None and (heard is None or vouched > heard):
+                parts.append(f"(by a peer {now - vouched:.1f} s before)")
+            mutual = sorted(names.get(h, h) for h in peers.mutual(now) & set(view.hosts))
+            me = names.get(self._me, self._me)
+            parts.append(f"quorum: {', '.join([me, *mutual])} in contact "
+                         f"({1 + len(mutual)} of {len(view.hosts)})")
+        return "; ".join(parts)
 
     def _restart_offline(self, view: PoolView, now: float) -> None:
         """Start protected VMs found Halted though nobody shut them down (offline.py), once
@@ -1072,6 +1093,8 @@ class Daemon:
         vms = tuple(
             VmSnapshot.of(vm) for vm in view.vms_on(host.uuid) if vm.running
         )
+        why = self._down_why.pop(host.uuid, "the pool master: the survivors confirmed it "
+                                 "down and a majority voted to replace it")
         opened = ev.Opened(
             incident=incident_id,
             host=host.uuid,
@@ -1079,6 +1102,7 @@ class Daemon:
             now=wall,
             vms=vms,
             unsafe=self.config.fencing.mode is FencingMode.TRUST_LIVENESS,
+            evidence=why,
         )
         try:
             runner = IncidentRunner.open(opened, self._runner_deps())
@@ -1086,12 +1110,13 @@ class Daemon:
             # Nothing is done for it until its opening is on disk: tried again each tick
             # (with the deferred), and _watch_journal says loudly why it waits.
             self._deferred.add(host.uuid)
+            self._down_why[host.uuid] = why
             return
+        self._evidence_of[host.uuid] = why
         if self._metrics is not None:
             self._metrics.incident_opened()
         protected = sum(1 for vm in vms if vm.protection.value != "off")
         me = self._host_names().get(self._me, self._me)
-        why = self._down_why.pop(host.uuid, "the master this host replaced")
         self._messages.post(msg.make(
             msg.HOST_FAILED, msg.Subject.HOST, host.uuid,
             f"{host.name} confirmed down by xenhad on {me} ({why}): {len(vms)} VMs were "
@@ -1147,6 +1172,7 @@ class Daemon:
 
         def finished(done: asyncio.Task[object]) -> None:
             self._runners.pop(host, None)
+            self._evidence_of.pop(host, None)
             self._runner_tasks.pop(host, None)
             if _proves_off(runner.incident):
                 self._proven_off.add(host)
@@ -1407,7 +1433,8 @@ class Daemon:
             else {"tolerate": self._absorb.tolerate, "ok": self._absorb.ok,
                   "line": self._absorb.line()},
             "hosts": sorted(hosts, key=lambda x: str(x["name"])),
-            "incidents": [{**_incident_doc(r.incident, names), "waiting_for_journal": r.blocked}
+            "incidents": [{**_incident_doc(r.incident, names), "waiting_for_journal": r.blocked,
+                           "evidence": self._evidence_of.get(r.incident.host)}
                           for r in self._runners.values()],
         }
 

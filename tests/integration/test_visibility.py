@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,29 +72,41 @@ def test_a_slave_crash_leaves_messages_on_the_host_and_each_vm(workdir: Path) ->
         assert (closed["cls"], closed["obj_uuid"], closed["priority"]) == ("Host", host2, "4")
         assert f"{len(protected)} restarted" in closed["body"]
         assert all(m["name"].startswith("XENHAD_") for m in messages(bed))
+        # "Why did host2 go down?": the journal keeps the evidence the master acted on.
+        text = subprocess.run(
+            [sys.executable, "-m", "xenhad", "history", "--config",
+             str(bed.daemons["host1"].config), "--host", "host2"],
+            capture_output=True, text=True, timeout=60, check=True).stdout
+        why = next(line for line in text.splitlines() if line.startswith("  why down"))
+        assert "missed ticks over" in why and "its daemon last heard" in why
+        assert "quorum: host1, host3 in contact (2 of 3)" in why
+        assert "fenced: redfish proved the power off" in text
 
 
 def test_a_fence_that_never_succeeds_raises_a_bounded_number_of_messages(
     workdir: Path,
 ) -> None:
-    overrides = {"alerts": {"message_repeat": 8.0}}
-    with Testbed(SPEC, workdir, overrides=overrides) as bed:
+    # alerts.message_repeat at its default (900 s): every retry of the 20 s below fails.
+    with Testbed(SPEC, workdir) as bed:
         wait_all_logged(bed, "quorum.gained")
         bed.bmc_mode("host2", "ignore-off")  # accepts ForceOff, and the host stays on
         bed.pool.partition([["host1", "host3"], ["host2"]])
         bed.wait_for(lambda: bed.events_named("incident.waiting_fence", "host1"), 60,
                      what="the incident to wait for a fence")
+        status = bed_status(bed)
+        assert "phase waiting-fence" in status and "  why down: " in status
         started = time.monotonic()
         time.sleep(20)
         held = time.monotonic() - started
         attempts = len(bed.events_named("fence.not_confirmed", "host1"))
         waiting = named(bed, "XENHAD_HOST_FENCE_FAILED")
-        # Every retry failed; one message, then one per message_repeat at most.
-        assert attempts > len(waiting)
-        assert 1 <= len(waiting) <= 1 + held // 8.0 + 1, (attempts, len(waiting))
+        # Every retry failed, and said so in the log; the administrator got one message
+        # (the next one after message_repeat, tests/unit/test_messages.py).
+        assert attempts >= 3 and len(waiting) == 1, (attempts, len(waiting))
         assert all(m["cls"] == "Host" and m["priority"] == "2" for m in waiting)
         assert "could not be fenced" in waiting[0]["body"]
         assert not named(bed, "XENHAD_VM_RESTARTED")
+        print(f"fence attempts {attempts}, messages {len(waiting)} over {held:.0f} s")
 
 
 def test_a_pool_filled_past_one_failure_is_said_once_and_cleared_when_room_returns(

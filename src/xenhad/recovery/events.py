@@ -41,6 +41,10 @@ class Opened:
     offline: bool = False
     """Protected VMs XAPI shows Halted though nobody shut them down (offline.py): no host
     to fence, nothing to reset; they are only started again. `host` is OFFLINE."""
+    evidence: str = ""
+    """Why the host was confirmed down, as the acting master saw it (missed ticks, its
+    heartbeats, the quorum): for `xenhad history` and `xenhad status`. Journals written
+    before this field read ""."""
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ class IncidentReport:
     fenced_by: str
     unsafe: bool
     note: str
+    evidence: str
+    """Why the host was confirmed down (the opening's `evidence`; "" in older journals)."""
     restarted: tuple[VmLine, ...]
     failed: tuple[VmLine, ...]
     not_placed: tuple[VmLine, ...]
@@ -183,6 +185,8 @@ def _report(
         fenced_by=incident.fenced_by,
         unsafe=incident.unsafe,
         note=incident.note,
+        evidence=next((str(r.get("evidence") or "") for r in group
+                       if r.get("event") == "opened"), ""),
         restarted=tuple(
             _line(t, host_name(t.host) if t.host else "where: not recorded")
             for t in protected if t.status is VmStatus.RUNNING
