@@ -72,7 +72,8 @@ class Absorb:
         vms = "; ".join(f"{vm} ({why})" for vm, why in self.stranded[:5])
         more = f" and {len(self.stranded) - 5} more" if len(self.stranded) > 5 else ""
         return (f"the pool can no longer absorb the failure of {self.tolerate} {hosts}: "
-                f"if {who} failed, {len(self.stranded)} protected VMs would find no room: "
+                f"if {who} failed, {len(self.stranded)} protected "
+                f"VM{'' if len(self.stranded) == 1 else 's'} would find no room: "
                 f"{vms}{more}")
 
 

@@ -979,8 +979,8 @@ class Daemon:
                 parts.append("its daemon never heard since this one started")
             else:
                 parts.append(f"its daemon last heard {now - heard:.1f} s before")
-            if vouched is not None and (heard is None or vouched > heard):
-                parts.append(f"(by a peer {now - vouched:.1f} s before)")
+            if vouched is not None and (heard is None or vouched > heard + 0.5):
+                parts.append(f"vouched for by a peer until {now - vouched:.1f} s before")
             mutual = sorted(names.get(h, h) for h in peers.mutual(now) & set(view.hosts))
             me = names.get(self._me, self._me)
             parts.append(f"quorum: {', '.join([me, *mutual])} in contact "
@@ -1103,6 +1103,7 @@ class Daemon:
             vms=vms,
             unsafe=self.config.fencing.mode is FencingMode.TRUST_LIVENESS,
             evidence=why,
+            pool_hosts=tuple(sorted((h.uuid, h.name) for h in view.hosts.values())),
         )
         try:
             runner = IncidentRunner.open(opened, self._runner_deps())
@@ -1561,6 +1562,10 @@ def _incident_doc(incident: Incident, names: dict[HostId, str]) -> dict[str, Any
         "host": incident.host_name,
         "phase": incident.phase.value,
         "fenced_by": incident.fenced_by or None,
+        # A fence failed and none has succeeded since: true through the retries too (an
+        # incident that cannot be fenced spends most of its time in a retry's "fencing").
+        "fence_failed": not incident.phase.closed and not incident.fenced_by and (
+            incident.phase is Phase.WAITING_FENCE or incident.fence_attempts > 1),
         "note": incident.note or None,
         "vms": [
             {"name": t.vm.name, "status": t.status.value,

@@ -166,12 +166,13 @@ class Metrics(Collector):
                                       labels=["phase"])
         phases = dict.fromkeys(OPEN_PHASES, 0)
         waiting_fence = GaugeMetricFamily(
-            "xenhad_incident_waiting_fence", "1 for each host whose incident waits for a fence: "
-            "none of its VMs is restarted until it is proven off", labels=["host"])
+            "xenhad_incident_waiting_fence", "1 for each host whose incident failed to fence it "
+            "and has not fenced it since (retries included): none of its VMs is restarted "
+            "until it is proven off", labels=["host"])
         for incident in doc.get("incidents") or []:
             phase = str(incident.get("phase"))
             phases[phase] = phases.get(phase, 0) + 1
-            if phase == "waiting-fence":
+            if incident.get("fence_failed"):
                 waiting_fence.add_metric([str(incident.get("host"))], 1)
         for phase, number in sorted(phases.items()):
             incidents.add_metric([phase], number)

@@ -133,7 +133,7 @@ def test_a_pool_filled_past_one_failure_is_said_once_and_cleared_when_room_retur
             assert (over["cls"], over["obj_uuid"], over["priority"]) == (
                 "Pool", x.pool.get_uuid(pool), "3")
             assert over["body"].startswith("the pool can no longer absorb the failure of 1 "
-                                           "host: if host1 failed, 1 protected VMs would find "
+                                           "host: if host1 failed, 1 protected VM would find "
                                            "no room: vm006 (needs 16384 MiB, largest free")
             assert "OVERCOMMITTED" in bed_status(bed)
             x.VM.hard_shutdown(vm)

@@ -32,7 +32,7 @@ def test_one_failure_fits_two_do_not() -> None:
     assert not two.ok and two.failed == ("h1", "h2")
     assert two.stranded == (("b", "needs 8192 MiB, largest free 2048 MiB"),)
     assert two.line().startswith("the pool can no longer absorb the failure of 2 hosts: "
-                                 "if h1 and h2 failed, 1 protected VMs would find no room")
+                                 "if h1 and h2 failed, 1 protected VM would find no room")
 
 
 def test_no_host_left_to_receive_is_never_absorbed() -> None:

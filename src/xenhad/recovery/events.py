@@ -45,6 +45,9 @@ class Opened:
     """Why the host was confirmed down, as the acting master saw it (missed ticks, its
     heartbeats, the quorum): for `xenhad history` and `xenhad status`. Journals written
     before this field read ""."""
+    pool_hosts: tuple[tuple[HostId, str], ...] = ()
+    """(uuid, name_label) of every host of the pool then, so `xenhad history` names the
+    hosts VMs were restarted on. Journals written before this field read ()."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def encode(event: Event) -> dict[str, Any]:
             value = value.value
         elif f.name == "vms":
             value = [_encode_vm(vm) for vm in value]
-        elif f.name == "hosts":
+        elif f.name in ("hosts", "pool_hosts"):
             value = [list(pair) for pair in value]
         record[f.name] = value
     return record
@@ -199,6 +202,8 @@ def decode(record: Mapping[str, Any]) -> Event:
                 value = tuple(_decode_vm(v) for v in value)
             elif f.name == "hosts":
                 value = tuple((str(h), int(m)) for h, m in value)
+            elif f.name == "pool_hosts":
+                value = tuple((str(h), str(n)) for h, n in value)
             elif f.name == "outcome":
                 value = StartOutcome(value)
             kwargs[f.name] = value

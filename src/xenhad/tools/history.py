@@ -126,6 +126,11 @@ def incidents(
         groups.setdefault(incident_id, []).append(record)
         if record.get("event") == "opened":
             last_of_host[host] = incident_id
+            # The pool's hosts as the incident opened (journals since issue 22), so the
+            # hosts VMs went to are named, not only the dead one.
+            for pair in record.get("pool_hosts") or ():
+                if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                    host_names.setdefault(str(pair[0]), str(pair[1]))
             host_names[host] = str(record.get("host_name", host))
 
     reports: list[IncidentReport] = []
