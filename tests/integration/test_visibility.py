@@ -230,3 +230,38 @@ def test_a_scrape_during_an_incident_shows_the_new_series(workdir: Path) -> None
         assert value(after, "xenhad_recovery_seconds_count") == 1
         assert value(after, "xenhad_vm_restarts_total", result="restarted") >= 1
         assert value(after, "xenhad_incidents_open", phase="waiting-fence") == 0
+
+
+def test_a_promotion_is_said_on_the_new_master_which_also_tells_of_the_old(
+    workdir: Path,
+) -> None:
+    with Testbed(SPEC, workdir) as bed:
+        wait_all_logged(bed, "quorum.gained")
+        host1 = bed.host("host1")["uuid"]
+        bed.crash("host1")
+        bed.wait_for(lambda: bool(bed.events_named("failover.promoted")), 60,
+                     what="a promotion")
+        (new_master, _), = bed.events_named("failover.promoted")
+        bed.wait_for(lambda: bool(bed.events_named("incident.closed", new_master)), 90,
+                     what="the old master's incident to close")
+        bed.wait_for(lambda: bool(named(bed, "XENHAD_INCIDENT_CLOSED")), 20,
+                     what="its summary message")
+        promoted, = named(bed, "XENHAD_MASTER_PROMOTED")
+        assert (promoted["cls"], promoted["obj_uuid"]) == ("Host", bed.host(new_master)["uuid"])
+        assert promoted["body"].startswith(f"{new_master} is the pool master now")
+        assert "master host1 down" in promoted["body"]
+        failed, = named(bed, "XENHAD_HOST_FAILED")
+        assert failed["obj_uuid"] == host1 and "voted to replace it" in failed["body"]
+
+
+def test_each_host_says_its_self_fencing_is_armed(workdir: Path) -> None:
+    with Testbed(SPEC, workdir, self_fence=True) as bed:
+        wait_all_logged(bed, "watchdog.armed")
+        uuids = {bed.host(n)["uuid"] for n in ("host1", "host2", "host3")}
+        bed.wait_for(lambda: len(named(bed, "XENHAD_SELF_FENCE_ARMED")) == 3, 20,
+                     what="three armed messages")
+        armed = named(bed, "XENHAD_SELF_FENCE_ARMED")
+        # A slave's call is forwarded to the master: all three are in the master's list.
+        assert {m["obj_uuid"] for m in armed} == uuids
+        assert all(m["cls"] == "Host" and m["priority"] == "5" for m in armed)
+        assert all("self-fencing armed (6 s watchdog)" in m["body"] for m in armed)
