@@ -213,7 +213,8 @@ class PoolMessages:
 
     `xapi` returns the daemon's current session (None before the first connection);
     `may_post` says whether a message would reach the master now (we are the master, or our
-    master is heard): a slave cut off from its master would only hold a thread in XAPI.
+    master is heard): until it does, a message waits (up to GIVE_UP_SECONDS), as a call
+    forwarded to a silent master would only hold a thread in XAPI.
     """
 
     def __init__(self, xapi: Callable[[], Xapi | None], clock: Clock, *,
@@ -236,7 +237,7 @@ class PoolMessages:
 
     def post(self, message: Message) -> None:
         """Queue `message`; returns at once and never raises."""
-        if not self.enabled or not self._may_post():
+        if not self.enabled:
             return
         try:
             self._post(message)
@@ -306,8 +307,11 @@ class PoolMessages:
     async def _deliver(self, item: _Queued) -> None:
         message, wait = item.message, 1.0
         while True:
-            xapi = self._xapi()
-            reason = "no XAPI session yet"
+            # Asked at each try: a slave that has not heard its master yet (just started,
+            # or cut off) waits, as for an unreachable xapi, rather than hold a thread.
+            ready = self._may_post()
+            xapi = self._xapi() if ready else None
+            reason = "no XAPI session yet" if ready else "the pool master is not heard"
             if xapi is not None:
                 try:
                     # One attempt a call: the facade's retries would outlast our deadline,
