@@ -131,6 +131,10 @@ class RecoveryConfig:
     retry_backoff_max: float = 60.0
     start_timeout: float = 300.0
     """How long one VM.start_on may take: a boot, not a database call (xapi.timeout)."""
+    tolerate: int = 1
+    """Host failures the pool must be able to absorb (admission.py); 0: not checked."""
+    admission_interval: float = 180.0
+    """Seconds between the master's checks that the pool can absorb `tolerate` failures."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,10 @@ class AlertsConfig:
     """Webhook attempts after the first, on connection errors, timeouts and 5xx answers."""
     verify_tls: bool = True
     ca_file: Path | None = None
+    xapi_messages: bool = True
+    """XAPI messages (message.create) for the administrator's tools (messages.py)."""
+    message_repeat: float = 900.0
+    """Seconds before a message about a condition that lasts (no fence yet) is repeated."""
 
     @property
     def enabled(self) -> bool:
@@ -191,7 +199,8 @@ class DaemonConfig:
     log_format: LogFormat = "kv"
     log_level: LogLevel = "info"
     metrics_port: int = 0
-    """Prometheus metrics on 127.0.0.1:<port>; 0 (default) serves none."""
+    """Prometheus metrics on <metrics_address>:<port>; 0 (default) serves none."""
+    metrics_address: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -782,6 +791,9 @@ def _parse_recovery(t: Table) -> RecoveryConfig:
         retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max,
         start_timeout=t.seconds("start_timeout", d.start_timeout, maximum=86400),
+        tolerate=t.integer("tolerate", d.tolerate, minimum=0, maximum=3),
+        admission_interval=t.seconds("admission_interval", d.admission_interval,
+                                     maximum=86400),
     )
 
 
@@ -798,7 +810,18 @@ def _parse_daemon(t: Table) -> DaemonConfig:
         log_format=cast(LogFormat, t.choice("log_format", d.log_format, LOG_FORMATS)),
         log_level=cast(LogLevel, t.choice("log_level", d.log_level, LOG_LEVELS)),
         metrics_port=t.integer("metrics_port", d.metrics_port, minimum=0, maximum=65535),
+        metrics_address=_ip_address(t, "metrics_address", d.metrics_address),
     )
+
+
+def _ip_address(t: Table, key: str, default: str) -> str:
+    value = t.string(key, default)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise t.error(key, value, 'expected an IP address to bind, e.g. "127.0.0.1" or '
+                      'the management address (scraped from another host)') from None
+    return value
 
 
 # --------------------------------------------------------------------------- files
@@ -961,6 +984,8 @@ def _parse_alerts(t: Table) -> AlertsConfig:
         retries=t.integer("retries", d.retries, minimum=0, maximum=10),
         verify_tls=verify_tls,
         ca_file=ca_file,
+        xapi_messages=t.boolean("xapi_messages", d.xapi_messages),
+        message_repeat=t.seconds("message_repeat", d.message_repeat, maximum=86400),
     )
 
 

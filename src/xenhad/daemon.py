@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import random
 import signal
@@ -17,15 +18,17 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from xenhad import admission
 from xenhad import config as configuration
 from xenhad import log as logsetup
+from xenhad import messages as msg
 from xenhad import status as status_socket
 from xenhad.alerts import Alerts
 from xenhad.clock import Clock, SystemClock
@@ -62,7 +65,7 @@ from xenhad.pool_cache import PoolCache
 from xenhad.recovery import events as ev
 from xenhad.recovery.executor import Executor
 from xenhad.recovery.history import History, Recovered
-from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot
+from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot, VmStatus
 from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
 from xenhad.stranded import Stranded, stranded
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
     from xenhad.metrics import Metrics
 
 log = structlog.get_logger("xenhad.daemon")
+T = TypeVar("T")
 
 PROBE_HEARD_EVERY = 60
 """A host whose heartbeats arrive is probed only every this many ticks (2 min at the default
@@ -106,10 +110,12 @@ HISTORY_SECONDS = 30 * 24 * 3600
 
 XAPI_CLOSE_SECONDS = 5.0
 ALERTS_DRAIN_SECONDS = 5.0
+MESSAGES_DRAIN_SECONDS = 1.0
 STOP_SECONDS = XAPI_CLOSE_SECONDS + ALERTS_DRAIN_SECONDS + 5.0
 """The longest a stop takes from SIGTERM to exit: a logout, the alerts' drain, and 5 s for
-the rest (parking, the watchdog's disarm, the last heartbeat). The unit's TimeoutStopSec
-(30 s) leaves room over it; calls in flight are abandoned, never waited for."""
+the rest (parking, XAPI messages still queued (1 s), the watchdog's disarm, the last
+heartbeat). The unit's TimeoutStopSec (30 s) leaves room over it; calls in flight are
+abandoned, never waited for."""
 
 
 def heard_within(interval: float) -> float:
@@ -218,6 +224,18 @@ class Daemon:
         self._unwritten_ends: list[HostId] = []
         """Hosts back whose episode end the journal refused: written as soon as it can be."""
         self._journal_failing_since: float | None = None
+        self._messages = msg.PoolMessages(lambda: self._xapi, self._clock,
+                                          may_post=self._may_post)
+        self._down_why: dict[HostId, str] = {}
+        self._evidence_of: dict[HostId, str] = {}
+        """The evidence each open incident was opened on, for `xenhad status`."""
+        """Why the detector confirmed each host down: the evidence its message gives."""
+        self._quorum_known = False
+        self._absorb: admission.Absorb | None = None
+        """The last admission check's answer (None: not checked yet, or not master)."""
+        self._next_admission = 0.0
+        self._mutual: frozenset[HostId] = frozenset()
+        """Quorum was held once: a later change of it is news (the first contact is not)."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -235,6 +253,7 @@ class Daemon:
         self._failover = self._make_failover()
         self._alerts = Alerts.from_config(self.config.alerts, sent_by=self._me)
         self._alerts_config = self.config.alerts
+        self._configure_messages()
         self._witness = self._make_witness()
         path = status_socket.socket_path(Path(self.config.daemon.state_dir))
         server = await status_socket.serve(path, self._status_doc)
@@ -244,8 +263,9 @@ class Daemon:
             from xenhad.metrics import Metrics, serve
 
             self._metrics = Metrics()
-            serve(self._metrics, self.config.daemon.metrics_port)
-            log.info("metrics.serving", address="127.0.0.1", port=self.config.daemon.metrics_port)
+            address = self.config.daemon.metrics_address
+            serve(self._metrics, self.config.daemon.metrics_port, address)
+            log.info("metrics.serving", address=address, port=self.config.daemon.metrics_port)
         self._loop_task = asyncio.ensure_future(self._loop())
         try:
             await self._loop_task
@@ -376,6 +396,7 @@ class Daemon:
                 await asyncio.wait_for(self._xapi.close(), XAPI_CLOSE_SECONDS)
         # Alerts of the last transitions (parked incidents say nothing new) get a moment.
         await self._alerts.drain(timeout=ALERTS_DRAIN_SECONDS)
+        await self._messages.drain(timeout=MESSAGES_DRAIN_SECONDS)
         self._journal.close()
         # Counted before parking: a parked runner leaves self._runners as its task ends.
         log.info("daemon.stopped", open_incidents=len(parked))
@@ -585,6 +606,7 @@ class Daemon:
                 if self._detector.state(host_id) is HostState.DOWN and host_id in view.hosts:
                     self._open_incident(view, view.hosts[host_id])
             self._restart_offline(view, now)
+            await self._check_admission(view, now)
         wall = self._clock.wall()
         for runner in self._runners.values():
             runner.observe(view, wall)
@@ -602,6 +624,21 @@ class Daemon:
                 why=None if quorate else "this node is in contact with no majority of the "
                 "pool: it recovers nothing, and stops feeding its watchdog if it holds one",
             )
+            name = self._host_names().get(self._me, self._me)
+            if not quorate and self._quorum_known:
+                armed = self._watchdog is not None and self._watchdog.is_running
+                self._messages.post(msg.make(
+                    msg.QUORUM_LOST, msg.Subject.HOST, self._me,
+                    f"{name} lost quorum: in contact with {sees} of {pool} members, it "
+                    "recovers nothing" + (" and its watchdog resets it unless contact "
+                                          "returns" if armed else ""),
+                    repeat_key="quorum"))
+            elif quorate and self._quorum_known:
+                self._messages.forget("quorum")
+                self._messages.post(msg.make(
+                    msg.QUORUM_REGAINED, msg.Subject.HOST, self._me,
+                    f"{name} regained quorum: in contact with {sees} of {pool} members"))
+            self._quorum_known = self._quorum_known or quorate
         self._health.quorate = quorate
 
     async def _open_peers(self, view: PoolView) -> None:
@@ -669,6 +706,11 @@ class Daemon:
             return now
         members = set(self._view.hosts)
         mutual = self._peers.mutual(now) & members
+        if self._metrics is not None:
+            for lost in self._mutual - mutual:
+                self._metrics.count("peer_contact_lost",
+                                    self._host_names().get(lost, lost))
+        self._mutual = frozenset(mutual)
         sees, pool = 1 + len(mutual), len(members)
         if self._witness is not None:
             # The witness is one more member; its vote is ours while we hold its lease.
@@ -693,9 +735,19 @@ class Daemon:
             device = device_for(settings, host=self._me)
             plan = WatchdogPlan(settings.mode, settings.timeout, self.config.detector.interval)
             watchdog = Watchdog(device, plan)
+            name = self._host_names().get(self._me, self._me)
             if not await watchdog.activate():
+                self._messages.post(msg.make(
+                    msg.WATCHDOG_NOT_ARMED, msg.Subject.HOST, self._me,
+                    f"{name}: self-fencing is NOT armed (its watchdog could not be opened, see "
+                    "watchdog.not_armed in its log): if it loses power with its BMC, its VMs "
+                    "stay down", repeat_key="watchdog"))
                 return
             self._watchdog = watchdog
+            self._messages.post(msg.make(
+                msg.WATCHDOG_ARMED, msg.Subject.HOST, self._me,
+                f"{name}: self-fencing armed ({settings.timeout:g} s watchdog): cut off from "
+                "the majority, it resets itself"))
             # Arming awaited the device: quorum is judged again for the feed.
             self._update_peer_quorum()
             await self._watchdog.keepalive(healthy=True, quorate=self._health.quorate)
@@ -715,6 +767,11 @@ class Daemon:
         two = view is not None and len(view.hosts) == 2 and self._witness is None
         if two and not self._said_two_hosts:
             self._said_two_hosts = True
+            self._messages.post(msg.make(
+                msg.WATCHDOG_NOT_ARMED, msg.Subject.HOST, self._me,
+                f"{self._host_names().get(self._me, self._me)}: self-fencing is NOT armed: a "
+                "2-host pool without a witness (set failover.witness)",
+                repeat_key="watchdog"))
             log.error("watchdog.not_armed", hosts=2,
                       why="a 2-host pool without a witness: any partition would reset both "
                       "hosts, and the survivor of a failure is never quorate alone",
@@ -836,6 +893,13 @@ class Daemon:
             self._beat()  # we step down: the other master must hear it now, not later
         replaced = self._failover.take_replaced()
         if replaced is not None:
+            names = self._host_names()
+            me = names.get(self._me, self._me)
+            self._messages.post(msg.make(
+                msg.MASTER_PROMOTED, msg.Subject.HOST, self._me,
+                f"{me} is the pool master now: xenhad promoted it "
+                "(pool.emergency_transition_to_master) after a majority of the pool confirmed "
+                f"the master {names.get(replaced, replaced)} down and voted for {me}"))
             # Our xapi is master now; the next tick recovers the slaves (from a view read
             # after the new epoch), and every second counts: run it at once.
             self._wake.set()
@@ -893,8 +957,17 @@ class Daemon:
             log.error("host.xapi_hung", **facts,
                       fix="its VMs run: restart its toolstack (xe-toolstack-restart); set "
                       "detector.hung_xapi_fence_after to have it fenced after a while instead")
+            self._messages.post(msg.make(
+                msg.HOST_XAPI_HUNG, msg.Subject.HOST, host_id,
+                f"{name}: its xapi does not answer ({verdict.reason}) but its xenhad daemon "
+                "beats, so its VMs run and it is left alone; restart its toolstack "
+                "(xe-toolstack-restart)", repeat_key=f"hung:{host_id}"))
         elif kind is VerdictKind.DOWN:
             log.error("host.down", **facts)
+            now = self._clock.monotonic()
+            self._down_why[host_id] = self._evidence(view, host_id, verdict, now)
+            if self._metrics is not None:
+                self._metrics.observe("detection", now - verdict.since)
             if host is not None and not self._may_act:
                 # Opened once this node may act (lock held, database reconciled).
                 self._deferred.add(host.uuid)
@@ -904,12 +977,36 @@ class Daemon:
                 self._open_incident(view, host)
         elif kind is VerdictKind.BACK:
             log.warning("host.back", **facts)
+            self._messages.forget(f"fence:{host_id}")
             self._proven_off.discard(host_id)
             self._unwritten_ends.append(host_id)
             self._write_episode_ends()
             runner = self._runners.get(host_id)
             if runner is not None:
                 runner.feed(ev.HostReturned(self._clock.wall()))
+
+    def _evidence(self, view: PoolView, host_id: HostId, verdict: Verdict, now: float) -> str:
+        """Why `host_id` was confirmed down, in one line: what each tick saw, when its
+        daemon was last heard (by us or a peer), and who made the quorum that allowed it.
+        Journaled with the incident, so `xenhad history` can answer "why did it reboot"."""
+        names = self._host_names()
+        parts = [f"{verdict.misses} missed ticks over {now - verdict.since:.1f} s "
+                 f"({verdict.reason})"]
+        peers = self._peers
+        if peers is not None:
+            heard = peers.heard_at(host_id)
+            vouched = peers.evidence(host_id, now)
+            if heard is None:
+                parts.append("its daemon never heard since this one started")
+            else:
+                parts.append(f"its daemon last heard {now - heard:.1f} s before")
+            if vouched is not None and (heard is None or vouched > heard + 0.5):
+                parts.append(f"vouched for by a peer until {now - vouched:.1f} s before")
+            mutual = sorted(names.get(h, h) for h in peers.mutual(now) & set(view.hosts))
+            me = names.get(self._me, self._me)
+            parts.append(f"quorum: {', '.join([me, *mutual])} in contact "
+                         f"({1 + len(mutual)} of {len(view.hosts)})")
+        return "; ".join(parts)
 
     def _restart_offline(self, view: PoolView, now: float) -> None:
         """Start protected VMs found Halted though nobody shut them down (offline.py), once
@@ -963,6 +1060,61 @@ class Daemon:
             return
         self._start_runner(runner)
 
+    async def _check_admission(self, view: PoolView, now: float) -> None:
+        """Every recovery.admission_interval, as the acting master: could the pool absorb
+        recovery.tolerate host failures now (admission.py)? Said when the answer changes.
+        Not while an incident runs (the pool is in flux) or without quorum."""
+        tolerate = self.config.recovery.tolerate
+        if tolerate <= 0:
+            self._absorb = None
+            return
+        if self._runners or not self._health.quorate or now < self._next_admission:
+            return
+        self._next_admission = now + self.config.recovery.admission_interval
+        # Hosts the detector counts as up: one it confirmed down receives nothing, and is
+        # no longer a failure to come.
+        up = {h: v for h, v in view.hosts.items()
+              if h == self._me or self._detector.state(h) is HostState.UP}
+        xapi = await self._connected()
+
+        async def free(host: HostView) -> int | None:
+            try:
+                return await xapi.host_compute_free_memory(host.ref)
+            except (XapiError, XapiUnreachable):
+                return None
+
+        hosts = [h for h in up.values() if h.live and h.enabled and not h.maintenance]
+        measured = dict(zip((h.uuid for h in hosts),
+                            await asyncio.gather(*(free(h) for h in hosts))))
+        # In a thread of its own: 64 hosts and 1,000 VMs take 0.3 s at tolerate = 2 and
+        # 0.8 s at 3, which would hold up the heartbeats (and the watchdog's feed) on this
+        # loop. Not the default executor (the watchdog's keepalive runs there), and a
+        # daemon thread: a stop never waits for it.
+        try:
+            result = await _in_daemon_thread(
+                "xenhad-admission",
+                lambda: admission.can_absorb(replace(view, hosts=up), measured, tolerate))
+        except Exception:  # a bug in a warning must not stop the daemon's recoveries
+            log.exception("admission.failed")
+            return
+        previous, self._absorb = self._absorb, result
+        if previous is not None and previous.ok == result.ok:
+            return
+        pool = view.pool_uuid
+        if result.ok:
+            log.info("pool.can_absorb" if previous is None else "pool.overcommit_cleared",
+                     tolerate=tolerate, scenarios=result.scenarios, why=result.line())
+            if previous is not None:
+                self._messages.post(msg.make(msg.POOL_OVERCOMMIT_CLEARED, msg.Subject.POOL,
+                                             pool, result.line()))
+        else:
+            log.error("pool.overcommitted", tolerate=tolerate, failed=list(result.failed),
+                      stranded=[vm for vm, _ in result.stranded], why=result.line(),
+                      fix="free memory on the hosts, add a host, or lower the protection "
+                      "of some VMs (or recovery.tolerate)")
+            self._messages.post(msg.make(msg.POOL_OVERCOMMITTED, msg.Subject.POOL, pool,
+                                         result.line()))
+
     def _open_incident(self, view: PoolView, host: HostView) -> None:
         if host.uuid in self._runners:
             log.info("incident.already_open", host=host.name)  # single flight
@@ -972,6 +1124,8 @@ class Daemon:
         vms = tuple(
             VmSnapshot.of(vm) for vm in view.vms_on(host.uuid) if vm.running
         )
+        why = self._down_why.pop(host.uuid, "the pool master: the survivors confirmed it "
+                                 "down and a majority voted to replace it")
         opened = ev.Opened(
             incident=incident_id,
             host=host.uuid,
@@ -979,6 +1133,8 @@ class Daemon:
             now=wall,
             vms=vms,
             unsafe=self.config.fencing.mode is FencingMode.TRUST_LIVENESS,
+            evidence=why,
+            pool_hosts=tuple(sorted((h.uuid, h.name) for h in view.hosts.values())),
         )
         try:
             runner = IncidentRunner.open(opened, self._runner_deps())
@@ -986,9 +1142,19 @@ class Daemon:
             # Nothing is done for it until its opening is on disk: tried again each tick
             # (with the deferred), and _watch_journal says loudly why it waits.
             self._deferred.add(host.uuid)
+            self._down_why[host.uuid] = why
             return
+        self._evidence_of[host.uuid] = why
         if self._metrics is not None:
             self._metrics.incident_opened()
+        protected = sum(1 for vm in vms if vm.protection.value != "off")
+        me = self._host_names().get(self._me, self._me)
+        self._messages.post(msg.make(
+            msg.HOST_FAILED, msg.Subject.HOST, host.uuid,
+            f"{host.name} confirmed down by xenhad on {me} ({why}): {len(vms)} VMs were "
+            f"running there, {protected} protected; "
+            + ("restarting them on XAPI's word (trust-liveness)" if opened.unsafe else
+               "fencing it before any restart")))
         self._start_runner(runner)
 
     def _runner_deps(self) -> RunnerDeps:
@@ -999,7 +1165,36 @@ class Daemon:
             host_names=self._host_names,
             wall=self._clock.wall,
             alert=self._alerts.send,
+            notice=self._incident_notice,
         )
+
+    def _incident_notice(self, before: Incident, after: Incident, event: ev.Event) -> None:
+        """Each step of an incident: its XAPI messages and its metrics. Never raises: what
+        the administrator is told must not stop the recovery it tells of."""
+        try:
+            view = self._view
+            for message in msg.incident_messages(before, after, self._host_names(),
+                                                 view.pool_uuid if view is not None else ""):
+                self._messages.post(message)
+            if self._metrics is not None:
+                _incident_metrics(self._metrics, before, after, event)
+        except Exception:
+            log.exception("incident.notice_failed", incident=after.id)
+
+    def _configure_messages(self) -> None:
+        self._messages.enabled = self.config.alerts.xapi_messages
+        self._messages.repeat = self.config.alerts.message_repeat
+
+    def _may_post(self) -> bool:
+        """A message reaches the master now: we are it, or its daemon is in contact (a
+        slave's call is forwarded; to a silent master it would hang for its timeout)."""
+        view = self._view
+        if view is None:
+            return False
+        if view.master == self._me:
+            return True
+        heard = self._master_heard_at()
+        return heard is not None and self._clock.monotonic() - heard < self._heard_within()
 
     def _start_runner(self, runner: IncidentRunner) -> None:
         host = runner.incident.host
@@ -1009,6 +1204,7 @@ class Daemon:
 
         def finished(done: asyncio.Task[object]) -> None:
             self._runners.pop(host, None)
+            self._evidence_of.pop(host, None)
             self._runner_tasks.pop(host, None)
             if _proves_off(runner.incident):
                 self._proven_off.add(host)
@@ -1278,8 +1474,17 @@ class Daemon:
                 "witness_held": self._witness.held if self._witness else None,
             },
             "watchdog_armed": self._watchdog is not None and self._watchdog.is_running,
+            "heartbeats": None if self._link is None else {
+                "sent": self._link.sent, "received": self._link.received,
+                "bad": self._link.bad, "unlogged": self._link.unlogged},
+            "messages": {"posted": self._messages.posted, "dropped": self._messages.dropped,
+                         "suppressed": self._messages.suppressed},
+            "absorb": None if self._absorb is None or view is None or view.master != self._me
+            else {"tolerate": self._absorb.tolerate, "ok": self._absorb.ok,
+                  "line": self._absorb.line()},
             "hosts": sorted(hosts, key=lambda x: str(x["name"])),
-            "incidents": [{**_incident_doc(r.incident, names), "waiting_for_journal": r.blocked}
+            "incidents": [{**_incident_doc(r.incident, names), "waiting_for_journal": r.blocked,
+                           "evidence": self._evidence_of.get(r.incident.host)}
                           for r in self._runners.values()],
             "cannot_restart_elsewhere": [
                 {"name": s.name, "uuid": s.vm, "host": names.get(s.host or "", s.host),
@@ -1329,6 +1534,7 @@ class Daemon:
             # Deliveries in flight to the old targets finish on their own.
             self._alerts = Alerts.from_config(new.alerts, sent_by=self._me)
             self._alerts_config = new.alerts
+        self._configure_messages()
         if new.xapi != old.xapi and self._xapi is not None:
             xapi, self._xapi = self._xapi, None
             asyncio.get_running_loop().create_task(xapi.close())
@@ -1370,6 +1576,54 @@ class Daemon:
             log.warning("self_fence.restart_too_slow", why=warning)
 
 
+def _in_daemon_thread(name: str, work: Callable[[], T]) -> asyncio.Future[T]:
+    """`work()` in a daemon thread of its own, as a future of this loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # the tick that waited may have been cancelled
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting tick, which logs it
+            loop.call_soon_threadsafe(settle, functools.partial(future.set_exception, exc))
+        else:
+            loop.call_soon_threadsafe(settle, functools.partial(future.set_result, result))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def _incident_metrics(metrics: Metrics, before: Incident, after: Incident,
+                      event: ev.Event) -> None:
+    if isinstance(event, ev.FenceDone) and not event.returned:
+        result = "off" if event.off else "failed"
+        metrics.count("fences", event.backend or "none", result)
+        if event.off and not before.fenced_by:
+            metrics.observe("fencing", event.now - after.opened_at)
+    elif isinstance(event, ev.FenceDone):
+        metrics.count("fences", event.backend or "none", "host-back")
+    for uuid, task in after.vms.items():
+        old = before.vms.get(uuid)
+        if old is not None and old.status is task.status and old.attempts == task.attempts:
+            continue
+        if task.status is VmStatus.RUNNING:
+            metrics.count("vm_restarts", "restarted")
+            metrics.observe("vm_restart", getattr(event, "now", after.opened_at)
+                            - after.opened_at)
+        elif task.status is VmStatus.FAILED:
+            metrics.count("vm_restarts", "given_up")
+        elif task.status is VmStatus.RESET and task.last_error and old is not None:
+            metrics.count("vm_restarts", "no_room" if task.last_error.startswith(
+                "no host fits") else "retry")
+    if after.phase.closed and not before.phase.closed:
+        metrics.count("incidents_closed", after.phase.value)
+        metrics.observe("recovery", (after.closed_at or after.opened_at) - after.opened_at)
+
+
 def _proves_off(incident: Incident) -> bool:
     """A fence powered the host off (not trust-liveness, not an offline incident)."""
     return incident.phase is Phase.DONE and incident.fenced_by not in ("", "trust-liveness")
@@ -1381,6 +1635,10 @@ def _incident_doc(incident: Incident, names: dict[HostId, str]) -> dict[str, Any
         "host": incident.host_name,
         "phase": incident.phase.value,
         "fenced_by": incident.fenced_by or None,
+        # A fence failed and none has succeeded since: true through the retries too (an
+        # incident that cannot be fenced spends most of its time in a retry's "fencing").
+        "fence_failed": not incident.phase.closed and not incident.fenced_by and (
+            incident.phase is Phase.WAITING_FENCE or incident.fence_attempts > 1),
         "note": incident.note or None,
         "vms": [
             {"name": t.vm.name, "status": t.status.value,

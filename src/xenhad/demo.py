@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from xenhad.log import LogLine
 from xenhad.sim import PoolSpec
@@ -99,7 +99,48 @@ def _scenario(bed: Testbed, say: _Printer) -> int:
         say.line(f"FAILURE: protected VMs still down: {', '.join(lost)}")
         return 1
     say.line("no VM ever ran on two hosts; every protected VM of the dead host runs again")
+    say.line("")
+    _list_messages(bed, say)
     return 0
+
+
+PRIORITIES = {1: "Critical", 2: "Major", 3: "Warning", 4: "Minor", 5: "Info"}
+"""api_messages.ml's names of the priorities, as XenCenter shows them."""
+
+
+def _list_messages(bed: Testbed, say: _Printer) -> None:
+    """The pool's messages (message.get_all_records on the master), newest first, as Xen
+    Orchestra lists a pool's alarms: when, how urgent, on what, which, and its body."""
+    deadline = time.monotonic() + 10
+    records: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        session = bed.xapi()
+        try:
+            x = session.xenapi
+            records = list(x.message.get_all_records().values())
+            names = {("Host", r["uuid"]): r["name_label"]
+                     for r in x.host.get_all_records().values()}
+            names.update({("VM", r["uuid"]): r["name_label"]
+                          for r in x.VM.get_all_records().values()})
+            names.update({("Pool", r["uuid"]): r["name_label"] or "pool"
+                          for r in x.pool.get_all_records().values()})
+        finally:
+            session.xenapi.session.logout()
+        if any(r["name"] == "XENHAD_INCIDENT_CLOSED" for r in records):
+            break  # posting is in the background: the summary is the last to come
+        time.sleep(0.3)
+    say.line(f"the pool now holds {len(records)} messages (message.get_all_records, newest "
+             "first), as Xen Orchestra lists them:")
+    rows = [("TIME (UTC)", "PRIORITY", "OBJECT", "NAME", "BODY")]
+    for r in records:
+        stamp = str(r["timestamp"])
+        when = f"{stamp[9:17]}" if len(stamp) >= 17 else stamp
+        level = int(r["priority"])
+        obj = f"{r['cls']} {names.get((r['cls'], r['obj_uuid']), r['obj_uuid'])}"
+        rows.append((when, f"{level} {PRIORITIES.get(level, '')}", obj, r["name"], r["body"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        say.line("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
 
 
 def _all_ready(bed: Testbed) -> bool:

@@ -94,6 +94,10 @@ def render(doc: Mapping[str, Any]) -> str:
                        ("xapi_error", "XAPI"), ("fencing_unsafe", "UNSAFE")):
         if doc.get(key):
             lines.append(f"{label}: {doc[key]}")
+    absorb = doc.get("absorb")
+    if isinstance(absorb, dict):
+        lines.append(f"capacity: {'ok' if absorb.get('ok') else 'OVERCOMMITTED'}, "
+                     f"{absorb.get('line')}")
     failover = doc.get("failover") or {}
     if failover.get("vote"):
         lines.append(f"failover: voting for {failover['vote']}")
@@ -123,9 +127,14 @@ def render(doc: Mapping[str, Any]) -> str:
                      f"{inc.get('phase')}, {inc.get('note') or ''}".rstrip(", ")
                      + (" (WAITING: the journal cannot be written)"
                         if inc.get("waiting_for_journal") else ""))
+        if inc.get("evidence"):
+            lines.append(f"  why down: {inc['evidence']}")
+        if inc.get("fenced_by"):
+            lines.append(f"  fenced by: {inc['fenced_by']}")
         for vm in inc.get("vms") or []:
             lines.append(f"  {vm.get('name')}: {vm.get('status')}"
-                         + (f" on {vm['target']}" if vm.get("target") else ""))
+                         + (f" on {vm['target']}" if vm.get("target") else "")
+                         + (f" ({vm['error']})" if vm.get("error") else ""))
     return "\n".join(lines)
 
 

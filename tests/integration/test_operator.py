@@ -116,7 +116,8 @@ def test_prometheus_metrics_on_localhost(workdir: Path) -> None:
                      10, what="the open incident in the metrics")
         text = scrape()
         assert "xenhad_master 1.0" in text
-        assert 'xenhad_host_state{host="host2",state="down"} 1.0' in text
+        uuid = bed.host("host2")["uuid"]
+        assert f'xenhad_host_state{{host="host2",state="down",uuid="{uuid}"}} 1.0' in text
         assert "xenhad_incidents_opened_total 1.0" in text
 
 

@@ -354,7 +354,7 @@ def test_a_password_in_the_url_is_refused_without_being_echoed() -> None:
         (
             "[daemon]\nfoo = 1",
             "xenhad.toml: daemon.foo is not a known key: "
-            "known keys: state_dir, log_format, log_level, metrics_port",
+            "known keys: state_dir, log_format, log_level, metrics_port, metrics_address",
         ),
         (
             # Inside [fencing], a key of another section is pointed to where it belongs.

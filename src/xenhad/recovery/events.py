@@ -44,6 +44,13 @@ class Opened:
     offline: bool = False
     """Protected VMs XAPI shows Halted though nobody shut them down (offline.py): no host
     to fence, nothing to reset; they are only started again. `host` is OFFLINE."""
+    evidence: str = ""
+    """Why the host was confirmed down, as the acting master saw it (missed ticks, its
+    heartbeats, the quorum): for `xenhad history` and `xenhad status`. Journals written
+    before this field read ""."""
+    pool_hosts: tuple[tuple[HostId, str], ...] = ()
+    """(uuid, name_label) of every host of the pool then, so `xenhad history` names the
+    hosts VMs were restarted on. Journals written before this field read ()."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,7 @@ def encode(event: Event) -> dict[str, Any]:
             value = value.value
         elif f.name == "vms":
             value = [_encode_vm(vm) for vm in value]
-        elif f.name in ("hosts", "grouped", "labels"):
+        elif f.name in ("hosts", "grouped", "labels", "pool_hosts"):
             value = [list(entry) for entry in value]
         elif f.name == "sees":
             value = [[h, list(srs), list(nets)] for h, srs, nets in value]
@@ -215,6 +222,8 @@ def decode(record: Mapping[str, Any]) -> Event:
                 value = tuple((str(g), str(h), str(v)) for g, h, v in value)
             elif f.name == "labels":
                 value = tuple((str(k), str(n)) for k, n in value)
+            elif f.name == "pool_hosts":
+                value = tuple((str(h), str(n)) for h, n in value)
             elif f.name == "outcome":
                 value = StartOutcome(value)
             kwargs[f.name] = value

@@ -45,6 +45,9 @@ class RunnerDeps:
     wall: Callable[[], float]
     alert: Callable[[dict[str, Any]], None] = lambda payload: None
     """Each incident transition, for webhooks and hooks (xenhad.alerts: never blocks)."""
+    notice: Callable[[Incident, Incident, ev.Event], None] = lambda before, after, event: None
+    """Each step (before, after, the event that made it), for the XAPI messages and the
+    metrics (never blocks, never raises)."""
 
 
 class IncidentRunner:
@@ -56,6 +59,7 @@ class IncidentRunner:
         self._settings = deps.settings
         self._host_names = deps.host_names
         self._alert = deps.alert
+        self._notice = deps.notice
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unwritten: list[Callable[[], None]] = []
@@ -148,7 +152,9 @@ class IncidentRunner:
             self._history.event(self.incident, self.incident.host, event)
         except JournalError:
             return False  # the daemon says so, once (Daemon._watch_journal)
+        before = self.incident
         self._owe(self._record(transition))
+        self._notice(before, self.incident, event)
         self._flush()
         return True
 

@@ -22,6 +22,7 @@ import xmlrpc.client
 from typing import Any
 
 from xenhad.sim import api
+from xenhad.sim import messages as _messages  # noqa: F401  (registers the message class)
 from xenhad.sim.model import I32, XapiFailure
 from xenhad.sim.pool import HostState, SimPool
 

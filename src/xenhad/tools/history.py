@@ -67,6 +67,8 @@ class IncidentReport:
     fenced_by: str
     unsafe: bool
     note: str
+    evidence: str
+    """Why the host was confirmed down (the opening's `evidence`; "" in older journals)."""
     restarted: tuple[VmLine, ...]
     failed: tuple[VmLine, ...]
     not_placed: tuple[VmLine, ...]
@@ -124,6 +126,11 @@ def incidents(
         groups.setdefault(incident_id, []).append(record)
         if record.get("event") == "opened":
             last_of_host[host] = incident_id
+            # The pool's hosts as the incident opened (journals since issue 22), so the
+            # hosts VMs went to are named, not only the dead one.
+            for pair in record.get("pool_hosts") or ():
+                if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                    host_names.setdefault(str(pair[0]), str(pair[1]))
             host_names[host] = str(record.get("host_name", host))
 
     reports: list[IncidentReport] = []
@@ -183,6 +190,8 @@ def _report(
         fenced_by=incident.fenced_by,
         unsafe=incident.unsafe,
         note=incident.note,
+        evidence=next((str(r.get("evidence") or "") for r in group
+                       if r.get("event") == "opened"), ""),
         restarted=tuple(
             _line(t, host_name(t.host) if t.host else "where: not recorded")
             for t in protected if t.status is VmStatus.RUNNING

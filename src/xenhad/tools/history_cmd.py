@@ -113,6 +113,7 @@ def to_json(r: IncidentReport) -> dict[str, Any]:
         "fenced_by": r.fenced_by,
         "unsafe": r.unsafe,
         "note": r.note,
+        "evidence": r.evidence,
         "restarted": vms(r.restarted, "host"),
         "failed": vms(r.failed, "error"),
         "not_placed": vms(r.not_placed, "reason"),
@@ -131,6 +132,7 @@ def render(r: IncidentReport) -> str:
         f"incident {r.id}",
         f"  host        {r.host} ({r.host_uuid})",
         f"  opened      {utc(r.opened)}",
+        *([f"  why down    {r.evidence}"] if r.evidence else []),
         f"  closed      {closed}",
         f"  outcome     {outcome}",
         f"  fenced by   {r.fenced_by or '-'}"
