@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 import XenAPI
-from tests.sim.clients import login
 
 from xenhad.sim import PoolSpec, SimPool
+
+from .clients import login
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tests.unit.test_recovery_machine import SET, Drive, opened
+from test_recovery_machine import SET, Drive, opened
 
 from xenhad.model import Protection
 from xenhad.recovery import events as ev
