@@ -15,6 +15,7 @@ Prints numbers; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import secrets
 import socket
@@ -23,9 +24,23 @@ import threading
 import time
 from pathlib import Path
 
-from xenhad.peers.heartbeat import Heartbeat, encode
+from xenhad.peers.heartbeat import Heartbeat
 from xenhad.sim import PoolSpec
 from xenhad.testbed import Testbed
+
+try:  # wire version 3 (issue 23): what peers of this code send
+    from xenhad.peers import wire
+
+    _reader = wire.Reader()
+    READ = _reader.decode
+
+    def WRITE(hb: Heartbeat, secret: bytes) -> bytes:
+        return wire.encode(dataclasses.replace(hb, reads=wire.READS), secret, wire.READS)
+except ImportError:  # the code of before: JSON
+    from xenhad.peers.heartbeat import decode as READ
+    from xenhad.peers.heartbeat import encode as WRITE
+ECHOES = "echo" in {f.name for f in dataclasses.fields(Heartbeat)}
+"""Whether the code measured proves contact by echoes (wire version 2 and later)."""
 
 TICKS = os.sysconf("SC_CLK_TCK")
 INTERVAL = 1.0
@@ -47,7 +62,10 @@ def cpu_seconds(pid: int) -> float:
 
 class PeerBeats:
     """Every host but the master beats to the master, as its daemon would: it hears every
-    host, follows the master, is quorate."""
+    host, follows the master, is quorate, and (where the code measured has them) echoes the
+    master's latest sequence number and vouches for every host, in the newest wire version
+    that code writes. So the master's table holds proven contact with all 63, as at rest in
+    a real pool, and checks what a real peer sends."""
 
     def __init__(self, bed: Testbed) -> None:
         assert bed.relay is not None
@@ -61,7 +79,9 @@ class PeerBeats:
         for uuid, address in self._hosts:
             if uuid != self._master:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sock.bind((address, 0))
+                # Where the relay delivers the master's heartbeats to this host's daemon.
+                sock.bind((address, bed._listen_port))
+                sock.setblocking(False)
                 self._socks[uuid] = sock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -76,18 +96,47 @@ class PeerBeats:
         for sock in self._socks.values():
             sock.close()
 
+    def _master_seq(self, sock: socket.socket, seen: int | None) -> int | None:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return seen
+            try:
+                hb = READ(data, self._secret)
+            except ValueError:
+                continue
+            if hb.sender == self._master:
+                seen = max(seen or 0, hb.seq)
+
     def _run(self) -> None:
         boots = {uuid: secrets.token_hex(8) for uuid in self._socks}
         everyone = tuple(sorted(u for u, _ in self._hosts))
-        seq = 0
+        started = time.time()
+        heard_master: dict[str, int | None] = dict.fromkeys(self._socks)
+        seq = 1 << 40
         while not self._stop.wait(INTERVAL):
             seq += 1
             for uuid, sock in self._socks.items():
+                heard_master[uuid] = self._master_seq(sock, heard_master[uuid])
+                others = tuple(h for h in everyone if h != uuid)
+                fields: dict[str, object] = {}
+                if ECHOES:
+                    echo = dict.fromkeys(others, seq - 1)
+                    if heard_master[uuid] is None:
+                        del echo[self._master]
+                    else:
+                        echo[self._master] = heard_master[uuid]  # type: ignore[assignment]
+                    fields = {"echo": echo, "boot_started": started,
+                              "proven": dict.fromkeys(echo, 0.5)}
+                    fields["last_heard"] = dict.fromkeys(echo, 0.5)
+                else:
+                    fields["last_heard"] = tuple((h, 0.5) for h in others)
                 hb = Heartbeat(pool=self._pool, sender=uuid, boot=boots[uuid], seq=seq,
                                sent_at=time.time(), master=self._master,
-                               heard=tuple(h for h in everyone if h != uuid), quorate=True,
-                               last_heard=tuple((h, 0.5) for h in everyone if h != uuid))
-                sock.sendto(encode(hb, self._secret), self._to)
+                               heard=tuple(sorted(fields["last_heard"])),  # type: ignore
+                               quorate=True, **fields)  # type: ignore[arg-type]
+                sock.sendto(WRITE(hb, self._secret), self._to)
 
 
 def measure(hosts: int, vms: int, seconds: float, peers: bool) -> tuple[float, float]:

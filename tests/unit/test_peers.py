@@ -109,13 +109,13 @@ def test_priority_vote_epoch_and_promoting_travel_and_older_heartbeats_still_dec
 def test_how_long_ago_each_peer_was_heard_travels_and_is_checked() -> None:
     beat = dataclasses.replace(hb("a"), last_heard=(("b", 0.5), ("c", 40.0)))
     back = decode(encode(beat, SECRET), SECRET)
-    assert back.last_heard == (("b", 0.5), ("c", 40.0))
+    assert back.last_heard == {"b": 0.5, "c": 40.0}
     assert back.heard_ago("c") == 40.0 and back.heard_ago("x") is None
     assert decode(encode(hb("a"), SECRET), SECRET).last_heard is None  # an older daemon
-    # Whole seconds (none of ours sends them) count as floats, and the order is the host's.
-    assert decode(signed_with_ages('{"c":2,"b":0.5}'), SECRET).last_heard == (
-        ("b", 0.5), ("c", 2.0))
-    assert decode(signed_with_ages("{}"), SECRET).last_heard == ()
+    # Whole seconds (none of ours sends them) count as floats.
+    whole = decode(signed_with_ages('{"c":2,"b":0.5}'), SECRET).last_heard
+    assert whole == {"b": 0.5, "c": 2.0} and type(whole["c"]) is float
+    assert decode(signed_with_ages("{}"), SECRET).last_heard == {}
     for bad in ('{"b":-1}', '["b"]', '{"b":"soon"}', '{"b":true}', '{"b":0.5,"c":false}',
                 '{"b":NaN}', '{"b":Infinity}', '{"b":-Infinity}', '{"b":0.5,"c":-0.01}',
                 '{"b":1e400}', '{"b":1' + "0" * 400 + "}", '{"b":null}', '{"b":[1]}'):
@@ -233,7 +233,7 @@ def v2(sender: str, seq: int, *, echo: dict[str, int], boot: str = "b1",
 def test_echo_and_boot_start_travel_and_a_version_1_reader_ignores_them() -> None:
     beat = v2("a", 7, echo={"me": 41, "b": 3})
     back = decode(encode(beat, SECRET), SECRET)
-    assert back.echo == (("b", 3), ("me", 41)) and back.boot_started == 900.0
+    assert back.echo == {"b": 3, "me": 41} and back.boot_started == 900.0
     assert back.echo_of("me") == 41 and back.echo_of("x") is None
     fields = json.loads(encode(beat, SECRET)[36:])
     assert fields["v"] == 2 and sorted(fields["heard"]) == ["b", "me"]  # version 1 reads it
@@ -296,7 +296,7 @@ def test_our_heartbeat_echoes_the_last_number_accepted_from_each_peer() -> None:
     t.receive(v2("a", 9, echo={}), 1.0, 1000.0)
     t.receive(v2("b", 4, echo={}), 1.0, 1000.0)
     t.receive(v2("a", 8, echo={}), 1.0, 1000.0)  # late and older: refused
-    assert t.echoes() == (("a", 9), ("b", 4))
+    assert t.echoes() == {"a": 9, "b": 4}
 
 
 def test_with_echoes_the_deadline_needs_no_delivery_allowance() -> None:
@@ -332,4 +332,4 @@ def test_a_host_cut_off_from_us_one_way_is_alive_on_the_word_of_a_peer_in_contac
     assert t.alive(19.0, 2.0) == {"host2", "host3"}
     assert t.alive(19.7, 2.0) == {"host3"}  # that proof is as old as it was
     assert t.mutual(19.0) == {"host3"}  # quorum needs contact of our own
-    assert decode(encode(vouch, SECRET), SECRET).proven == (("host2", 0.4),)
+    assert decode(encode(vouch, SECRET), SECRET).proven == {"host2": 0.4}

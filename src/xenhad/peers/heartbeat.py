@@ -9,6 +9,12 @@ the sender heard one of the receiver's heartbeats (table.py), which a heartbeat 
 replayed by the network cannot fake. Version 2 keeps every field of version 1, and a version
 1 reader ignores keys it does not know: old and new daemons stay in contact during a rolling
 upgrade (the new ones treat an old one's contact as version 1 did, table.py).
+
+Version 3 (compact.py) says what version 2 says in packed binary under its own magic.
+A daemon that reads it says so in its JSON heartbeats ("rd": 3, ignored by older readers)
+and in its version 3 ones; a sender sends version 3 only to a peer whose latest heartbeat
+said so, and version 2 to every other (link.py), so daemons of every version stay in
+contact through a rolling upgrade and a rollback.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import hmac
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +57,8 @@ class Heartbeat:
     """The sender's failover.priority: preference as the next master."""
     vote: tuple[HostId, HostId] | None = None
     """(dead master, candidate): whom the sender votes to replace its master with."""
-    last_heard: tuple[tuple[HostId, float], ...] | None = None
-    """(peer, seconds since the sender last accepted a heartbeat from it) for every peer its
+    last_heard: Mapping[HostId, float] | None = None
+    """peer -> seconds since the sender last accepted a heartbeat from it) for every peer its
     table holds, however long ago: what lets a receiver bound how recently a peer it cannot
     hear itself may have been quorate (table.py). None from a daemon that predates it."""
     epoch: int = 0
@@ -60,54 +67,57 @@ class Heartbeat:
     promoting: bool = False
     """The sender called emergency_transition_to_master and its xapi is not master yet
     (Xapi_fuse): until then it answers as the old master's slave."""
-    echo: tuple[tuple[HostId, int], ...] | None = None
-    """(peer, the highest sequence number the sender accepted from that peer's current boot)
+    echo: Mapping[HostId, int] | None = None
+    """peer -> the highest sequence number the sender accepted from that peer's current boot,
     for every peer it heard: a receiver finds its own number there and knows when it sent
     it. None from a version 1 daemon."""
     boot_started: float | None = None
     """Wall-clock time at which the sender's boot began: orders its boots, so an older one's
     heartbeats replayed after a newer one was heard are refused. None from version 1."""
 
-    proven: tuple[tuple[HostId, float], ...] | None = None
-    """(peer, seconds before sending since which the sender has proven contact with it, by
-    echo) for the peers it is in proven contact with lately: lets a receiver that cannot
+    proven: Mapping[HostId, float] | None = None
+    """peer -> seconds before sending since which the sender has proven contact with it (by
+    echo), for the peers it is in proven contact with lately: lets a receiver that cannot
     hear a peer itself (a one-way cut) know it alive, timed on the receiver's own clock
     (table.alive_at). None from a version 1 daemon."""
+
+    reads: int = 2
+    """The highest wire version the sender reads (version 2 JSON of a daemon that reads
+    version 3 says so in "rd"; 2 when it does not say: it reads JSON only)."""
 
     @property
     def echoes(self) -> bool:
         """Version 2: its contact is proven by echoes, not by arrival time (table.py)."""
         return self.echo is not None
 
+    def __post_init__(self) -> None:
+        # (host, value) pairs are taken too, as a mapping: what callers built before the
+        # fields were mappings (looked up by host, for every heartbeat received).
+        for name in ("last_heard", "echo", "proven"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                object.__setattr__(self, name, dict(value))
+
     def proven_ago(self, host: HostId) -> float | None:
         """Seconds before sending since which the sender has proven contact with `host`."""
-        for peer, age in self.proven or ():
-            if peer == host:
-                return age
-        return None
+        return self.proven.get(host) if self.proven is not None else None
 
     def echo_of(self, host: HostId) -> int | None:
         """The last sequence number of `host` the sender accepted; None if none."""
-        for peer, seq in self.echo or ():
-            if peer == host:
-                return seq
-        return None
+        return self.echo.get(host) if self.echo is not None else None
 
     def heard_ago(self, host: HostId) -> float | None:
         """Seconds before sending that the sender last heard `host`; None if never."""
-        for peer, age in self.last_heard or ():
-            if peer == host:
-                return age
-        return None
+        return self.last_heard.get(host) if self.last_heard is not None else None
 
 
-def _check_secret(secret: bytes) -> None:
+def check_secret(secret: bytes) -> None:
     if len(secret) < 16:
         raise ValueError("the pool secret must be at least 16 bytes")
 
 
 def encode(hb: Heartbeat, secret: bytes) -> bytes:
-    _check_secret(secret)
+    check_secret(secret)
     payload = json.dumps(
         {
             "pool": hb.pool, "from": hb.sender, "boot": hb.boot, "seq": hb.seq,
@@ -119,20 +129,21 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
             **({} if hb.echo is None else {"v": 2, "echo": dict(hb.echo)}),
             **({} if hb.boot_started is None else {"bt": hb.boot_started}),
             **({} if hb.proven is None else {"pv": _floored(hb.proven)}),
+            **({} if hb.reads <= 2 else {"rd": hb.reads}),
         },
         separators=(",", ":"), sort_keys=True,
     ).encode()
     return MAGIC + hmac.new(secret, payload, hashlib.sha256).digest() + payload
 
 
-def _floored(last_heard: tuple[tuple[HostId, float], ...]) -> dict[HostId, float]:
+def _floored(last_heard: Mapping[HostId, float]) -> dict[HostId, float]:
     # Ages go out floored to 0.01 s: "0.48" parses faster and takes fewer bytes than
     # "0.48735192300006747", and older daemons read it as any other float. Floored, never
     # rounded up: a receiver takes a peer's report of a host as (when it received the report)
     # - age (table.py, evidence()), so a smaller age places the contact later and every
     # self-fence deadline that rests on it later, which is the safe direction.
     ages: dict[HostId, float] = {}
-    for host, age in last_heard:
+    for host, age in last_heard.items():
         try:
             centis = math.floor(age * 100)
         except (OverflowError, ValueError):  # inf, nan: sent as is, and refused as before
@@ -161,7 +172,7 @@ _PROVEN = "field 'pv' must map host uuids to seconds >= 0"
 
 
 def decode(data: bytes, secret: bytes) -> Heartbeat:
-    _check_secret(secret)
+    check_secret(secret)
     if not data.startswith(MAGIC):
         raise HeartbeatError("not a xenhad heartbeat (bad magic)")
     if len(data) <= len(MAGIC) + _MAC or len(data) > MAX_SIZE:
@@ -190,7 +201,7 @@ def decode(data: bytes, secret: bytes) -> Heartbeat:
         heard=tuple(_strings(raw, "heard")), quorate=quorate, armed=armed, priority=priority,
         vote=_vote(get("vote")), last_heard=_ages(get("ages")), epoch=epoch,
         promoting=promoting, echo=_echo(get("echo")), boot_started=_boot_started(get("bt")),
-        proven=_ages(get("pv"), _PROVEN),
+        proven=_ages(get("pv"), _PROVEN), reads=_reads(get("rd")),
     )
 
 
@@ -216,6 +227,7 @@ def _checked(raw: dict[str, Any]) -> Heartbeat:
         echo=_echo(raw.get("echo")),
         boot_started=_boot_started(raw.get("bt")),
         proven=_ages(raw.get("pv"), _PROVEN),
+        reads=_reads(raw.get("rd")),
     )
 
 
@@ -248,7 +260,7 @@ def _vote(value: object) -> tuple[HostId, HostId] | None:
     return (value[0], value[1])
 
 
-def _ages(value: object, why: str = _AGES) -> tuple[tuple[HostId, float], ...] | None:
+def _ages(value: object, why: str = _AGES) -> Mapping[HostId, float] | None:
     # Absent from a daemon that predates it: the table then treats the sender's report as
     # "heard everyone just now", which can only delay a self-fence conclusion.
     if value is None:
@@ -269,7 +281,7 @@ def _ages(value: object, why: str = _AGES) -> tuple[tuple[HostId, float], ...] |
     # max: a number too large for a float (1e400) is read as inf.
     if ages and not (min(ages.values()) >= 0 and max(ages.values()) < math.inf):
         raise HeartbeatError(why)
-    return tuple(sorted(ages.items()))
+    return ages
 
 
 _ECHO = "field 'echo' must map host uuids to sequence numbers"
@@ -278,7 +290,7 @@ MAX_SEQ = 1 << 62
 one a second, so it would take a hundred million years to get here."""
 
 
-def _echo(value: object) -> tuple[tuple[HostId, int], ...] | None:
+def _echo(value: object) -> Mapping[HostId, int] | None:
     # Absent from a version 1 daemon: its contact is judged as version 1 judged it.
     if value is None:
         return None
@@ -287,7 +299,7 @@ def _echo(value: object) -> tuple[tuple[HostId, int], ...] | None:
     echo: dict[HostId, int] = value
     if echo and not (min(echo.values()) >= 0 and max(echo.values()) < MAX_SEQ):
         raise HeartbeatError(_ECHO)
-    return tuple(sorted(echo.items()))
+    return echo
 
 
 def _boot_started(value: object) -> float | None:
@@ -299,6 +311,14 @@ def _boot_started(value: object) -> float | None:
     if not math.isfinite(started):
         raise HeartbeatError("field 'bt' must be the time the sender's boot started")
     return started
+
+
+def _reads(value: object) -> int:
+    if value is None:
+        return 2
+    if type(value) is not int or not 2 <= value < 256:
+        raise HeartbeatError("field 'rd' must be the highest wire version the sender reads")
+    return value
 
 
 def _field(

@@ -29,7 +29,8 @@ from xenhad.fencing.base import FenceFailure, FenceOutcome
 from xenhad.fencing.config import FencingMode, HostFencing, WatchdogMode
 from xenhad.model import HostId, PoolView
 from xenhad.monitor import read_snapshot
-from xenhad.peers.heartbeat import HeartbeatError, decode
+from xenhad.peers.heartbeat import HeartbeatError
+from xenhad.peers.wire import Reader
 from xenhad.tools.plan import candidate_targets, what_if
 from xenhad.xapi import Xapi, XapiError, XapiUnreachable
 from xenhad.xapi.connect import open_xapi
@@ -249,6 +250,7 @@ async def _heartbeats(config: Config, secret: bytes, me: HostId, listen: float |
                       "stop whatever holds the port, or run preflight where xenhad's status "
                       "socket answers (same daemon.state_dir)"]
     heard: set[HostId] = set()
+    reader = Reader()
     strangers: list[str] = []
     deadline = time.monotonic() + (listen if listen is not None else config.peers.window)
     sock.setblocking(False)
@@ -260,7 +262,7 @@ async def _heartbeats(config: Config, secret: bytes, me: HostId, listen: float |
             except asyncio.TimeoutError:
                 break
             try:
-                beat = decode(data, secret)
+                beat = reader.decode(data, secret)
             except HeartbeatError as e:
                 strangers.append(f"{addr[0]}: {e}")
                 continue
