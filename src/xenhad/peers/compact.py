@@ -18,8 +18,8 @@ The MAC covers the magic too: a payload cannot be passed off as another version'
 Payload, little-endian:
   header   seq u64, sent_at f64, boot_started f64, epoch i64, priority i16, flags u8,
            reads u8 (the highest wire version the sender reads)
-  strings  pool, sender, boot, master, and with FLAG_VOTE the dead master and the candidate:
-           each u16 length + UTF-8
+  strings  u16 byte length, then pool, sender, boot, master, and with FLAG_VOTE the dead
+           master and the candidate, in UTF-8, each ended by a NUL byte
   roster   u16 byte length, then u16 count n, then n hosts: u8 0 + 16 bytes for a host id
            that is a canonical UUID (every XAPI host's), else u8 length + UTF-8
   arrays   n x u32 centiseconds (last_heard), n x u64 (echo), n x u8 (1: in `heard`),
@@ -90,7 +90,7 @@ def encode(hb: Heartbeat, secret: bytes) -> bytes:
     parts = [
         _HEADER.pack(hb.seq, hb.sent_at, hb.boot_started, hb.epoch, hb.priority, flags,
                      VERSION),
-        *(_string(s) for s in (hb.pool, hb.sender, hb.boot, hb.master, *(hb.vote or ()))),
+        _strings((hb.pool, hb.sender, hb.boot, hb.master, *(hb.vote or ()))),
         _U16.pack(len(names)), names,
         struct.pack(f"<{n}I", *(_centis(ages[h]) for h in roster)),
         struct.pack(f"<{n}Q", *echoes),
@@ -120,10 +120,12 @@ def _centis(age: float) -> int:
     return centis
 
 
-def _string(text: str) -> bytes:
-    raw = text.encode()
+def _strings(texts: Sequence[str]) -> bytes:
+    if any("\0" in text for text in texts):
+        raise CannotPack("a name with a NUL character")
+    raw = "".join(text + "\0" for text in texts).encode()
     if len(raw) > 0xFFFF:
-        raise CannotPack("a name longer than 65,535 bytes")
+        raise CannotPack("names longer than 65,535 bytes")
     return _U16.pack(len(raw)) + raw
 
 
@@ -176,14 +178,11 @@ class Decoder:
         if flags & ~_FLAGS or seq >= MAX_SEQ or not math.isfinite(boot_started):
             raise HeartbeatError("version 3 header out of range")
         at = _HEADER.size
-        strings = []
-        for _ in range(6 if flags & FLAG_VOTE else 4):
-            (size,) = _U16.unpack_from(payload, at)
-            end = at + 2 + size
-            if end > len(payload):
-                raise HeartbeatError("version 3 payload truncated or malformed")
-            strings.append(payload[at + 2:end].decode())
-            at = end
+        (size,) = _U16.unpack_from(payload, at)
+        strings = payload[at + 2:at + 2 + size].decode().split("\0")
+        at += 2 + size
+        if len(strings) != (7 if flags & FLAG_VOTE else 5) or strings.pop():
+            raise HeartbeatError("version 3 names malformed")
         (size,) = _U16.unpack_from(payload, at)
         names = payload[at + 2:at + 2 + size]
         at += 2 + size
@@ -191,8 +190,8 @@ class Decoder:
         if roster is None:
             roster = self._remember(names)
         n = len(roster.hosts)
-        arrays = struct.unpack_from(f"<{n}I{n}Q{n}s{n}I", payload, at)
-        if at + 17 * n != len(payload):
+        arrays = roster.arrays.unpack_from(payload, at)
+        if at + roster.arrays.size != len(payload):
             raise HeartbeatError("version 3 payload truncated or malformed")
         centis, echoes, heard, proven = (arrays[:n], arrays[n:2 * n], arrays[2 * n],
                                          arrays[2 * n + 1:])
@@ -235,11 +234,14 @@ class Decoder:
 class Roster:
     """The hosts a sender names, in its order, and each one's place."""
 
-    __slots__ = ("hosts", "index")
+    __slots__ = ("arrays", "hosts", "index")
 
     def __init__(self, hosts: tuple[HostId, ...]) -> None:
         self.hosts = hosts
         self.index = {h: i for i, h in enumerate(hosts)}
+        n = len(hosts)
+        self.arrays = struct.Struct(f"<{n}I{n}Q{n}s{n}I")
+        """What follows the roster: ages, echoes, heard, proven."""
 
 
 class Ages(Mapping[HostId, float]):

@@ -94,8 +94,7 @@ class Heartbeat:
         # (host, value) pairs are taken too, as a mapping: what callers built before the
         # fields were mappings (looked up by host, for every heartbeat received).
         for name in ("last_heard", "echo", "proven"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Mapping):
+            if isinstance(value := getattr(self, name), tuple):
                 object.__setattr__(self, name, dict(value))
 
     def proven_ago(self, host: HostId) -> float | None:
