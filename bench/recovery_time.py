@@ -17,7 +17,10 @@ slave's after pool.recover_slaves told it the new master (xapi_pool.ml
 emergency_reset_master restarts xapi to take it into account), since no VM of the old
 master is reset before the slaves have rejoined and said what they run. The detection
 threshold is the silence a host needs before its first miss (a round trip of echoes:
-daemon.heard_within) plus confirm_seconds. The "waves" floor is what the VMs'
+daemon.heard_within) plus confirm_seconds, less how long before the crash the silence may
+have begun: the victim's last proven contact can lie up to two heartbeat intervals and a
+read batch before it (`contact_lag`; one interval for the code from before echoes), and the
+floor takes the luckiest case. The "waves" floor is what the VMs'
 configuration allows on top: restart-priority VMs before best-effort ones, each `order`
 after the last (xapi_ha_vm_failover.ml), at most recovery.concurrency starts at a time,
 each start taking the modelled start plus the VM's start_delay, but for the last round's,
@@ -42,14 +45,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xenhad.peers.link import batch_seconds
 from xenhad.sim import PoolSpec
 from xenhad.testbed import DEFAULT_DAEMON, Testbed
 
 try:
     from xenhad.daemon import heard_within
+
+    def contact_lag(interval: float) -> float:
+        """How long before the crash the victim's last proven contact may lie: its last
+        heartbeat, sent at most an interval before it died, echoes the newest of ours it had
+        read, sent at most an interval and a batch before that (peers/table.py)."""
+        return 2 * interval + batch_seconds(interval)
 except ImportError:  # the code from before issue 18, measured for comparison
     def heard_within(interval: float) -> float:
         return 2 * interval + 0.1
+
+    def contact_lag(interval: float) -> float:
+        """Contact was stamped on arrival: the victim's last heartbeat arrived at most an
+        interval before it died."""
+        return interval
 
 FUSE = 3.0
 XAPI_RESTART = 2.0
@@ -89,14 +104,17 @@ class Settings:
         answers at once."""
         if not self.watchdog:
             return 0.0
-        return self.heartbeat_window + heard_within(self.heartbeat) + self.watchdog + self.margin
+        # The deadline runs from the victim's last heartbeat heard (table.evidence), which
+        # arrived at most an interval before the crash.
+        return (self.heartbeat_window + heard_within(self.heartbeat) + self.watchdog
+                + self.margin - self.heartbeat)
 
     @property
     def detection(self) -> float:
         """The silence before a host is confirmed down: no proven contact for
         daemon.heard_within (a round trip of echoes) makes a miss, misses for
         confirm_seconds a confirmation."""
-        return heard_within(self.heartbeat) + self.confirm
+        return heard_within(self.heartbeat) + self.confirm - contact_lag(self.heartbeat)
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         probe = min(0.8 * self.tick, 1.5) if self.probe_timeout is None else self.probe_timeout
