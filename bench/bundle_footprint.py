@@ -1,10 +1,13 @@
 """The dom0 bundle beside the venv: start-up time, resident memory and CPU at rest.
 
 Run as root after `make bundle`: .venv/bin/python bench/bundle_footprint.py [--seconds 20]
+    [--hosts 3] [--vms 9] [--peers] [--settle 2]
 The bundle runs in an empty chroot (its tarball unpacked, /proc mounted), the venv's
-xenhad directly; both as master of the same 3-host simulated pool (no heartbeats, probes
-of the other hosts' xapi every 2 s tick), one after the other. Prints numbers; asserts
-nothing.
+xenhad directly; both as master of the same simulated pool (by default 3 hosts, no
+heartbeats: probes of the other hosts' xapi every 2 s tick), one after the other. With
+`--peers`, the other hosts' daemons beat to it as in bench/footprint.py (tick 2 s,
+heartbeats every 1 s): `--hosts 64 --vms 1000 --peers --settle 10` is footprint.py's
+"beating" case on the bundle. Prints numbers; asserts nothing.
 - `--version` and `check-config`: wall time of a whole command, best of 10;
 - daemon start: from spawn to its `daemon.ready` log line;
 - RSS after `seconds` of rest, and CPU over those seconds.
@@ -13,6 +16,7 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +29,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import footprint  # bench/: the peers' heartbeats
 
 from xenhad.sim import PoolSpec
 from xenhad.testbed import Testbed, to_toml
@@ -78,7 +84,9 @@ def inside(root: Path, doc: Mapping[str, Any]) -> dict[str, Any]:
     return {k: fix(v) for k, v in doc.items()}
 
 
-def daemon(name: str, command: list[str], log: Path, seconds: float) -> tuple[float, float, float]:
+def daemon(
+    name: str, command: list[str], log: Path, seconds: float, settle: float
+) -> tuple[float, float, float]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     started = time.monotonic()
     with log.open("wb") as out:
@@ -89,7 +97,7 @@ def daemon(name: str, command: list[str], log: Path, seconds: float) -> tuple[fl
                 raise RuntimeError(f"{name} did not become ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.02)
         ready = time.monotonic() - started
-        time.sleep(2)  # past the first reads
+        time.sleep(settle)  # past the first reads
         cpu0 = cpu_seconds(proc.pid)
         time.sleep(seconds)
         cpu = (cpu_seconds(proc.pid) - cpu0) / seconds * 100
@@ -102,6 +110,12 @@ def daemon(name: str, command: list[str], log: Path, seconds: float) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--vms", type=int, default=9)
+    parser.add_argument("--peers", action="store_true",
+                        help="the other hosts' daemons beat (bench/footprint.py's PeerBeats)")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="seconds after daemon.ready before CPU is counted")
     args = parser.parse_args()
     version = re.search(r'__version__ = "(.+)"', (REPO / "src/xenhad/__init__.py").read_text())
     assert version
@@ -120,10 +134,15 @@ def main() -> None:
         for name, cmd, path in (("venv", venv, str(cfg)), ("bundle", bundled, "/tmp/check.toml")):
             print(f"{name:>6}: --version {best_of([*cmd, '--version']) * 1000:.0f} ms, "
                   f"check-config {best_of([*cmd, 'check-config', path]) * 1000:.0f} ms")
-        spec = PoolSpec(hosts=3, vms=9, seed=3, base_dir=str(root / "tmp" / "sim"))
-        overrides = {"detector": {"interval": 2.0, "probe_timeout": 1.5}}
-        with Testbed(spec, root / "tmp" / "bed", daemon_hosts=(), peers=False,
-                     overrides=overrides) as bed:
+        spec = PoolSpec(hosts=args.hosts, vms=args.vms, seed=3,
+                        base_dir=str(root / "tmp" / "sim"))
+        overrides: dict[str, dict[str, Any]] = {
+            "detector": {"interval": 2.0, "probe_timeout": 1.5}}
+        if args.peers:
+            overrides["peers"] = {"interval": footprint.INTERVAL, "window": 4.0}
+        with Testbed(spec, root / "tmp" / "bed", daemon_hosts=(), peers=args.peers,
+                     overrides=overrides) as bed, \
+                footprint.PeerBeats(bed) if args.peers else contextlib.nullcontext():
             doc = bed.config_for("host1")
             venv_cfg = root / "tmp" / "venv.toml"
             venv_cfg.write_text(to_toml(doc))
@@ -131,7 +150,8 @@ def main() -> None:
             bundle_cfg.write_text(to_toml(inside(root, doc)))
             for name, cmd in (("venv", [*venv, "run", "--config", str(venv_cfg)]),
                               ("bundle", [*bundled, "run", "--config", "/tmp/bundle.toml"])):
-                ready, rss, cpu = daemon(name, cmd, root / "tmp" / f"{name}.log", args.seconds)
+                ready, rss, cpu = daemon(name, cmd, root / "tmp" / f"{name}.log", args.seconds,
+                                         args.settle)
                 print(f"{name:>6}: daemon ready in {ready:.2f} s, RSS {rss:.1f} MiB, "
                       f"CPU at rest {cpu:.2f}% of a core")
     finally:
