@@ -223,6 +223,35 @@ def test_clean_shutdown_is_not_live_at_once_and_boot_comes_back_disabled(pool: S
     assert x.host.get_enabled(host3)
 
 
+def test_a_host_promoted_while_disabled_enables_itself_at_its_start_as_master() -> None:
+    # Self-fence soak seed 2612007944: host2 booted while its master's xapi failed, so the
+    # consider_enabling_host after its hello found no master; promoted later, it stayed
+    # disabled for ever and the VM on its local SR was never started again. xapi runs
+    # consider_enabling_host at the end of every start-up, a master's too.
+    spec = PoolSpec(hosts=3, vms=3, seed=3, fuse_seconds=10)
+    with SimPool(spec) as pool:
+        x = login(pool).xenapi
+        host2 = x.host.get_by_name_label("host2")[0]
+        host3 = x.host.get_by_name_label("host3")[0]
+        x.host.disable(host2)
+        x.host.disable(host3)
+        x.pool.sync_database()  # the copy host2 will start from holds both disabled
+        pool.crash("host1")
+        local = unix_session(pool, "host2")
+        local.slave_local_login_with_password("root", "")
+        local.xenapi.pool.emergency_transition_to_master()
+        pool.advance(spec.fuse_seconds + 1)
+        x2 = login(pool, "host2").xenapi
+        assert not x2.host.get_enabled(host2)
+        pool.advance(spec.enable_after_boot_seconds + 1)
+        assert x2.host.get_enabled(host2)
+        # host3 still follows the dead master: nothing asks for it until it rejoins.
+        assert not x2.host.get_enabled(host3)
+        x2.pool.recover_slaves()
+        pool.advance(spec.xapi_restart_seconds + spec.enable_after_boot_seconds + 1)
+        assert x2.host.get_enabled(host3)
+
+
 def test_declare_dead(pool: SimPool) -> None:
     x = login(pool).xenapi
     host2 = x.host.get_by_name_label("host2")[0]

@@ -330,6 +330,11 @@ def test_a_host_cut_off_from_us_one_way_is_alive_on_the_word_of_a_peer_in_contac
     t.receive(vouch, 19.0, 1000.0)
     assert t.alive_at("host2") == 17.6
     assert t.alive(19.0, 2.0) == {"host2", "host3"}
-    assert t.alive(19.7, 2.0) == {"host3"}  # that proof is as old as it was
+    assert t.alive(19.7, 2.0, vouched_within=2.0) == {"host3"}  # as old as it was
+    # A peer's word is two round trips old (our contact with host3, host3's with host2), so
+    # it counts for twice as long as our own contact (self-fence soak seed 2612007945: with
+    # one window for both, host2 went unvouched for 2 s on end, and was fenced healthy).
+    assert t.alive(20.1, 2.0) == {"host2"}
+    assert t.alive(21.5, 2.0) == {"host2"} and t.alive(21.7, 2.0) == frozenset()
     assert t.mutual(19.0) == {"host3"}  # quorum needs contact of our own
     assert decode(encode(vouch, SECRET), SECRET).proven == {"host2": 0.4}

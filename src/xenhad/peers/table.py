@@ -185,12 +185,26 @@ class PeerTable:
                 times.append(via - ago)
         return max(times, default=None)
 
-    def alive(self, now: float, within: float) -> frozenset[HostId]:
-        """Peers proven alive within the last `within` seconds (alive_at): whose daemon
-        beats, whatever their xapi or the network between us says."""
+    def alive(
+        self, now: float, within: float, vouched_within: float | None = None
+    ) -> frozenset[HostId]:
+        """Peers proven alive (alive_at) within the last `within` seconds by our own contact,
+        or within `vouched_within` (default: twice `within`) on a peer's word: whose daemon
+        beats, whatever their xapi or the network between us says.
+
+        Why a peer's word gets twice as long: it is two round trips old. Our contact with
+        the peer P may be a round trip old (`within`), and P vouches for a host only while
+        its own contact with it is at most a round trip old (link.py's vouch_within), so a
+        host P hears as well as we would is placed up to two round trips back. With the
+        same `within` for both, a host cut off from us one way only and heard by every other
+        host went without a word often enough to be confirmed down and fenced, healthy
+        (self-fence soak seed 2612007945). A dead host costs no more than that: P stops
+        vouching for it within a round trip, as we would, and says so in its next heartbeat.
+        Erring towards alive only delays a recovery; it never runs a VM twice."""
         # alive_at(h) >= since for some time it takes the maximum of: one pass over what
         # each peer vouches for, not alive_at for each host (63 x 63 lookups a tick).
         since = now - within
+        since_vouched = now - (2 * within if vouched_within is None else vouched_within)
         alive: set[HostId] = set()
         for peer, last in self._last.items():
             via = self.contact_at(peer)
@@ -198,8 +212,8 @@ class PeerTable:
                 continue
             if via >= since:
                 alive.add(peer)
-            if last.hb.proven and via - since >= 0:
-                alive.update(vouched(last.hb.proven, via - since))
+            if last.hb.proven and via - since_vouched >= 0:
+                alive.update(vouched(last.hb.proven, via - since_vouched))
         alive.discard(self.me)
         return frozenset(alive)
 

@@ -418,6 +418,15 @@ class SimPool:
             # that were running on the master": every task in the database is cancelled,
             # and the operations they held on VMs with them.
             self._cancel_operations(h.db, None)
+            # A new master enables itself like any host at start-up (a host promoted while
+            # disabled since its last hello stayed disabled for ever, and no VM could be
+            # restarted on it: self-fence soak seed 2612007944), and its slaves ask again
+            # for their own (xapi.ml on_master_restart: consider_enabling_host_request).
+            self._consider_enabling_later(h)
+            for slave in self.hosts:
+                if slave is not h and slave.powered and slave.xapi == "up" \
+                        and self.master_of(slave) is h:
+                    self._consider_enabling_later(slave)
             self.changed.notify_all()
             return
         self._hello(h)
@@ -459,15 +468,23 @@ class SimPool:
         # xapi_pool.ml hello: "cancelling tasks on behalf of slave".
         self._cancel_operations(db, h.ref)
         h.db = db.copy()
+        self._consider_enabling_later(h)
+
+    def _consider_enabling_later(self, h: HostState) -> None:
+        """xapi_host_helpers.ml consider_enabling_host, called at the end of every xapi's
+        start-up once its storage is plugged (storage_access.ml plug_all_pbds), a master's
+        as a slave's: the host enables itself unless the operator disabled it with
+        auto_enable=false. A slave's call is a write to its master's database: made only
+        while the master answers it."""
         epoch = h.epoch
 
         def consider_enabling() -> None:
-            # xapi_host_helpers.ml consider_enabling_host: once storage is plugged the host
-            # enables itself unless the operator disabled it with auto_enable=false.
-            if h.epoch == epoch and h.powered and h.xapi == "up" and h.auto_enable:
-                mm = self.master_of(h)
-                if mm is not None and mm.is_master and self.route(h, mm) == Route.OK:
-                    mm.db.set(h.ref, "enabled", True)
+            if h.epoch != epoch or not h.powered or h.xapi != "up" or not h.auto_enable:
+                return
+            mm = h if h.is_master else self.master_of(h)
+            if mm is not None and mm.is_master and mm.xapi == "up" and (
+                    mm is h or self.route(h, mm) == Route.OK):
+                mm.db.set(h.ref, "enabled", True)
 
         self.after(self.spec.enable_after_boot_seconds, consider_enabling)
 
