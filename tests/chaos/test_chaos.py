@@ -88,3 +88,21 @@ def test_fixed_seeds_with_self_fencing_hold_every_invariant() -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "| 2 |" in result.stdout and "VIOLATION" not in result.stdout
+
+
+# Self-fencing seeds the soak once failed: a healthy host cut off one way fenced (its peers'
+# word came too late), a start in flight when its master died left its VM busy for ever, a
+# host promoted while disabled never enabled (its local-SR VM never ran again).
+ONCE_FAILED_SELF_FENCE = ["1824005500", "1824005512", "1824005545", "2612007944",
+                          "2612007945"]
+
+
+def test_self_fencing_seeds_that_once_failed_hold_every_invariant() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "xenhad", "chaos", "--replay", *ONCE_FAILED_SELF_FENCE,
+         "--self-fence", "--jobs", str(len(ONCE_FAILED_SELF_FENCE))],
+        capture_output=True, text=True, timeout=540,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert f"| {len(ONCE_FAILED_SELF_FENCE)} |" in result.stdout
+    assert "VIOLATION" not in result.stdout
