@@ -781,3 +781,9 @@ class SimPool:
         client that keeps its connections alive saves shows here)."""
         h = self.host(host)
         return int(self.server.accepted.get(h.uuid, 0)) if self.server is not None else 0
+
+    def connections_open(self, host: str) -> int:
+        """Connections the host's xapi is serving now, TCP and local socket (one a client
+        closed is gone once its thread has seen the end)."""
+        h = self.host(host)
+        return self.server.open_connections(h) if self.server is not None else 0

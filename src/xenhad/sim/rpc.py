@@ -346,6 +346,10 @@ class RpcServer:
             self._sel.register(uds, selectors.EVENT_READ, (h, "unix"))
         self._wake()
 
+    def open_connections(self, h: HostState) -> int:
+        with self._mutex:
+            return len(self._conns.get(h.uuid, ()))
+
     def close_host(self, h: HostState) -> None:
         """Power loss: listeners closed, open connections reset."""
         with self._mutex:
