@@ -13,11 +13,15 @@ import asyncio
 import time
 import xmlrpc.client
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from self_signed import self_signed_cert
+from xenhad.config import parse
+from xenhad.daemon import Daemon
+from xenhad.model import HostView
 from xenhad.sim import PoolSpec, SimPool
 from xenhad.xapi import ProbeConnections, probe
 
@@ -240,6 +244,33 @@ def test_closing_lets_go_of_every_idle_connection(pool_of: Callable[..., SimPool
         await until(lambda: sim.connections_open("host2") == 0)
 
     run(scenario)
+
+
+def test_the_daemon_probes_on_kept_connections_and_closes_them_when_it_stops(
+    tmp_path: Path, pool_of: Callable[..., SimPool],
+) -> None:
+    sim = pool_of()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    me = sim.host("host1")
+    config = parse(
+        f'[daemon]\nstate_dir = "{state}"\n[host]\nuuid = "{me.uuid}"\n'
+        f'[detector]\nprobe_url = "{sim.scheme}://{{address}}:{me.port}/"\n'
+        f'[xapi]\nsource_address = "{me.address}"\n',
+        source="t", env={})
+    host2 = sim.host("host2")
+    view = HostView(host2.uuid, host2.ref, host2.name, host2.address, True, True)
+
+    async def scenario() -> None:
+        daemon = Daemon(tmp_path / "xenhad.toml", config)
+        for _ in range(3):
+            assert (await daemon._probe(view)).is_slave
+        assert sim.connections_open("host2") == 1
+        await daemon._shutdown()
+        await until(lambda: sim.connections_open("host2") == 0)
+
+    run(scenario)
+    assert sim.connections_accepted("host2") == 1
 
 
 async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
