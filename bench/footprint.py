@@ -1,9 +1,12 @@
 """One daemon watching a big pool: resident memory (goal < 40 MB) and CPU at rest (goal
 < 0.5% of a core), read from /proc.
 
-Run: .venv/bin/python bench/footprint.py [--hosts 64] [--vms 1000] [--seconds 30]
+Run: .venv/bin/python bench/footprint.py [--hosts 64] [--vms 1000] [--seconds 30] [--tls]
+         [--alone]
 The master's daemon runs against the simulator at production intervals (tick 2 s,
-heartbeats every 1 s), twice:
+heartbeats every 1 s), over http, or with --tls over TLS as a real pool's probes go (the
+simulator serves it as stunnel does; a self-signed certificate made with openssl), twice
+(once with --alone):
 - alone: no other daemon beats, so it probes the other hosts' xapi every tick;
 - with peers: the heartbeats the other hosts' daemons would send (xenhad's own codec and
   pool secret, through the simulated network) come from one sender thread in this process,
@@ -19,6 +22,7 @@ import dataclasses
 import os
 import secrets
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -139,13 +143,24 @@ class PeerBeats:
                 sock.sendto(WRITE(hb, self._secret), self._to)
 
 
-def measure(hosts: int, vms: int, seconds: float, peers: bool) -> tuple[float, float]:
+def certificate(directory: Path) -> tuple[str, str]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def measure(hosts: int, vms: int, seconds: float, peers: bool,
+            tls: bool = False) -> tuple[float, float]:
     overrides = {"detector": {"interval": 2.0, "confirm_misses": 3, "confirm_seconds": 10.0,
                               "probe_timeout": 1.5}}
     if peers:
         overrides["peers"] = {"interval": INTERVAL, "window": 4.0}
     workdir = Path(tempfile.mkdtemp(prefix="xh-bench-"))
-    spec = PoolSpec(hosts=hosts, vms=vms, seed=1)
+    cert, key = certificate(workdir) if tls else (None, None)
+    spec = PoolSpec(hosts=hosts, vms=vms, seed=1, tls_cert=cert, tls_key=key)
     with Testbed(spec, workdir, overrides=overrides, daemon_hosts=("host1",),
                  peers=peers) as bed:
         beats = PeerBeats(bed) if peers else None
@@ -173,11 +188,14 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=64)
     ap.add_argument("--vms", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--tls", action="store_true", help="the hosts' xapi over TLS (https probes)")
+    ap.add_argument("--alone", action="store_true", help="only the run without peers")
     args = ap.parse_args()
     print("| pool | other hosts' daemons | resident memory | CPU at rest |\n|---|---|---|---|")
-    for peers in (False, True):
-        rss, share = measure(args.hosts, args.vms, args.seconds, peers)
-        print(f"| {args.hosts} hosts, {args.vms} VMs | {'beating' if peers else 'none'} | "
+    for peers in (False,) if args.alone else (False, True):
+        rss, share = measure(args.hosts, args.vms, args.seconds, peers, args.tls)
+        pool = f"{args.hosts} hosts, {args.vms} VMs{', TLS' if args.tls else ''}"
+        print(f"| {pool} | {'beating' if peers else 'none'} | "
               f"{rss:.1f} MiB = {rss * MB_PER_MIB:.1f} MB "
               f"({rss * MB_PER_MIB / 40:.2f}x the 40 MB goal) | "
               f"{share:.2f}% of a core ({share / 0.5:.2f}x the 0.5% goal) |", flush=True)

@@ -73,7 +73,7 @@ from xenhad.unit import restart_delay
 from xenhad.xapi.client import Xapi, single_attempt
 from xenhad.xapi.connect import open_xapi
 from xenhad.xapi.errors import XapiError, XapiUnreachable
-from xenhad.xapi.probe import ProbeResult, probe
+from xenhad.xapi.probe import ProbeConnections, ProbeResult, probe
 
 if TYPE_CHECKING:
     from xenhad.metrics import Metrics
@@ -199,6 +199,9 @@ class Daemon:
         self._pool_cache = PoolCache()
         self._alerts_config = configuration.AlertsConfig()
         self._alerts = Alerts.from_config(configuration.AlertsConfig())  # none until run()
+        self._probe_connections = ProbeConnections()
+        """Kept-alive connections to the other hosts' xapi: a probe at rest is a request
+        on an open connection, not a TLS handshake (closed in _shutdown)."""
         self._probes: dict[HostId, Joined] = {}
         """Whom each host's xapi follows, as of its last probe; for a host whose daemon
         beats, as of its last probe that answered (failover's reading: a probe lost under
@@ -390,6 +393,9 @@ class Daemon:
                     master=self._view.master, quorate=False, armed=False,
                 )
             self._link.close()
+        # The loop has stopped (probes in flight were cancelled, their connections dropped):
+        # what is left are the idle ones.
+        self._probe_connections.close()
         if self._xapi is not None:
             # A logout waits behind the calls that hold the XAPI threads: bounded.
             with contextlib.suppress(Exception):
@@ -814,6 +820,7 @@ class Daemon:
             url,
             source_address=self.config.xapi.source_address or None,
             timeout=self.config.detector.probe_timeout,
+            connections=self._probe_connections,
         )
 
     # -- master failover ---------------------------------------------------------------

@@ -201,7 +201,7 @@ class Testbed:
         doc.setdefault("host", {})["uuid"] = host["uuid"]
         doc["xapi"].update({"socket": host["socket"], "source_address": host["address"]})
         port = host["url"].rsplit(":", 1)[1].rstrip("/")
-        doc["detector"].setdefault("probe_url", f"http://{{address}}:{port}/")
+        doc["detector"].setdefault("probe_url", f"{self.pool.scheme}://{{address}}:{port}/")
         doc["daemon"]["state_dir"] = str(state)
         if self.relay is not None:
             peers = doc.setdefault("peers", {})

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root-password", default="xenroot")
     p.add_argument("--vm-start-seconds", type=float, default=2.0)
     p.add_argument("--boot-seconds", type=float, default=60.0)
+    p.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="serve the hosts' XML-RPC over TLS (https URLs), as a real host's "
+                   "stunnel does on 443; with --tls-key")
+    p.add_argument("--tls-key", default=None, metavar="PEM")
     return p
 
 
@@ -46,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     local_vms=args.local_vms, groups=args.groups,
                     base_dir=args.base_dir, base_address=args.base_address,
                     root_password=args.root_password, vm_start_seconds=args.vm_start_seconds,
-                    boot_seconds=args.boot_seconds)
+                    boot_seconds=args.boot_seconds, tls_cert=args.tls_cert,
+                    tls_key=args.tls_key)
     try:
         spec.validate()
     except ValueError as e:

@@ -781,10 +781,26 @@ class SimPool:
                 "base_dir": self.base_dir,
                 "time_scale": self.spec.time_scale,
                 "hosts": [{"uuid": h.uuid, "name": h.name, "address": h.address,
-                           "url": f"http://{h.address}:{h.port}/",
+                           "url": f"{self.scheme}://{h.address}:{h.port}/",
                            "socket": h.socket_path} for h in self.hosts],
             }
 
     def url(self, host: str) -> str:
         h = self.host(host)
-        return f"http://{h.address}:{h.port}/"
+        return f"{self.scheme}://{h.address}:{h.port}/"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.spec.tls_cert is not None else "http"
+
+    def connections_accepted(self, host: str) -> int:
+        """TCP connections the host's xapi has accepted since the pool started (what a
+        client that keeps its connections alive saves shows here)."""
+        h = self.host(host)
+        return int(self.server.accepted.get(h.uuid, 0)) if self.server is not None else 0
+
+    def connections_open(self, host: str) -> int:
+        """Connections the host's xapi is serving now, TCP and local socket (one a client
+        closed is gone once its thread has seen the end)."""
+        h = self.host(host)
+        return self.server.open_connections(h) if self.server is not None else 0

@@ -4,6 +4,16 @@ over TCP on the host's own loopback address and over its local UNIX socket.
 One acceptor thread watches every listening socket; each connection gets a thread. A
 crashed host's listeners are closed (connections refused) and its open connections reset;
 a black-holed request is held without an answer until the client gives up or the cap.
+
+Connections persist as xapi's do (ocaml/libs/http-lib/http_svr.ml, handle_connection): after
+an answer, the next request is read on the same connection unless the request said
+`Connection: close` or was HTTP/1.0 without keep-alive; the first request's headers must
+come within header_read_timeout_tcp, later ones have no timeout at all. What closes an idle
+connection on a real host is stunnel, which terminates TLS on 443 in front of xapi's port 80
+(one xapi connection per client connection): xapi writes its stunnel.conf with no
+TIMEOUTidle (ocaml/xapi/xapi_stunnel_server.ml, unless STUNNEL_IDLE_TIMEOUT is set in its
+environment), so stunnel's default applies, 43200 s (stunnel src/options.c). A restarted
+xapi is a new process: the kernel closed every connection of the old one.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import os
 import select
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -27,6 +38,11 @@ from xenhad.sim.model import I32, XapiFailure
 from xenhad.sim.pool import HostState, SimPool
 
 _MAX_BODY = 16 * 1024 * 1024
+
+FIRST_REQUEST_SECONDS = 10.0
+"""How long a new TCP connection's first request may take to arrive, per read:
+header_read_timeout_tcp (ocaml/xapi/xapi_globs.ml), which http_svr.ml handle_connection
+applies to a connection's first request only."""
 
 
 def to_xmlrpc(value: Any) -> Any:
@@ -77,6 +93,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sim: RpcServer
     sim_host: HostState
     sim_channel: str
+    sim_raw: socket.socket
+    """The TCP socket itself (under TLS, the one the TLS socket wraps)."""
+    sim_epoch: int
+    """The host's epoch when the connection was accepted: its xapi of the time."""
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -84,10 +104,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def address_string(self) -> str:
         return self.sim_channel
 
+    def handle(self) -> None:
+        # http_svr.ml handle_connection: requests are read one after the other until one
+        # asks to close; only the first has a header timeout. Over TCP an idle connection is
+        # closed by stunnel after its idle timeout (see the module's docstring); the local
+        # socket has neither (xapi.ml listen_unix_socket: no header timeouts, no stunnel).
+        idle = self.sim.pool.spec.idle_close_seconds if self.sim_channel == "tcp" else None
+        first = min(FIRST_REQUEST_SECONDS, idle) if idle is not None else None
+        self.connection.settimeout(first)
+        self.close_connection = True
+        self.handle_one_request()
+        self.connection.settimeout(idle)
+        while not self.close_connection:
+            self.handle_one_request()
+
+    def _restarted(self) -> bool:
+        """The host's xapi restarted (or lost its power) since this connection was accepted:
+        the old process's connections were closed by the kernel when it exited, so this
+        request reaches nobody. Checked when a request arrives rather than at the restart:
+        the client learns it at the same moment, when it sends on the connection."""
+        if self.sim_host.epoch == self.sim_epoch:
+            return False
+        self.close_connection = True
+        return True
+
     def do_GET(self) -> None:
+        if self._restarted():
+            return
         self._reply(404, b"not found", "text/plain")
 
     def do_POST(self) -> None:
+        if self._restarted():
+            return
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -220,9 +268,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             # rpclib's Xmlrpc writes a string as <value>text</value>; an empty <string/>
             # reads as nothing at all to such a client (a task's empty result went missing).
             data = data.replace(b"<value><string></string></value>", b"<value></value>")
+        if status != 200:
+            # http_svr.ml answers its errors with response_error_html: Connection: close.
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
+        # http_svr.ml response_of_request: every answer says whether the connection stays
+        # open, as the request asked (HTTP/1.0 or `Connection: close`: it closes).
+        self.send_header("Connection", "close" if self.close_connection else "keep-alive")
         self.end_headers()
         self.wfile.write(data)
 
@@ -232,13 +286,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         kernel closes its connections: a client waiting on it learns at once). A host that
         lost its power closes nothing: its connections just fall silent."""
         end = time.monotonic() + self.sim.pool.spec.blackhole_cap_seconds
-        sock = self.connection
+        sock = self.sim_raw
+        tls = sock is not self.connection
         host = self.sim_host
         while (time.monotonic() < end and self.sim.pool.running
                and (host.epoch == epoch or not host.powered)):
             try:
                 ready, _, _ = select.select([sock], [], [], 0.1)
-                if ready and not sock.recv(1, socket.MSG_PEEK):
+                # Under TLS, bytes from a client that waits for its answer are its
+                # close_notify: it is going away.
+                if ready and (tls or not sock.recv(1, socket.MSG_PEEK)):
                     break
             except (OSError, ValueError):
                 break
@@ -256,6 +313,13 @@ class RpcServer:
         self._mutex = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="sim-accept", daemon=True)
         self._closed = False
+        self.accepted: dict[str, int] = {}
+        """TCP connections accepted, by host uuid."""
+        self._tls: ssl.SSLContext | None = None
+        spec = pool.spec
+        if spec.tls_cert is not None and spec.tls_key is not None:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(spec.tls_cert, spec.tls_key)
 
     def start(self) -> None:
         self._thread.start()
@@ -281,6 +345,10 @@ class RpcServer:
             self._sel.register(tcp, selectors.EVENT_READ, (h, "tcp"))
             self._sel.register(uds, selectors.EVENT_READ, (h, "unix"))
         self._wake()
+
+    def open_connections(self, h: HostState) -> int:
+        with self._mutex:
+            return len(self._conns.get(h.uuid, ()))
 
     def close_host(self, h: HostState) -> None:
         """Power loss: listeners closed, open connections reset."""
@@ -341,18 +409,35 @@ class RpcServer:
                 conn.setblocking(True)
                 with self._mutex:
                     self._conns.setdefault(h.uuid, set()).add(conn)
-                threading.Thread(target=self._serve, args=(conn, addr, h, channel),
+                    if channel == "tcp":
+                        self.accepted[h.uuid] = self.accepted.get(h.uuid, 0) + 1
+                # The xapi that accepted it: a restart after this one it outlives (see
+                # _Handler._restarted).
+                epoch = h.epoch
+                threading.Thread(target=self._serve, args=(conn, addr, h, channel, epoch),
                                  name=f"sim-{h.name}-{channel}", daemon=True).start()
 
-    def _serve(self, conn: socket.socket, addr: Any, h: HostState, channel: str) -> None:
-        handler = type("Handler", (_Handler,), {"sim": self, "sim_host": h,
-                                                "sim_channel": channel})
+    def _serve(self, conn: socket.socket, addr: Any, h: HostState, channel: str,
+               epoch: int) -> None:
+        stream = conn
         try:
-            handler(conn, addr if channel == "tcp" else ("unix", 0), None)
+            if self._tls is not None and channel == "tcp":
+                # stunnel's part: TLS on the accepted connection, then plain HTTP to xapi. The
+                # TLS socket works on a duplicate of the descriptor, so that crashes, resets
+                # and the black hole's peek still act on the TCP socket itself.
+                stream = self._tls.wrap_socket(conn.dup(), server_side=True,
+                                               do_handshake_on_connect=False)
+                stream.settimeout(FIRST_REQUEST_SECONDS)
+                stream.do_handshake()
+            handler = type("Handler", (_Handler,), {"sim": self, "sim_host": h,
+                                                    "sim_channel": channel, "sim_raw": conn,
+                                                    "sim_epoch": epoch})
+            handler(stream, addr if channel == "tcp" else ("unix", 0), None)
         except Exception:  # a client that vanished mid-request is not our problem
             pass
         finally:
             with self._mutex:
                 self._conns.get(h.uuid, set()).discard(conn)
-            with contextlib.suppress(OSError):
-                conn.close()
+            for s in {stream, conn}:
+                with contextlib.suppress(OSError):
+                    s.close()

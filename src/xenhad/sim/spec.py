@@ -45,6 +45,17 @@ class PoolSpec:
     ha_enabled: bool = False
     blackhole_cap_seconds: float = 60.0
     """Real seconds a black-holed request is held at most (it is never answered)."""
+    idle_close_seconds: float = 43200.0
+    """Real seconds after which a TCP connection to a host's xapi that carries nothing is
+    closed. xapi never closes a kept-alive connection (http_svr.ml handle_connection reads
+    the next request with no timeout); stunnel in front of it does, after TIMEOUTidle, which
+    xapi's stunnel.conf leaves at stunnel's default of 12 h (xapi_stunnel_server.ml, stunnel
+    src/options.c). Tests set it short to stand for a server that closes idle connections."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    """With both (PEM files): each host's TCP endpoint speaks TLS and its URL is https, as on a
+    real host, where stunnel terminates TLS on 443 and hands each connection to xapi's port
+    80 (xapi_stunnel_server.ml: accept 443, connect 80)."""
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message naming the field and the fix."""
@@ -54,6 +65,11 @@ class PoolSpec:
             raise ValueError(f"vms={self.vms}: give zero or more VMs")
         if self.local_vms < 0 or self.groups < 0:
             raise ValueError("local_vms, groups: give zero or more")
+        if self.idle_close_seconds <= 0:
+            raise ValueError(f"idle_close_seconds={self.idle_close_seconds}: give a positive "
+                             "number of seconds")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert, tls_key: give both (TLS) or neither (plain HTTP)")
         if self.time_scale <= 0:
             raise ValueError(f"time_scale={self.time_scale}: give a positive factor")
         try:

@@ -11,10 +11,12 @@ from xenhad.xapi.errors import (
     XapiReplyError,
     XapiUnreachable,
 )
-from xenhad.xapi.probe import ProbeResult, probe
+from xenhad.xapi.probe import OneShotConnections, ProbeConnections, ProbeResult, probe
 
 __all__ = [
     "LOCAL_SOCKET",
+    "OneShotConnections",
+    "ProbeConnections",
     "ProbeResult",
     "Safety",
     "Xapi",

@@ -42,9 +42,15 @@ def shown(value: object) -> str:
     levels. A reply is the other side's to fill: a 60 MB string or a structure nested a
     million deep must not become a log line, nor a RecursionError while writing one."""
     try:
-        return _SHOWN.repr(value)
+        text = _SHOWN.repr(value)
     except Exception:  # a repr that fails is no reason to lose the error being reported
         return f"<{type(value).__name__}>"
+    # reprlib bounds each part, not the whole: four entries of four of four add up.
+    return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX - 3] + "..."
+
+
+SHOWN_MAX = 100
+"""Characters of a quoted value at most: two of them and their sentence make one line."""
 
 
 class XapiException(XenhadError):

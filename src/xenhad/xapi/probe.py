@@ -17,6 +17,26 @@ and a black-holed host must cost only its own timeout, whatever the pool size.
 
 TLS is not verified by default: nothing secret is sent, and a forged answer could only make
 a dead host look alive, which delays a failover but never runs a VM twice.
+
+A probe made every tick reuses a kept-alive connection (`ProbeConnections`, which the daemon
+owns): at rest it costs one request and answer on an open TLS connection rather than a TCP
+and TLS handshake each (bench/probe_cost.py and bench/RESULTS.md, 2026-12-07). Real xapi
+keeps the connection open after answering an XML-RPC POST unless the request said
+`Connection: close` or was HTTP/1.0, and never closes an idle one itself: it reads the next
+request with no timeout (ocaml/libs/http-lib/http_svr.ml, handle_connection and
+response_of_request; api_server.ml callback leaves the request's `close` as it came). On
+443, stunnel holds the TLS side, one xapi connection per client connection, and closes a
+connection idle for TIMEOUTidle, which xapi's stunnel.conf leaves at stunnel's default of
+12 h (ocaml/xapi/xapi_stunnel_server.ml; stunnel src/options.c).
+
+Reuse never makes a dead host look alive: an XAPI-shaped answer must still come within the
+timeout. A reused connection that fails before any answer begins (EOF, reset: the server
+closed it while idle, xapi restarted, the host rebooted) is dropped and the probe is made
+once more on a fresh connection, within the same timeout; after a timeout or any other
+failure the connection is dropped. Unlike the facade's calls (transport.py), a probe may be
+sent twice: a login with empty credentials changes nothing (the session of a rare success
+is logged out at once). A master's answer 5 s late (above) is a timeout as before, and its
+connection is dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +57,13 @@ from xenhad.xapi.errors import HOST_IS_SLAVE
 ORIGINATOR = "xenhad-probe"
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_BODY_BYTES = 1024 * 1024
+
+REUSE_IDLE_SECONDS = 60.0
+"""A connection idle for longer is closed rather than reused: a firewall or NAT on the way
+may forget an idle connection without a word, and a probe on it would then time out as if
+the host were dead. Probes made every tick (2 s) stay far within it; a host heard by
+heartbeat, probed every 2 minutes, gets a fresh connection each time (daemon.py,
+PROBE_HEARD_EVERY)."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +94,14 @@ async def probe(
     timeout: float,
     verify_tls: bool = False,
     ca_file: str | None = None,
+    connections: ProbeConnections | None = None,
 ) -> ProbeResult:
     """Ask the xapi at `address_or_url` ("10.0.0.2", "https://10.0.0.2", "http://h:8080")
-    whether it is there, speaking from `source_address` if given. Never raises (except
-    cancellation)."""
+    whether it is there, speaking from `source_address` if given, within `timeout` seconds
+    for the whole probe. Reuses a connection of `connections` if given; without, opens one
+    and closes it. Never raises (except cancellation)."""
     started = time.monotonic()
+    conns = connections if connections is not None else OneShotConnections()
 
     def result(answered: bool, detail: str, **facts: Any) -> ProbeResult:
         return ProbeResult(answered, detail=detail, elapsed=time.monotonic() - started, **facts)
@@ -80,7 +110,7 @@ async def probe(
         url = _probe_url(address_or_url)
         context = _tls_context(url, verify_tls, ca_file)
         reply = await asyncio.wait_for(
-            _ask(url, source_address, context, "session.login_with_password"), timeout
+            conns.ask(url, source_address, context, "session.login_with_password"), timeout
         )
     except asyncio.TimeoutError:
         return result(False, f"no answer within {timeout:g} s")
@@ -103,7 +133,8 @@ async def probe(
         session = reply.get("Value")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
-                _ask(url, source_address, context, "session.logout", str(session)), timeout
+                conns.ask(url, source_address, context, "session.logout", str(session)),
+                timeout,
             )
         return result(True, "login with empty credentials succeeded", code="")
     description = reply.get("ErrorDescription")
@@ -149,53 +180,184 @@ def _shared_context(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-async def _ask(
-    url: str,
-    source_address: str | None,
-    context: ssl.SSLContext | None,
-    method: str,
-    *params: str,
-) -> dict[str, Any]:
+class ProbeConnections:
+    """Kept-alive connections for probes: at most one idle connection per URL and source
+    address, taken by a probe and given back after a complete answer that leaves it open; a
+    probe that finds it taken (another probe of the same URL is in flight) opens its own.
+
+    The daemon owns one and closes it when it stops. Connections belong to the event loop
+    that opened them: one instance per loop.
+    """
+
+    keep_alive = True
+
+    def __init__(self, *, max_idle: float = REUSE_IDLE_SECONDS) -> None:
+        self._max_idle = max_idle
+        self._idle: dict[tuple[str, str | None], _Connection] = {}
+        self._swept_at = time.monotonic()
+        self._closed = False
+        self.opened = 0
+        """Connections opened so far (for bench/probe_cost.py)."""
+
+    async def ask(
+        self,
+        url: str,
+        source_address: str | None,
+        context: ssl.SSLContext | None,
+        method: str,
+        *params: str,
+    ) -> dict[str, Any]:
+        """One XML-RPC call: on the idle connection to `url` if there is one, and once more
+        on a fresh connection if that one turns out closed. The caller's timeout bounds the
+        whole, retry included."""
+        key = (url, source_address)
+        request = _request(url, method, params, self.keep_alive)
+        conn = self._take(key)
+        if conn is not None:
+            try:
+                return await self._exchange(key, conn, request, reused=True)
+            except _ClosedUnderUs:
+                pass  # closed while idle (by the server, or a reboot): once more, fresh
+        conn = await self._open(url, source_address, context)
+        return await self._exchange(key, conn, request, reused=False)
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when their probe ends."""
+        self._closed = True
+        for conn in self._idle.values():
+            conn.drop()
+        self._idle.clear()
+
+    def _take(self, key: tuple[str, str | None]) -> _Connection | None:
+        conn = self._idle.pop(key, None)
+        if conn is not None and not conn.reusable(time.monotonic(), self._max_idle):
+            conn.drop()
+            return None
+        return conn
+
+    def _keep(self, key: tuple[str, str | None], conn: _Connection) -> None:
+        if self._closed or not self.keep_alive or key in self._idle:
+            conn.drop()
+            return
+        now = time.monotonic()
+        conn.idle_since = now
+        self._idle[key] = conn
+        if now - self._swept_at >= self._max_idle:
+            # Hosts no longer probed (gone from the pool, a new probe_url): let go of theirs.
+            self._swept_at = now
+            for k, c in list(self._idle.items()):
+                if not c.reusable(now, self._max_idle):
+                    c.drop()
+                    del self._idle[k]
+
+    async def _open(
+        self, url: str, source_address: str | None, context: ssl.SSLContext | None
+    ) -> _Connection:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if context is not None else 80)
+        reader, writer = await asyncio.open_connection(
+            host,
+            port,
+            ssl=context,
+            server_hostname=host if context is not None else None,
+            local_addr=(source_address, 0) if source_address else None,
+        )
+        self.opened += 1
+        return _Connection(reader, writer)
+
+    async def _exchange(
+        self, key: tuple[str, str | None], conn: _Connection, request: bytes, *, reused: bool
+    ) -> dict[str, Any]:
+        answering = False
+        try:
+            conn.writer.write(request)
+            await conn.writer.drain()
+            status, headers = await _read_head(conn.reader)
+            answering = True
+            body, persistent = await _read_body(conn.reader, status, headers)
+            reply = _envelope(body)
+        except BaseException as e:
+            # A timeout (cancellation), an error, an answer that is not xapi's: whatever the
+            # connection still carries is unknown, so it goes.
+            conn.drop()
+            if reused and not answering and isinstance(e, _CLOSED):
+                raise _ClosedUnderUs() from e
+            raise
+        if persistent:
+            self._keep(key, conn)
+        else:
+            conn.drop()
+        return reply
+
+
+class OneShotConnections(ProbeConnections):
+    """No reuse: each probe opens its own connection and asks the server to close it after
+    the answer. For a probe made once (a command, a test) rather than every tick."""
+
+    keep_alive = False
+
+
+class _Connection:
+    __slots__ = ("idle_since", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle_since = time.monotonic()
+
+    def reusable(self, now: float, max_idle: float) -> bool:
+        return (
+            now - self.idle_since <= max_idle
+            and not self.reader.at_eof()
+            and not self.writer.transport.is_closing()
+        )
+
+    def drop(self) -> None:
+        # abort, not close: closing TLS politely waits for the peer's close_notify (up to
+        # 30 s in asyncio), which a dead or hung host never sends.
+        self.writer.transport.abort()
+
+
+class _ClosedUnderUs(Exception):
+    """A reused connection failed before any answer began: the server had closed it."""
+
+
+class _NoAnswer(ConnectionResetError):
+    pass
+
+
+_CLOSED = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+"""Failures that, before any answer, mean the connection was closed at the other end. EOF
+reads as _NoAnswer, a ConnectionResetError."""
+
+
+@functools.lru_cache(maxsize=512)
+def _request(url: str, method: str, params: tuple[str, ...], keep_alive: bool) -> bytes:
+    # Cached: a probe at rest sends the same bytes to each host every tick.
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if context is not None else 80)
     if method == "session.login_with_password":
         params = ("", "", "1.0", ORIGINATOR)
     body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
-    reader, writer = await asyncio.open_connection(
-        host,
-        port,
-        ssl=context,
-        server_hostname=host if context is not None else None,
-        local_addr=(source_address, 0) if source_address else None,
+    # xapi reads at most 1024 bytes of request header (max_header_length_tcp, xapi_globs.ml).
+    return (
+        b"POST " + (parts.path or "/").encode() + b" HTTP/1.1\r\n"
+        b"Host: " + parts.netloc.encode("idna") + b"\r\n"
+        b"User-Agent: " + ORIGINATOR.encode() + b"\r\n"
+        b"Content-Type: text/xml\r\n"
+        + (b"" if keep_alive else b"Connection: close\r\n")
+        + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
-    try:
-        netloc = parts.netloc.encode("idna")
-        head = (
-            b"POST " + (parts.path or "/").encode() + b" HTTP/1.1\r\n"
-            b"Host: " + netloc + b"\r\n"
-            b"User-Agent: " + ORIGINATOR.encode() + b"\r\n"
-            b"Content-Type: text/xml\r\n"
-            b"Connection: close\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
-        )
-        writer.write(head + body)
-        await writer.drain()
-        return _envelope(await _read_response(reader))
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> bytes:
+async def _read_head(reader: asyncio.StreamReader) -> tuple[list[str], dict[str, str]]:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
         raise _NotXapi("HTTP header too long") from None
     except asyncio.IncompleteReadError as e:
         if not e.partial:
-            raise ConnectionResetError("connection closed without an answer") from None
+            raise _NoAnswer("connection closed without an answer") from None
         raise _NotXapi("truncated HTTP header") from None
     if len(head) > _MAX_HEADER_BYTES:
         raise _NotXapi("HTTP header too long")
@@ -210,8 +372,18 @@ async def _read_response(reader: asyncio.StreamReader) -> bytes:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+async def _read_body(
+    reader: asyncio.StreamReader, status: list[str], headers: dict[str, str]
+) -> tuple[bytes, bool]:
+    """The answer's body, and whether the connection may carry another request: an HTTP/1.1
+    answer that does not say `Connection: close` and whose end its framing told."""
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    persistent = status[0] == "HTTP/1.1" and "close" not in tokens
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return await _read_chunked(reader)
+        return await _read_chunked(reader), persistent
     if "content-length" in headers:
         try:
             length = int(headers["content-length"])
@@ -219,24 +391,54 @@ async def _read_response(reader: asyncio.StreamReader) -> bytes:
             raise _NotXapi("bad Content-Length") from None
         if not 0 <= length <= _MAX_BODY_BYTES:
             raise _NotXapi(f"unexpected Content-Length {length}")
-        return await reader.readexactly(length)
-    return await reader.read(_MAX_BODY_BYTES)
+        return await _exactly(reader, length), persistent
+    # No length: the body ends with the connection (RFC 9112, 6.3), which is then spent.
+    body = bytearray()
+    while chunk := await reader.read(64 * 1024):
+        body += chunk
+        if len(body) > _MAX_BODY_BYTES:
+            raise _NotXapi("answer too large")
+    return bytes(body), False
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     body = bytearray()
     while True:
-        size_line = await reader.readline()
+        size_line = await _line(reader)
         try:
             size = int(size_line.split(b";")[0].strip(), 16)
         except ValueError:
             raise _NotXapi("bad chunk size") from None
         if size == 0:
-            return bytes(body)
-        if len(body) + size > _MAX_BODY_BYTES:
+            break
+        if size < 0 or len(body) + size > _MAX_BODY_BYTES:
             raise _NotXapi("answer too large")
-        body += await reader.readexactly(size)
-        await reader.readline()
+        body += await _exactly(reader, size)
+        if await _line(reader) != b"\r\n":
+            raise _NotXapi("bad chunk")
+    # Trailers, up to the empty line that ends the answer: what follows is the next one's.
+    trailers = 0
+    while await _line(reader) != b"\r\n":
+        trailers += 1
+        if trailers > 100:
+            raise _NotXapi("too many trailers")
+    return bytes(body)
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\r\n")
+    except asyncio.LimitOverrunError:
+        raise _NotXapi("HTTP line too long") from None
+    except asyncio.IncompleteReadError:
+        raise _NotXapi("truncated answer") from None
+
+
+async def _exactly(reader: asyncio.StreamReader, n: int) -> bytes:
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError:
+        raise _NotXapi("truncated answer") from None
 
 
 def _envelope(body: bytes) -> dict[str, Any]:
