@@ -112,9 +112,10 @@ def test_a_fence_that_never_succeeds_raises_a_bounded_number_of_messages(
 def test_a_pool_filled_past_one_failure_is_said_once_and_cleared_when_room_returns(
     workdir: Path,
 ) -> None:
-    # 32 GiB hosts (seed 3): host1 has 16 GiB free, host2 5, host3 6; vm006 (16 GiB,
-    # protected) is halted. Started on host1, the failure of host1 would strand it.
-    spec = PoolSpec(hosts=3, vms=12, seed=3, vm_start_seconds=0.5, host_memory=32 * GIB)
+    # 33 GiB hosts (seed 3): host1 has 17 GiB free, host2 6, host3 7; vm006 (16 GiB, 16517
+    # MiB with its overhead, protected) is halted. Started on host1, the failure of host1
+    # would strand it.
+    spec = PoolSpec(hosts=3, vms=12, seed=3, vm_start_seconds=0.5, host_memory=33 * GIB)
     overrides = {"recovery": {"tolerate": 1, "admission_interval": 1.0}}
     with Testbed(spec, workdir, overrides=overrides) as bed:
         bed.wait_for(lambda: bool(bed.events_named("pool.can_absorb", "host1")), 60,
@@ -134,7 +135,7 @@ def test_a_pool_filled_past_one_failure_is_said_once_and_cleared_when_room_retur
                 "Pool", x.pool.get_uuid(pool), "3")
             assert over["body"].startswith("the pool can no longer absorb the failure of 1 "
                                            "host: if host1 failed, 1 protected VM would find "
-                                           "no room: vm006 (needs 16384 MiB, largest free")
+                                           "no room: vm006 (needs 16517 MiB, largest free")
             assert "OVERCOMMITTED" in bed_status(bed)
             x.VM.hard_shutdown(vm)
             bed.wait_for(lambda: bool(named(bed, "XENHAD_POOL_OVERCOMMIT_CLEARED")), 30,
