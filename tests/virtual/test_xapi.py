@@ -15,6 +15,7 @@ from xenhad.virtual.world import World
 from xenhad.virtual.xapi import InProcessXapi, prober
 from xenhad.xapi.client import single_attempt
 from xenhad.xapi.errors import XapiAuthError, XapiError, XapiUnreachable
+from xenhad.xapi.probe import ProbeConnections
 
 T = TypeVar("T")
 SPEC = PoolSpec(hosts=3, vms=8, seed=3, vm_start_seconds=0.5, boot_seconds=20.0)
@@ -198,3 +199,50 @@ def test_emergency_transition_refused_with_ha() -> None:
         assert e.value.code == "HA_IS_ENABLED"
 
     in_world(scenario, PoolSpec(hosts=2, vms=2, ha_enabled=True))
+
+
+def test_a_host_promoted_while_disabled_enables_itself_on_the_virtual_clock() -> None:
+    # tests/sim/test_faults.py's scenario (self-fence soak seed 2612007944) in process: the
+    # consider_enabling_host of a new master and of the slaves that rejoin it are pool
+    # timers, which the world runs through the pool's timer hook.
+    spec = PoolSpec(hosts=3, vms=3, seed=3, fuse_seconds=10)
+
+    async def scenario(world: World) -> None:
+        pool = world.pool
+        x = tcp(world, "host1")
+        [host2] = await x.call("host.get_by_name_label", "host2")
+        [host3] = await x.call("host.get_by_name_label", "host3")
+        await x.host_disable(host2)
+        await x.host_disable(host3)
+        await x.pool_sync_database()  # the copy host2 will start from holds both disabled
+        pool.crash("host1")
+        l2 = local(world, "host2")
+        await l2.login_local()
+        await l2.pool_emergency_transition_to_master()
+        await world.clock.sleep(spec.fuse_seconds + 1)
+        x2 = tcp(world, "host2")
+        assert not await x2.call("host.get_enabled", host2)
+        await world.clock.sleep(spec.enable_after_boot_seconds + 1)
+        assert await x2.call("host.get_enabled", host2)
+        # host3 still follows the dead master: nothing asks for it until it rejoins.
+        assert not await x2.call("host.get_enabled", host3)
+        await x2.pool_recover_slaves()
+        await world.clock.sleep(spec.xapi_restart_seconds + spec.enable_after_boot_seconds + 1)
+        assert await x2.call("host.get_enabled", host3)
+
+    in_world(scenario, spec)
+
+
+def test_the_in_process_probe_takes_the_daemons_connections() -> None:
+    # The daemon passes its ProbeConnections; in process there is nothing to keep, and no
+    # socket is opened.
+    async def scenario(world: World) -> None:
+        connections = ProbeConnections()
+        probe = prober(world)
+        for _ in range(2):
+            answer = await probe(url(world, "host2"), timeout=1.0, connections=connections)
+            assert answer.is_slave
+        assert connections.opened == 0
+        connections.close()
+
+    in_world(scenario)
