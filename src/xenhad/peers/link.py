@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import secrets
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -78,7 +80,11 @@ class HeartbeatLink:
         peer_port: int,
         batch: float,
         vouch_within: float | None = None,
+        socket_factory: Callable[[int, int], Any] = socket.socket,
+        rng: random.Random | None = None,
     ) -> None:
+        """`socket_factory` and `rng` replace the UDP socket and the boot's random numbers
+        for a pool run in one process on virtual time (xenhad.virtual.net)."""
         if batch <= 0:
             raise ValueError(f"batch = {batch}: expected seconds > 0")
         self._me = me
@@ -87,9 +93,10 @@ class HeartbeatLink:
         self._table = table
         self._clock = clock
         self._peer_port = peer_port
-        self._boot = secrets.token_hex(8)
+        self._socket_factory = socket_factory
+        self._boot = secrets.token_hex(8) if rng is None else f"{rng.getrandbits(64):016x}"
         self._boot_started = clock.wall()
-        self._seq = secrets.randbelow(_SEQ_START)
+        self._seq = secrets.randbelow(_SEQ_START) if rng is None else rng.randrange(_SEQ_START)
         self._batch = batch
         self._vouch_within = table.window if vouch_within is None else vouch_within
         """How recent proven contact must be for our heartbeats to vouch for a peer."""
@@ -111,7 +118,7 @@ class HeartbeatLink:
     async def open(self, bind_address: str, listen_port: int) -> None:
         address = bind_address or "0.0.0.0"
         family = socket.AF_INET6 if ":" in address else socket.AF_INET  # xapi.source_address
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = self._socket_factory(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             with contextlib.suppress(OSError):  # a smaller buffer only risks lost datagrams

@@ -4,15 +4,20 @@
 over `channel` ("tcp" or "unix") from `source` (a host, or None for the outside). It returns
 the value or raises XapiFailure; `Blackhole` means the request must never be answered
 (a slave forwarding to an unreachable master, a hung or cut-off host on the way).
+
+A call that takes sim time (VM.start boots, event.from waits for news) answers `Pending`:
+steps that yield `Wait` or `WaitChange`. `call` performs them on the request's thread;
+xenhad.virtual performs the same steps on its virtual loop (`dispatch`), so the XML-RPC
+servers and the in-process pool run one and the same code.
 """
 
 from __future__ import annotations
 
 import threading
 import xmlrpc.client
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from xenhad.sim.model import (
     CLASSES,
@@ -35,6 +40,80 @@ from xenhad.sim.spec import PoolSpec
 
 class Blackhole(Exception):
     """The request is held and never answered."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Hold the request `seconds` of sim time, the pool's lock released meanwhile."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WaitChange:
+    """Hold the request until the pool changes, or until sim time `deadline`."""
+
+    deadline: float
+
+
+Steps = Generator[Union[Wait, WaitChange], None, Any]
+
+
+class Pending:
+    """A call that takes sim time before it answers: run `steps` to its return value."""
+
+    def __init__(self, steps: Steps) -> None:
+        self.steps = steps
+
+
+def finish(pool: SimPool, value: Any) -> Any:
+    """`value`, or a Pending call performed on this thread (pool lock held, as for any
+    call: its waits release it)."""
+    if not isinstance(value, Pending):
+        return value
+    steps = value.steps
+    try:
+        step = next(steps)
+        while True:
+            if isinstance(step, Wait):
+                pool.wait_sim(step.seconds)
+            else:
+                pool.wait_change(step.deadline)
+            step = next(steps)
+    except StopIteration as done:
+        return done.value
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How a request that reached a powered host's xapi is met before it is performed."""
+
+    hold: bool
+    """Never answered: a cut between the client and this host, or a hung xapi."""
+    delay: float
+    """Injected latency (seconds) before it is performed."""
+    epoch: int
+    """The host's epoch as it arrived: a xapi restart since closes the held connection."""
+
+
+def admit(pool: SimPool, host: HostState, channel: str, source: HostState | None,
+          name: str) -> Admission:
+    """Pool lock held. The UNIX socket is local: no network cut lies on its way."""
+    hold = pool.route(source, host) != Route.OK and channel == "tcp"
+    if host.xapi == "hung":
+        hold = True
+    delay = host.latency.get(name, host.latency.get("*", 0.0))
+    return Admission(hold, delay, host.epoch)
+
+
+def injected_failure(host: HostState, name: str) -> list[str] | None:
+    """Pool lock held. The next injected error of `name` on this host, used up."""
+    for err in host.errors:
+        if err.method == name and err.count != 0:
+            err.count -= 1
+            host.errors[:] = [e for e in host.errors if e.count != 0]
+            return [err.code, *err.params]
+    return None
 
 
 @dataclass
@@ -81,6 +160,12 @@ def known_methods() -> list[str]:
 
 def call(pool: SimPool, host: HostState, channel: str, source: HostState | None,
          name: str, params: list[Any]) -> Any:
+    return finish(pool, dispatch(pool, host, channel, source, name, params))
+
+
+def dispatch(pool: SimPool, host: HostState, channel: str, source: HostState | None,
+             name: str, params: list[Any]) -> Any:
+    """The call's value, or `Pending` steps to perform (pool lock held throughout)."""
     if name.startswith("Async."):
         return _call_async(pool, host, channel, source, name, params)
     entry = _METHODS.get(name)
@@ -141,7 +226,7 @@ def _call_async(pool: SimPool, host: HostState, channel: str, source: HostState 
     def run() -> None:
         with pool.lock:
             try:
-                value = fn(ctx, *params[1:])
+                value = finish(pool, fn(ctx, *params[1:]))
             except XapiFailure as e:
                 outcome = {"status": "failure", "error_info": e.description()}
             except Blackhole:
@@ -199,9 +284,7 @@ def _check_local_session(ctx: Ctx) -> None:
 
 
 def _new_ref(pool: SimPool) -> str:
-    import uuid
-
-    return f"OpaqueRef:{uuid.uuid4()}"
+    return pool.new_ref()
 
 
 def _str(value: Any, what: str) -> str:
@@ -765,7 +848,7 @@ def vm_compute_memory_overhead(ctx: Ctx, vm: Any) -> int:
     return vm_memory_overhead(ctx.db.get("VM", str(vm)))
 
 
-def _start(ctx: Ctx, vref: str, host_ref: str | None, paused: Any, force: Any) -> str:
+def _start(ctx: Ctx, vref: str, host_ref: str | None, paused: Any, force: Any) -> Steps:
     start_paused = _bool(paused, "start_paused")
     _bool(force, "force")
     db = ctx.db
@@ -794,7 +877,7 @@ def _start(ctx: Ctx, vref: str, host_ref: str | None, paused: Any, force: Any) -
     db.set(vref, "current_operations", {task: "start"})
     db.set(vref, "scheduled_to_be_resident_on", host_ref)
     epoch = target.epoch
-    pool.wait_sim(pool.spec.vm_start_seconds)
+    yield Wait(pool.spec.vm_start_seconds)
     if not target.powered or target.epoch != epoch:
         db.set(vref, "current_operations", {})
         db.set(vref, "scheduled_to_be_resident_on", NULL_REF)
@@ -810,19 +893,19 @@ def _start(ctx: Ctx, vref: str, host_ref: str | None, paused: Any, force: Any) -
     # start_delay seconds after the domain is up, still inside the start operation.
     delay = int(rec.get("start_delay", 0) or 0)
     if delay > 0:
-        pool.wait_sim(delay)
+        yield Wait(delay)
     db.set(vref, "current_operations", {})
     return ""
 
 
 @method("VM.start", 3)
-def vm_start(ctx: Ctx, vm: Any, start_paused: Any, force: Any) -> str:
-    return _start(ctx, str(vm), None, start_paused, force)
+def vm_start(ctx: Ctx, vm: Any, start_paused: Any, force: Any) -> Pending:
+    return Pending(_start(ctx, str(vm), None, start_paused, force))
 
 
 @method("VM.start_on", 4)
-def vm_start_on(ctx: Ctx, vm: Any, host: Any, start_paused: Any, force: Any) -> str:
-    return _start(ctx, str(vm), str(host), start_paused, force)
+def vm_start_on(ctx: Ctx, vm: Any, host: Any, start_paused: Any, force: Any) -> Pending:
+    return Pending(_start(ctx, str(vm), str(host), start_paused, force))
 
 
 def _shutdown(ctx: Ctx, vm: Any) -> str:
@@ -935,7 +1018,11 @@ def task_cancel(ctx: Ctx, task: Any) -> str:
 
 
 @method("event.from", 3)
-def event_from(ctx: Ctx, classes: Any, token: Any, timeout: Any) -> dict[str, Any]:
+def event_from(ctx: Ctx, classes: Any, token: Any, timeout: Any) -> Pending:
+    return Pending(_event_from(ctx, classes, token, timeout))
+
+
+def _event_from(ctx: Ctx, classes: Any, token: Any, timeout: Any) -> Steps:
     if not isinstance(classes, list):
         raise XapiFailure("FIELD_TYPE_ERROR", ["classes"])
     subs = [str(c) for c in classes]
@@ -951,7 +1038,7 @@ def event_from(ctx: Ctx, classes: Any, token: Any, timeout: Any) -> dict[str, An
         events = _collect(db, subs, since)
         if events or pool.clock.now() >= deadline or not pool.running:
             break
-        pool.changed.wait(min(pool.clock.real_seconds(deadline - pool.clock.now()), 0.05))
+        yield WaitChange(deadline)
     return {
         "events": events,
         "valid_ref_counts": {cls.lower(): I32(len(t)) for cls, t in db.tables.items()},

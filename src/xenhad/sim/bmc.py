@@ -22,6 +22,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,14 +33,45 @@ SYSTEM = "/redfish/v1/Systems/1"
 RESET = SYSTEM + "/Actions/ComputerSystem.Reset"
 
 
-class Bmc:
-    """One host's BMC: its own HTTP listener on the host's address, its own fault mode."""
+class BmcModel:
+    """What one host's BMC does, whoever asks: its fault mode, the power state it reads and
+    the resets it performs on the simulator's truth. `Bmc` serves it over Redfish;
+    xenhad.virtual calls it in process. `stamp` times each reset (real monotonic seconds
+    for the served one)."""
 
-    def __init__(self, pool: SimPool, host: str, username: str, password: str) -> None:
+    def __init__(self, pool: SimPool, host: str, stamp: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.pool = pool
         self.host = host
         self.mode = "ok"
         self.resets: list[tuple[float, str]] = []
+        self._stamp = stamp
+
+    def power_state(self) -> str:
+        if self.mode == "lie":
+            return "Off"
+        return "On" if self.pool.host(self.host).powered else "Off"
+
+    def reset(self, kind: str) -> None:
+        self.resets.append((self._stamp(), kind))
+        if self.mode in ("ignore-off", "lie") and kind in ("ForceOff", "GracefulShutdown"):
+            return
+        powered = self.pool.host(self.host).powered
+        if kind in ("ForceOff", "GracefulShutdown", "PushPowerButton") and powered:
+            self.pool.crash(self.host)
+        elif kind == "On" and not powered:
+            self.pool.boot(self.host)
+        elif kind in ("ForceRestart", "PowerCycle"):
+            if powered:
+                self.pool.crash(self.host)
+            self.pool.boot(self.host)
+
+
+class Bmc(BmcModel):
+    """One host's BMC: its own HTTP listener on the host's address, its own fault mode."""
+
+    def __init__(self, pool: SimPool, host: str, username: str, password: str) -> None:
+        super().__init__(pool, host)
         self._auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
         address = pool.host(host).address
         self._server = _Server((address, 0), _Handler)
@@ -53,25 +85,6 @@ class Bmc:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-    def power_state(self) -> str:
-        if self.mode == "lie":
-            return "Off"
-        return "On" if self.pool.host(self.host).powered else "Off"
-
-    def reset(self, kind: str) -> None:
-        self.resets.append((time.monotonic(), kind))
-        if self.mode in ("ignore-off", "lie") and kind in ("ForceOff", "GracefulShutdown"):
-            return
-        powered = self.pool.host(self.host).powered
-        if kind in ("ForceOff", "GracefulShutdown", "PushPowerButton") and powered:
-            self.pool.crash(self.host)
-        elif kind == "On" and not powered:
-            self.pool.boot(self.host)
-        elif kind in ("ForceRestart", "PowerCycle"):
-            if powered:
-                self.pool.crash(self.host)
-            self.pool.boot(self.host)
 
     def authorised(self, header: str | None) -> bool:
         return header == self._auth

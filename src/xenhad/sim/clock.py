@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Protocol
+
+
+class SimTime(Protocol):
+    """What the simulator reads of its clock: SimClock, or a virtual loop's (xenhad.virtual)."""
+
+    time_scale: float
+
+    def now(self) -> float: ...
+
+    def wall(self) -> float: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+    def real_seconds(self, sim_seconds: float) -> float: ...
 
 
 class SimClock:

@@ -10,17 +10,19 @@ import errno
 import heapq
 import itertools
 import os
+import random
 import secrets
 import shutil
 import tempfile
 import threading
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from xenhad.sim.clock import SimClock
+from xenhad.sim.clock import SimClock, SimTime
 from xenhad.sim.model import NULL_REF, Db, build_pool
 from xenhad.sim.network import Network
 from xenhad.sim.spec import PoolSpec
@@ -100,13 +102,36 @@ class HostState:
         return self.running_master == self.address
 
 
+class _Changes(threading.Condition):
+    """The pool's condition; `notify_all` also tells in-process listeners, which have no
+    thread to wait on it (xenhad.virtual wakes the calls it holds)."""
+
+    def __init__(self, lock: threading.RLock) -> None:
+        super().__init__(lock)
+        self.listeners: list[Callable[[], None]] = []
+
+    def notify_all(self) -> None:
+        super().notify_all()
+        for listener in self.listeners:
+            listener()
+
+
 class SimPool:
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: PoolSpec, *, clock: SimTime | None = None,
+                 rng: random.Random | None = None,
+                 on_timer: Callable[[float], None] | None = None) -> None:
+        """`clock`, `rng` and `on_timer` are for a pool run in process (xenhad.virtual):
+        its sim time, the source of the refs it makes (uuid4 without one), and who is told
+        each time a timer or watchdog deadline falls due, since no ticker thread polls."""
         spec.validate()
         self.spec = spec
-        self.clock = SimClock(spec.time_scale)
+        self.clock: SimTime = clock or SimClock(spec.time_scale)
+        self._refs = rng
+        self.on_timer = on_timer
+        self.in_process = False
+        """Driven by xenhad.virtual: nothing may block on the condition (no other thread)."""
         self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)
+        self.changed = _Changes(self.lock)
         self.network = Network()
         self._own_base_dir = spec.base_dir is None
         self.base_dir = spec.base_dir or tempfile.mkdtemp(prefix="xenhadsim-")
@@ -220,9 +245,20 @@ class SimPool:
         if self._own_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
+    def start_in_process(self) -> None:
+        """Run without servers or ticker threads: xenhad.virtual calls api.dispatch itself
+        and ticks the pool when `on_timer` says a timer is due."""
+        self.in_process = True
+        self._running = True
+
     @property
     def running(self) -> bool:
         return self._running
+
+    def new_ref(self) -> str:
+        if self._refs is None:
+            return f"OpaqueRef:{uuidlib.uuid4()}"
+        return f"OpaqueRef:{uuidlib.UUID(int=self._refs.getrandbits(128), version=4)}"
 
     # ---- timers ----------------------------------------------------------------------
 
@@ -257,17 +293,26 @@ class SimPool:
         return self._now_override if self._now_override is not None else self.clock.now()
 
     def after(self, seconds: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (self.now() + seconds, next(self._seq), fn))
+        self._push(self.now() + seconds, fn)
 
     def _every(self, start: float, interval: float, fn: Callable[[], None]) -> None:
         def run() -> None:
             fn()
-            heapq.heappush(self._timers, (self.now() + interval, next(self._seq), run))
+            self._push(self.now() + interval, run)
 
-        heapq.heappush(self._timers, (start + interval, next(self._seq), run))
+        self._push(start + interval, run)
+
+    def _push(self, at: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (at, next(self._seq), fn))
+        self._due(at)
+
+    def _due(self, at: float) -> None:
+        if self.on_timer is not None:
+            self.on_timer(at)
 
     def wait_sim(self, seconds: float) -> None:
         """Block the calling request (lock held on entry and exit) for `seconds` sim time."""
+        self._may_block()
         end = self.clock.now() + seconds
         while self._running:
             left = end - self.clock.now()
@@ -275,7 +320,19 @@ class SimPool:
                 return
             self.changed.wait(min(self.clock.real_seconds(left), 0.05))
 
+    def wait_change(self, deadline: float) -> None:
+        """Block the calling request (lock held) until the pool changes or a while passes."""
+        self._may_block()
+        self.changed.wait(min(self.clock.real_seconds(deadline - self.clock.now()), 0.05))
+
+    def _may_block(self) -> None:
+        if self.in_process:
+            raise SimError("a call of a pool run in process waited on a thread: "
+                           "xenhad.virtual drives its waits (api.Pending)")
+
     def advance(self, seconds: float) -> None:
+        if self.in_process:
+            raise SimError("advance: a pool run in process moves with its virtual loop")
         if seconds < 0:
             raise SimError("advance: seconds must be >= 0")
         with self.lock:
@@ -678,6 +735,7 @@ class SimPool:
                 raise SimError(f"watchdog: {h.name} is powered off")
             h.watchdog_timeout = float(timeout_s)
             h.watchdog_deadline = self.clock.now() + timeout_s
+            self._due(h.watchdog_deadline)
 
     def watchdog_keepalive(self, host: str, decided_monotonic: float | None = None) -> None:
         """Restart the countdown from the feed: from `decided_monotonic` (this machine's
@@ -696,6 +754,7 @@ class SimPool:
                 fed = now - ago * self.clock.time_scale
             # Two feeds in flight may arrive out of order: the later decision counts.
             h.watchdog_deadline = max(h.watchdog_deadline, fed + h.watchdog_timeout)
+            self._due(h.watchdog_deadline)
 
     def watchdog_disarm(self, host: str) -> None:
         with self.lock:

@@ -83,6 +83,30 @@ def _from_wire(value: Any) -> Any:
     return value
 
 
+def xmlrpc_reply(name: str, kind: str, value: Any) -> bytes:
+    """The body xapi answers an XML-RPC call with: `kind` "ok" with the value, or "fail"
+    with [code, params...]. xenhad.virtual parses the same bytes as a client would."""
+    if kind == "ok" and name == "system.listMethods":
+        # api_server.ml: its answer is the bare array, with no Status/Value envelope.
+        text = xmlrpc.client.dumps((to_xmlrpc(value),), methodresponse=True)
+    else:
+        out = ({"Status": "Success", "Value": to_xmlrpc(value)} if kind == "ok"
+               else {"Status": "Failure", "ErrorDescription": value})
+        text = xmlrpc.client.dumps((out,), methodresponse=True, allow_none=True)
+    return _as_xapi_writes(text.encode("utf-8"))
+
+
+def _as_xapi_writes(data: bytes) -> bytes:
+    # xapi's Xmlrpc.to_string writes no whitespace between elements; Python's dumps
+    # does, and a strict client (Xen Orchestra's, which keeps text nodes) reads
+    # those as values. Text inside a value has its < and > escaped, so a newline
+    # between two tags is only ever formatting.
+    data = data.replace(b">\n<", b"><")
+    # rpclib's Xmlrpc writes a string as <value>text</value>; an empty <string/>
+    # reads as nothing at all to such a client (a task's empty result went missing).
+    return data.replace(b"<value><string></string></value>", b"<value></value>")
+
+
 class _Held(Exception):
     pass
 
@@ -175,21 +199,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with pool.lock:
             if not host.powered:
                 raise _Held()
-            hold = pool.route(source, host) != "ok" and self.sim_channel == "tcp"
-            if host.xapi == "hung":
-                hold = True
-            delay = host.latency.get(name, host.latency.get("*", 0.0))
-            epoch = host.epoch
-        if hold:
+            admission = api.admit(pool, host, self.sim_channel, source, name)
+            epoch = admission.epoch
+        if admission.hold:
             self._hold(epoch)
-        if delay:
-            time.sleep(delay)
+        if admission.delay:
+            time.sleep(admission.delay)
         with pool.lock:
-            for err in host.errors:
-                if err.method == name and err.count != 0:
-                    err.count -= 1
-                    host.errors[:] = [e for e in host.errors if e.count != 0]
-                    return ("fail", [err.code, *err.params])
+            injected = api.injected_failure(host, name)
+            if injected is not None:
+                return ("fail", injected)
             try:
                 return ("ok", api.call(pool, host, self.sim_channel, source, name, params))
             except XapiFailure as e:
@@ -210,21 +229,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             out = {"Status": "Failure",
                    "ErrorDescription": ["XMLRPC_UNMARSHAL_FAILURE", str(body[:200], "utf-8",
                                                                         "replace"), str(e)]}
-            self._reply(200, xmlrpc.client.dumps((out,), methodresponse=True).encode(),
-                        "text/xml")
+            self._reply(200, _as_xapi_writes(
+                xmlrpc.client.dumps((out,), methodresponse=True).encode()), "text/xml")
             return
         kind, value = self._dispatch(name, [_from_wire(p) for p in params])
-        if kind == "ok" and name == "system.listMethods":
-            # api_server.ml: its answer is the bare array, with no Status/Value envelope.
-            data = xmlrpc.client.dumps((to_xmlrpc(value),), methodresponse=True)
-            self._reply(200, data.encode("utf-8"), "text/xml")
-            return
-        if kind == "ok":
-            out = {"Status": "Success", "Value": to_xmlrpc(value)}
-        else:
-            out = {"Status": "Failure", "ErrorDescription": value}
-        data = xmlrpc.client.dumps((out,), methodresponse=True, allow_none=True)
-        self._reply(200, data.encode("utf-8"), "text/xml")
+        self._reply(200, xmlrpc_reply(name, kind, value), "text/xml")
 
     def _jsonrpc(self, body: bytes) -> None:
         # api_server.ml: v1 answers {result, error, id}; v2 answers errors as
@@ -259,15 +268,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._reply(200, json.dumps(reply).encode(), "application/json")
 
     def _reply(self, status: int, data: bytes, ctype: str) -> None:
-        if ctype == "text/xml":
-            # xapi's Xmlrpc.to_string writes no whitespace between elements; Python's dumps
-            # does, and a strict client (Xen Orchestra's, which keeps text nodes) reads
-            # those as values. Text inside a value has its < and > escaped, so a newline
-            # between two tags is only ever formatting.
-            data = data.replace(b">\n<", b"><")
-            # rpclib's Xmlrpc writes a string as <value>text</value>; an empty <string/>
-            # reads as nothing at all to such a client (a task's empty result went missing).
-            data = data.replace(b"<value><string></string></value>", b"<value></value>")
         if status != 200:
             # http_svr.ml answers its errors with response_error_html: Connection: close.
             self.close_connection = True

@@ -48,8 +48,9 @@ import ssl
 import time
 import urllib.parse
 import xmlrpc.client
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Protocol
 from xml.parsers.expat import ExpatError
 
 from xenhad.xapi.errors import HOST_IS_SLAVE
@@ -87,6 +88,16 @@ class _NotXapi(Exception):
     pass
 
 
+class Ask(Protocol):
+    """One request to the xapi at `url` and its {Status, ...} envelope: over a socket
+    (`ProbeConnections.ask`), or in process (xenhad.virtual). Raises OSError when it cannot
+    connect."""
+
+    def __call__(self, url: str, source_address: str | None,
+                 context: ssl.SSLContext | None, method: str, *params: str
+                 ) -> Awaitable[dict[str, Any]]: ...
+
+
 async def probe(
     address_or_url: str,
     *,
@@ -95,22 +106,28 @@ async def probe(
     verify_tls: bool = False,
     ca_file: str | None = None,
     connections: ProbeConnections | None = None,
+    ask: Ask | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> ProbeResult:
     """Ask the xapi at `address_or_url` ("10.0.0.2", "https://10.0.0.2", "http://h:8080")
     whether it is there, speaking from `source_address` if given, within `timeout` seconds
     for the whole probe. Reuses a connection of `connections` if given; without, opens one
-    and closes it. Never raises (except cancellation)."""
-    started = time.monotonic()
-    conns = connections if connections is not None else OneShotConnections()
+    and closes it. Never raises (except cancellation). `ask` and `monotonic` replace the
+    sockets (`connections` is then unused) and the clock (virtual time)."""
+    started = monotonic()
+    if ask is None:
+        conns = connections if connections is not None else OneShotConnections()
+        ask = conns.ask
+    ask_xapi: Ask = ask
 
     def result(answered: bool, detail: str, **facts: Any) -> ProbeResult:
-        return ProbeResult(answered, detail=detail, elapsed=time.monotonic() - started, **facts)
+        return ProbeResult(answered, detail=detail, elapsed=monotonic() - started, **facts)
 
     try:
         url = _probe_url(address_or_url)
         context = _tls_context(url, verify_tls, ca_file)
         reply = await asyncio.wait_for(
-            conns.ask(url, source_address, context, "session.login_with_password"), timeout
+            ask_xapi(url, source_address, context, "session.login_with_password"), timeout
         )
     except asyncio.TimeoutError:
         return result(False, f"no answer within {timeout:g} s")
@@ -133,7 +150,7 @@ async def probe(
         session = reply.get("Value")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
-                conns.ask(url, source_address, context, "session.logout", str(session)),
+                ask_xapi(url, source_address, context, "session.logout", str(session)),
                 timeout,
             )
         return result(True, "login with empty credentials succeeded", code="")
@@ -336,8 +353,7 @@ reads as _NoAnswer, a ConnectionResetError."""
 def _request(url: str, method: str, params: tuple[str, ...], keep_alive: bool) -> bytes:
     # Cached: a probe at rest sends the same bytes to each host every tick.
     parts = urllib.parse.urlsplit(url)
-    if method == "session.login_with_password":
-        params = ("", "", "1.0", ORIGINATOR)
+    params = probe_params(method, params)
     body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
     # xapi reads at most 1024 bytes of request header (max_header_length_tcp, xapi_globs.ml).
     return (
@@ -348,6 +364,18 @@ def _request(url: str, method: str, params: tuple[str, ...], keep_alive: bool) -
         + (b"" if keep_alive else b"Connection: close\r\n")
         + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
+
+
+def probe_params(method: str, params: tuple[str, ...]) -> tuple[str, ...]:
+    """What the probe sends: a login with empty credentials, never a password."""
+    if method == "session.login_with_password":
+        return ("", "", "1.0", ORIGINATOR)
+    return params
+
+
+def envelope(body: bytes) -> dict[str, Any]:
+    """The {Status, ...} envelope of an XML-RPC reply body; _NotXapi when it is none."""
+    return _envelope(body)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[list[str], dict[str, str]]:

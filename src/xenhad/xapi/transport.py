@@ -265,6 +265,30 @@ def _give_back_freed_memory() -> None:
 _malloc_trim: Any = None
 
 
+def parse_reply(data: bytes, endpoint: str, unread: frozenset[str] = frozenset()
+                ) -> tuple[Any, ...]:
+    """A whole reply body's XML-RPC values, parsed as `_read_reply` parses a reply read from
+    a socket (the in-process pool of xenhad.virtual answers with the simulator's bytes)."""
+    if len(data) > MAX_REPLY_BYTES:
+        raise XapiReplyError(
+            f"xapi at {endpoint} sent a reply larger than {MAX_REPLY_BYTES} bytes, "
+            "more than xenhad reads: refused"
+        )
+    unmarshaller = _Unmarshaller(unread)
+    parser = xmlrpc.client.ExpatParser(unmarshaller)
+    try:
+        parser.feed(data)
+        parser.close()
+        params: tuple[Any, ...] = unmarshaller.close()
+    except (xmlrpc.client.Fault, XapiReplyError):
+        raise
+    except (ExpatError, xmlrpc.client.ResponseError, ValueError, TypeError) as e:
+        raise XapiReplyError(
+            f"xapi at {endpoint} sent a reply that is not XML-RPC ({e}): is this a xapi endpoint?"
+        ) from e
+    return params
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
         return (

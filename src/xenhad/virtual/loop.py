@@ -1,0 +1,187 @@
+"""An asyncio event loop on virtual time, and the Clock bound to it.
+
+`loop.time()` is a number this loop owns. When no callback is ready, the loop does not
+wait: its clock jumps to the next scheduled timer, so an hour of heartbeats and ticks runs
+in as long as its callbacks take. It has no selector, no self-pipe and no executor: a
+callback can never be woken by real I/O or by a thread, which is what makes a run a pure
+function of its seed. Whatever needs real I/O or a thread is refused at once with
+`VirtualTimeError`, naming the call, rather than hanging or silently running on real time.
+
+Nothing here draws randomness: the one `random.Random` of a run is made by its caller
+(world.py) and handed to whatever needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
+
+DEFAULT_WALL = 1.8e9
+"""Wall-clock seconds at virtual time 0 (late 2027): far from 0, as a real clock is."""
+
+
+class VirtualTimeError(RuntimeError):
+    """Something asked the virtual loop for real time, real I/O or a thread."""
+
+
+class _NoSelector:
+    """Stands where a selector would: `select(timeout)` moves the clock instead of waiting."""
+
+    def __init__(self, loop: VirtualLoop) -> None:
+        self._loop = loop
+
+    def select(self, timeout: float | None) -> list[Any]:
+        if timeout is None:
+            # Nothing ready and no timer: in a real loop this waits for I/O or a thread,
+            # neither of which exists here. Every task waits for something no one will do.
+            raise VirtualTimeError(
+                f"deadlock at virtual time {self._loop.time():.6f}: no callback is ready and "
+                "no timer is scheduled, yet the loop was asked to go on"
+            )
+        if timeout > 0:
+            self._loop._jump(timeout)
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+class VirtualLoop(asyncio.BaseEventLoop):
+    """A deterministic loop: callbacks run in the order asyncio gives them (ready FIFO, then
+    timers by due time and scheduling order); time moves only between callbacks."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        super().__init__()
+        self._now = float(start)
+        self._selector = _NoSelector(self)
+        self.jumps = 0
+        """How many times the clock jumped forward (the loop was idle)."""
+
+    # -- time ---------------------------------------------------------------------------
+
+    def time(self) -> float:
+        return self._now
+
+    def _jump(self, timeout: float) -> None:
+        # Land exactly on the next timer's due time: `now + (when - now)` may round below
+        # `when`, and the timer would not be due yet.
+        # BaseEventLoop's own heap of timers (not in typeshed); cancelled heads are gone.
+        scheduled = cast("list[asyncio.TimerHandle]", self._scheduled)  # type: ignore[attr-defined]
+        target = self._now + timeout
+        if scheduled:
+            target = min(target, scheduled[0].when())  # a heap: its head is the next
+        self._now = max(self._now, target)
+        self.jumps += 1
+
+    # -- what BaseEventLoop asks of a concrete loop ---------------------------------------
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        return None
+
+    def _write_to_self(self) -> None:
+        # call_soon_threadsafe: only a thread would call it, and no thread runs here.
+        raise VirtualTimeError("call_soon_threadsafe on the virtual loop: no thread may wake it")
+
+    # -- refused: real threads and real I/O -------------------------------------------------
+
+    def run_in_executor(  # type: ignore[override]
+        self, executor: Any, func: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        # asyncio.to_thread hands over functools.partial(context.run, work, ...).
+        inner = [a for a in getattr(func, "args", ()) if callable(a)][:1]
+        target = inner[0] if inner else func
+        name = getattr(target, "__qualname__", repr(target))
+        raise VirtualTimeError(
+            f"run_in_executor({name}) on the virtual loop: a thread runs on real time and "
+            "would make the run depend on the machine. Give the caller an in-process "
+            "implementation instead (xenhad.virtual)"
+        )
+
+    def set_default_executor(self, executor: Any) -> None:
+        raise VirtualTimeError("the virtual loop has no executor")
+
+    def _refuse_io(self, what: str) -> VirtualTimeError:
+        return VirtualTimeError(
+            f"{what} on the virtual loop: real I/O is not allowed; use the in-process "
+            "network, xapi and BMCs of xenhad.virtual")
+
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse_io("getaddrinfo")
+
+    async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse_io("create_connection")
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse_io("create_server")
+
+    async def create_datagram_endpoint(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse_io("create_datagram_endpoint")
+
+    async def create_unix_connection(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse_io("create_unix_connection")
+
+    async def create_unix_server(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse_io("create_unix_server")
+
+    def add_reader(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        raise self._refuse_io("add_reader")
+
+    def add_writer(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        raise self._refuse_io("add_writer")
+
+    def add_signal_handler(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        raise self._refuse_io("add_signal_handler")
+
+
+class VirtualClock:
+    """xenhad's Clock on a VirtualLoop: monotonic is the loop's time, wall a fixed offset
+    from it (moved by `jump_wall`, as an NTP step or an operator's `date` would)."""
+
+    def __init__(self, loop: VirtualLoop, wall_at_zero: float = DEFAULT_WALL) -> None:
+        self.loop = loop
+        self._wall_offset = wall_at_zero
+
+    def monotonic(self) -> float:
+        return self.loop.time()
+
+    def wall(self) -> float:
+        return self.loop.time() + self._wall_offset
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def jump_wall(self, seconds: float) -> None:
+        """The wall clock steps by `seconds` (either way); monotonic time does not."""
+        self._wall_offset += seconds
+
+
+def run(main: Callable[[VirtualLoop], Awaitable[T]] | Coroutine[Any, Any, T], *,
+        start: float = 0.0) -> T:
+    """Run `main` (a coroutine, or a function of the loop returning one) to completion on a
+    fresh VirtualLoop, then cancel what is left and close the loop."""
+    loop = VirtualLoop(start)
+    try:
+        asyncio.set_event_loop(loop)
+        coro = main(loop) if callable(main) else main
+        return loop.run_until_complete(_as_coroutine(coro))
+    finally:
+        try:
+            _cancel_all(loop)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+async def _as_coroutine(aw: Awaitable[T]) -> T:
+    return await aw
+
+
+def _cancel_all(loop: VirtualLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))

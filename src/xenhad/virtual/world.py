@@ -1,0 +1,244 @@
+"""One run's world: a SimPool on the virtual loop, and the wire its xapis answer on.
+
+The pool is the simulator's own (sim/pool.py, sim/api.py): the same model, the same
+semantics and error codes as the XML-RPC servers, but nothing listens and no thread runs.
+Its timers (heartbeat rounds, fuses, boots, watchdog deadlines) are ticked by the loop at
+their due time; a call that takes sim time (VM.start, event.from) is performed step by
+step (api.Pending) on the loop; a request the simulator would hold unanswered is held
+until its client's timeout, on the virtual clock.
+
+`request` is the wire: what a client on `source` gets back from `target`'s xapi, as the
+reply body the XML-RPC server would have written (rpc.xmlrpc_reply), or `NoAnswer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import xmlrpc.client
+from dataclasses import dataclass, replace
+from typing import Any
+
+from xenhad.sim import api, rpc
+from xenhad.sim import messages as _messages  # noqa: F401  (registers the message class)
+from xenhad.sim.model import XapiFailure
+from xenhad.sim.pool import HostState, SimError, SimPool
+from xenhad.sim.spec import PoolSpec
+from xenhad.virtual.loop import VirtualClock, VirtualLoop
+
+
+class NoAnswer(Exception):
+    """The request got no answer: `reason` as a socket would say it, `sent` whether it
+    may have reached the xapi (see xapi/errors.py XapiUnreachable)."""
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sent = sent
+
+
+TIMED_OUT = "timed out"
+REFUSED = "Connection refused"
+CLOSED = "Remote end closed connection without response"
+"""http.client's words when a held request's xapi restarted (Xapi_fuse: the process exits
+and the kernel closes its connections, rpc.py _hold)."""
+
+
+class _SimTime:
+    """The simulator's clock (sim/clock.py SimTime) read from the virtual loop."""
+
+    time_scale = 1.0
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock.monotonic()
+
+    def wall(self) -> float:
+        return self._clock.wall()
+
+    def advance(self, seconds: float) -> None:
+        raise SimError("advance: a pool run in process moves with its virtual loop")
+
+    def real_seconds(self, sim_seconds: float) -> float:
+        return max(0.0, sim_seconds)
+
+
+@dataclass
+class _Connection:
+    epoch: int
+    holding: bool = False
+
+
+class _Closed(Exception):
+    pass
+
+
+class World:
+    """The loop, its clock, the run's one Random and the pool. Make it inside the loop
+    (`VirtualLoop.run_until_complete` or `virtual.loop.run`)."""
+
+    def __init__(self, loop: VirtualLoop, spec: PoolSpec, rng: random.Random) -> None:
+        self.loop = loop
+        self.clock = VirtualClock(loop)
+        self.rng = rng
+        # Nothing listens: the socket paths are names only, no directory is made.
+        spec = replace(spec, base_dir=spec.base_dir or "/virtual")
+        self._ticks_at: set[float] = set()
+        self._change: asyncio.Future[None] | None = None
+        self.pool = SimPool(spec, clock=_SimTime(self.clock), rng=self.fork(),
+                            on_timer=self._due)
+        self.pool.changed.listeners.append(self._changed)
+        self.pool.start_in_process()
+
+    def fork(self) -> random.Random:
+        """A Random of its own for one component, drawn from the run's: components built in
+        the same order get the same streams, whatever each draws later."""
+        return random.Random(self.rng.getrandbits(64))
+
+    def close(self) -> None:
+        self.pool.stop()
+
+    # -- the pool's timers and changes ----------------------------------------------------
+
+    def _due(self, at: float) -> None:
+        if at in self._ticks_at:
+            return
+        self._ticks_at.add(at)
+        self.loop.call_at(at, self._tick, at)
+
+    def _tick(self, at: float) -> None:
+        self._ticks_at.discard(at)
+        self.pool.tick()
+
+    def _changed(self) -> None:
+        change, self._change = self._change, None
+        if change is not None and not change.done():
+            change.set_result(None)
+
+    async def next_change(self, deadline: float | None = None) -> None:
+        """Until the pool next changes (a tick, a call performed), or `deadline`."""
+        if self._change is None:
+            self._change = self.loop.create_future()
+        change = self._change
+        if deadline is None:
+            await asyncio.shield(change)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(change), max(0.0, deadline - self.loop.time()))
+
+    # -- the wire -------------------------------------------------------------------------
+
+    def host_at(self, address: str) -> HostState | None:
+        return self.pool.host_by_address(address)
+
+    def host_of_socket(self, path: str) -> HostState | None:
+        return next((h for h in self.pool.hosts if h.socket_path == path), None)
+
+    async def request(self, target: HostState | None, channel: str, source: HostState | None,
+                      name: str, params: list[Any], timeout: float) -> bytes:
+        """One request, as the XML-RPC server would answer it: the reply body, or NoAnswer
+        once `timeout` passed (or at once, refused). Params travel as XML-RPC does."""
+        wire, _ = xmlrpc.client.loads(xmlrpc.client.dumps(tuple(params), name, allow_none=True),
+                                      use_builtin_types=False)
+        params = [rpc._from_wire(p) for p in wire]  # what the server's handler is given
+        pool = self.pool
+        with pool.lock:
+            silent = target is None or not target.powered
+            if not silent and target is not None and target.xapi == "down":
+                # Booting, restarting, or its xapi stopped: nothing listens on the port.
+                raise NoAnswer(REFUSED, sent=False)
+        if silent or target is None:
+            # No power, no such address: nothing answers, not even a reset (a real LAN; the
+            # loopback simulator's closed listener refuses at once, which is kinder).
+            await asyncio.sleep(timeout)
+            raise NoAnswer(TIMED_OUT, sent=False)
+        with pool.lock:
+            admission = api.admit(pool, target, channel, source, name)
+        conn = _Connection(admission.epoch)
+        served = self.loop.create_task(
+            self._serve(target, channel, source, name, params, admission, conn))
+        try:
+            kind, value = await asyncio.wait_for(asyncio.shield(served), timeout)
+        except asyncio.TimeoutError:
+            raise NoAnswer(TIMED_OUT, sent=True) from None
+        except _Closed:
+            raise NoAnswer(CLOSED, sent=True) from None
+        finally:
+            if conn.holding and not served.done():
+                # The client gone (timed out, cancelled), the held request goes with it
+                # (rpc.py _hold); a call being performed runs on, as a server thread would.
+                served.cancel()
+        return rpc.xmlrpc_reply(name, kind, value)
+
+    async def _serve(self, host: HostState, channel: str, source: HostState | None, name: str,
+                     params: list[Any], admission: api.Admission, conn: _Connection
+                     ) -> tuple[str, Any]:
+        # rpc.py _Handler._dispatch, step for step, with its waits on the virtual loop.
+        pool = self.pool
+        if admission.hold:
+            await self._hold(host, conn)
+        if admission.delay:
+            await asyncio.sleep(admission.delay)
+        with pool.lock:
+            injected = api.injected_failure(host, name)
+            if injected is not None:
+                return ("fail", injected)
+            outcome = self._step(lambda: api.dispatch(pool, host, channel, source, name, params))
+        while isinstance(outcome, api.Pending):
+            steps = outcome.steps
+            with pool.lock:
+                outcome = self._step(functools.partial(_next_step, steps))
+            if isinstance(outcome, api.Wait):
+                await asyncio.sleep(outcome.seconds)
+                outcome = api.Pending(steps)
+            elif isinstance(outcome, api.WaitChange):
+                await self.next_change(outcome.deadline)
+                outcome = api.Pending(steps)
+        if isinstance(outcome, _Hold):
+            await self._hold(host, conn)
+        assert isinstance(outcome, tuple)
+        return outcome
+
+    def _step(self, work: Any) -> Any:
+        try:
+            value = work()
+        except XapiFailure as e:
+            return ("fail", e.description())
+        except api.Blackhole:
+            return _Hold()
+        except Exception as e:  # the simulator never crashes on input (rpc.py)
+            return ("fail", ["INTERNAL_ERROR", f"{type(e).__name__}: {e}"])
+        finally:
+            self._changed()
+        if isinstance(value, (api.Pending, api.Wait, api.WaitChange)):
+            return value
+        if isinstance(value, _Done):
+            return ("ok", value.value)
+        return ("ok", value)
+
+    async def _hold(self, host: HostState, conn: _Connection) -> None:
+        """Never answer; end only when the xapi holding it restarts on a powered host."""
+        conn.holding = True
+        while not (host.epoch != conn.epoch and host.powered):
+            await self.next_change()
+        raise _Closed()
+
+
+class _Hold:
+    """A call the simulator never answers (api.Blackhole)."""
+
+
+@dataclass(frozen=True)
+class _Done:
+    value: Any
+
+
+def _next_step(steps: api.Steps) -> Any:
+    try:
+        return next(steps)
+    except StopIteration as done:
+        return _Done(done.value)
