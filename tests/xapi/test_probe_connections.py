@@ -84,6 +84,30 @@ def test_probes_at_rest_reuse_one_connection_per_host(pool_of: Callable[..., Sim
     assert sim.connections_accepted("host3") == 1
 
 
+def test_an_answer_the_same_as_the_last_is_read_once(
+    pool_of: Callable[..., SimPool],
+) -> None:
+    sim = pool_of()
+    me = sim.host("host1").address
+
+    async def scenario() -> None:
+        conns = ProbeConnections()
+        results = [await probe(sim.url("host2"), source_address=me, timeout=1.0,
+                               connections=conns) for _ in range(3)]
+        assert all(r.is_slave and r.master_address == me for r in results)
+        [(key, (_, read))] = conns._parsed.items()
+        assert (await probe(sim.url("host2"), source_address=me, timeout=1.0,
+                            connections=conns)).is_slave
+        assert conns._parsed[key][1] is read  # the same bytes again: not parsed again
+        # Another host's answer is its own, read on its own.
+        assert (await probe(sim.url("host3"), source_address=me, timeout=1.0,
+                            connections=conns)).is_slave
+        assert len(conns._parsed) == 2 and conns._parsed[key][1] is read
+        conns.close()
+
+    run(scenario)
+
+
 def test_two_probes_of_one_host_at_once_do_not_share_a_connection(
     pool_of: Callable[..., SimPool],
 ) -> None:
