@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from xenhad import admission
+from xenhad import admission, heap
 from xenhad import config as configuration
 from xenhad import log as logsetup
 from xenhad import messages as msg
@@ -199,6 +199,8 @@ class Daemon:
         self._pool_cache = PoolCache()
         self._alerts_config = configuration.AlertsConfig()
         self._alerts = Alerts.from_config(configuration.AlertsConfig())  # none until run()
+        self._trimmed_after = 0
+        """The pool cache's full reads when the heap was last trimmed (heap.release)."""
         self._probe_connections = ProbeConnections()
         """Kept-alive connections to the other hosts' xapi: a probe at rest is a request
         on an open connection, not a TLS handshake (closed in _shutdown)."""
@@ -478,6 +480,10 @@ class Daemon:
             return
         self._read_failures, self._next_read = 0, float("-inf")
         self._read_from = None
+        if self._pool_cache.full_reads != self._trimmed_after:
+            # A full read's reply was megabytes, gone now: its pages go back (heap.py).
+            self._trimmed_after = self._pool_cache.full_reads
+            heap.release()
         view = snap.view
         for warning in snap.warnings:
             # Once per VM and value, not every tick: the operator fixes it or it stays known.
@@ -1104,6 +1110,9 @@ class Daemon:
         except Exception:  # a bug in a warning must not stop the daemon's recoveries
             log.exception("admission.failed")
             return
+        finally:
+            # Its placements' memory, freed in the thread's own arena, goes back (heap.py).
+            heap.release()
         previous, self._absorb = self._absorb, result
         if previous is not None and previous.ok == result.ok:
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -440,3 +441,15 @@ def test_snapshot_says_what_each_host_sees_and_each_vm_needs() -> None:
         assert by_name["aa01a"].group is not None
         assert by_name["aa01a"].group == by_name["aa01b"].group
         assert by_name["local001"].group is None and by_name["local001"].pinned == ""
+
+
+def test_no_field_dropped_as_unread_is_read_anywhere() -> None:
+    # UNREAD's names are dropped at any depth of any reply: one that some code read would
+    # silently read as missing.
+    src = Path(__file__).resolve().parents[2] / "src" / "xenhad"
+    readers = [p for p in src.rglob("*.py") if p.parts[-2] not in ("sim", "virtual")
+               and p.name != "connect.py"]
+    text = "\n".join(p.read_text() for p in readers)
+    named = sorted(f for f in UNREAD if f'"{f}"' in text or f"'{f}'" in text)
+    assert named == [], f"read somewhere, yet dropped as unread: {named}"
+    assert not UNREAD & {f for fields in monitor.FIELDS.values() for f in fields}
