@@ -93,9 +93,10 @@ def test_fixed_seeds_with_self_fencing_hold_every_invariant() -> None:
 # Self-fencing seeds the soak once failed: a healthy host cut off one way fenced (its peers'
 # word came too late), a start in flight when its master died left its VM busy for ever, a
 # host promoted while disabled never enabled (its local-SR VM never ran again), a master
-# reset by its watchdog after the heal and held to the heal's bound.
+# reset by its watchdog after the heal and held to the heal's bound, a VM a clean shutdown
+# halted on purpose expected to run again (resident there in the database only).
 ONCE_FAILED_SELF_FENCE = ["1824005500", "1824005512", "1824005545", "2612007944",
-                          "2612007945", "2612008014"]
+                          "2612007945", "2612008014", "2712008230"]
 
 
 def test_self_fencing_seeds_that_once_failed_hold_every_invariant() -> None:
