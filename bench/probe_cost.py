@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from footprint import certificate  # bench/: one self-signed pair for both
+
 from xenhad.xapi.probe import OneShotConnections, ProbeConnections, probe
 
 SERVER = r"""
@@ -70,15 +72,6 @@ def serve(*tls: str) -> tuple[subprocess.Popen[str], int]:
                             text=True)
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
-
-
-def certificate(directory: Path) -> tuple[str, str]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return str(cert), str(key)
 
 
 async def cpu_per_probe(url: str, probes: int, at_once: int) -> float:
