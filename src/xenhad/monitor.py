@@ -141,11 +141,13 @@ def build_snapshot(
     now: float,
     reuse: ReusableVms | None = None,
     storage: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    where: Where | None = None,
 ) -> Snapshot:
     """Pure: the get_all_records answers (ref -> record) to a Snapshot.
 
     `storage`: the records of STORAGE's classes by lower-cased class; without them (a
-    slave's read) hosts see every SR and network and VMs need none.
+    slave's read) hosts see every SR and network and VMs need none. `where`: what `storage`
+    says, read already (the pool cache keeps it while no storage record changes).
 
     With `reuse`, its VM views and warnings are taken as they are when building them again
     would give the same: the same protection_key, and every host ref resolving to the same
@@ -159,7 +161,8 @@ def build_snapshot(
     pool_ref, pool_record = next(iter(pools.items()))
     pool = _Record("pool", pool_ref, pool_record)
 
-    where = _Where(storage) if storage else None
+    if where is None and storage:
+        where = Where(storage)
     host_views: dict[HostId, HostView] = {}
     uuid_of: dict[str, HostId] = {}
     for ref, record in hosts.items():
@@ -213,7 +216,7 @@ def _host_uuids(view: PoolView) -> dict[str, HostId]:
 
 def _vms(
     vms: Mapping[str, Mapping[str, Any]], uuid_of: Mapping[str, HostId], protection_key: str,
-    where: _Where | None = None,
+    where: Where | None = None,
 ) -> tuple[dict[VmId, VmView], tuple[ProtectionWarning, ...]]:
     vm_views: dict[VmId, VmView] = {}
     warnings: list[ProtectionWarning] = []
@@ -229,7 +232,7 @@ def _vms(
 
 
 def _host(ref: str, host: _Record, metrics: Mapping[str, Mapping[str, Any]],
-          where: _Where | None = None) -> HostView:
+          where: Where | None = None) -> HostView:
     metrics_ref = host.ref("metrics")
     record = metrics.get(metrics_ref)
     if record is None:
@@ -257,7 +260,7 @@ def _host(ref: str, host: _Record, metrics: Mapping[str, Mapping[str, Any]],
 
 def _vm(
     ref: str, vm: _Record, uuid_of: Mapping[str, HostId], protection_key: str,
-    where: _Where | None = None,
+    where: Where | None = None,
 ) -> tuple[VmView, ProtectionWarning | None]:
     uuid = vm.uuid()
     name = vm.text("name_label")
@@ -338,7 +341,7 @@ def _pinned(vm: _Record) -> str:
     return ""
 
 
-class _Where:
+class Where:
     """Which SRs and networks each host sees and each VM needs, from the storage records.
 
     A host sees an SR through a currently_attached PBD (assert_can_see_SRs), a network

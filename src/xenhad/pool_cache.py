@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from xenhad.monitor import FIELDS, STORAGE, ReusableVms, Snapshot, build_snapshot
+from xenhad.monitor import FIELDS, STORAGE, ReusableVms, Snapshot, Where, build_snapshot
 from xenhad.xapi.errors import XapiReplyError, shown
 
 CLASSES: tuple[str, ...] = ("pool", "host", "host_metrics", "VM", *STORAGE)
@@ -31,6 +31,7 @@ what says where each can run (a 1,000-VM pool adds a VBD, VDI and VIF or so per 
 to the few fields monitor.FIELDS names; bench/RESULTS.md has the cost)."""
 
 _VM_INPUTS = frozenset({"vm", "vbd", "vdi", "vif", "vm_group", "network", "pif", "sr"})
+_STORAGE = frozenset(cls.lower() for cls in STORAGE)
 """Classes a VM view is built from: an event of one of them rebuilds the VM views (a PBD
 changes only what a host sees)."""
 
@@ -64,6 +65,10 @@ class PoolCache:
         self._built_key = ""
         self._changed = True
         self._vms_changed = True
+        self._where: Where | None = None
+        """What the storage records say, while none of them changes: at rest the pool's
+        events are about hosts and their metrics, and reading 10,000 storage records again
+        for each was most of a tick's CPU at 64 hosts (bench/footprint.py)."""
         self._classes = CLASSES
 
     def reset(self) -> None:
@@ -72,6 +77,7 @@ class PoolCache:
         self._records = {}
         self._master = None
         self._built, self._changed, self._vms_changed = None, True, True
+        self._where = None
 
     async def read(self, xapi: EventSource, *, protection_key: str, now: float,
                    vms: bool = True) -> Snapshot:
@@ -113,9 +119,12 @@ class PoolCache:
                 reuse = ReusableVms(self._built, self._built_key)
             records = {cls: self._records.get(cls.lower(), {}) for cls in CLASSES}
             storage = {cls.lower(): records[cls] for cls in STORAGE} if vms else None
+            if storage and self._where is None:
+                self._where = Where(storage)
             snap = build_snapshot(records["pool"], records["host"], records["host_metrics"],
                                   records["VM"], protection_key=protection_key, now=now,
-                                  reuse=reuse, storage=storage)
+                                  reuse=reuse, storage=storage,
+                                  where=self._where if storage else None)
         except BaseException:
             self.reset()
             raise
@@ -159,6 +168,8 @@ class PoolCache:
             cls = cls.lower()
             if cls in _VM_INPUTS:
                 self._vms_changed = True
+            if cls in _STORAGE:
+                self._where = None
             table = self._records.setdefault(cls, {})
             if event.get("operation") == "del":
                 table.pop(ref, None)

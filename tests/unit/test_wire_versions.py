@@ -111,6 +111,29 @@ def test_an_authenticated_but_malformed_payload_is_refused_not_crashed_on() -> N
             reader.decode(signed(body), SECRET)
 
 
+def test_an_echo_out_of_range_anywhere_refuses_the_heartbeat() -> None:
+    # The echoes are read on demand, but their range is checked for all at decoding: an
+    # authenticated heartbeat with one echo at or over MAX_SEQ is refused whole.
+    reader = wire.Reader()
+    beat = full()
+    payload = wire.encode(beat, SECRET, 3)[36:]
+
+    def signed(body: bytes) -> bytes:
+        import hmac
+        return b"XHB3" + hmac.digest(SECRET, b"XHB3" + body, "sha256") + body
+
+    assert beat.echo is not None
+    for value in sorted(beat.echo.values())[::len(beat.echo) - 1]:  # the first and the last
+        at = payload.index(struct.pack("<Q", value))
+        for wrong in (1 << 62, (1 << 64) - 1, 1 << 63):
+            with pytest.raises(HeartbeatError, match="echo out of range"):
+                reader.decode(signed(payload[:at] + struct.pack("<Q", wrong)
+                                     + payload[at + 8:]), SECRET)
+        edge = reader.decode(signed(payload[:at] + struct.pack("<Q", (1 << 62) - 1)
+                                    + payload[at + 8:]), SECRET)
+        assert edge.echo is not None and (1 << 62) - 1 in edge.echo.values()
+
+
 def test_a_roster_is_decoded_once_per_sender_and_not_again_at_rest() -> None:
     reader = wire.Reader()
     first = reader.decode(wire.encode(full(seq=10), SECRET, 3), SECRET)

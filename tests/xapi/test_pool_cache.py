@@ -159,6 +159,30 @@ def test_a_pool_only_event_keeps_every_vm_view_and_shows_the_new_pool() -> None:
         asyncio.run(scenario())
 
 
+def test_storage_is_read_again_only_when_a_storage_record_changes() -> None:
+    # At rest, what the SRs, PBDs, VBDs, networks and PIFs say is read once: a pool event
+    # keeps it, an event on any storage record reads it all again.
+    with same_port_pool(PoolSpec(hosts=4, vms=40, seed=5, vm_start_seconds=0.1)) as pool:
+
+        async def scenario() -> None:
+            cache = PoolCache()
+            async with logged_in(pool) as xapi:
+                before = (await cache.read(xapi, protection_key="xenhad", now=1.0)).view
+                await xapi.pool_add_to_other_config(before.pool_ref, "lock", "host1")
+                quiet = (await cache.read(xapi, protection_key="xenhad", now=2.0)).view
+                assert quiet.other_config["lock"] == "host1"
+                assert quiet.labels is before.labels and quiet.labels
+                sr = (await xapi.call("SR.get_all"))[0]
+                await xapi.call("SR.add_to_other_config", sr, "note", "moved")
+                cached, full, _ = await both(cache, xapi, 3.0)
+                assert cached.labels is not before.labels and cached.labels == full.labels
+                assert comparable(cached) == comparable(full)
+                assert {u: (h.srs, h.networks) for u, h in cached.hosts.items()} == \
+                    {u: (h.srs, h.networks) for u, h in full.hosts.items()}
+
+        asyncio.run(scenario())
+
+
 def test_vm_events_rebuild_the_vm_views_even_among_pool_events() -> None:
     with same_port_pool(PoolSpec(hosts=4, vms=40, seed=5, vm_start_seconds=0.1)) as pool:
 

@@ -3,8 +3,8 @@
 Why: in a 64-host pool each daemon receives 63 heartbeats a second. A version 2 heartbeat
 is JSON naming every host four times (`heard`, `ages`, `echo`, `pv`): about 9 kB to check
 and parse, then a Python loop over every entry. Here each host is named once, in a roster,
-and what is said of the hosts are arrays in roster order, read by `struct` in one call
-each; a receiver finds the roster it read last time from the same sender in a cache, so
+and what is said of the hosts are arrays in roster order, read by `struct` where they lie;
+a receiver finds the roster it read last time from the same sender in a cache, so
 no host name is decoded again at rest.
 
 Says exactly what version 2 says: the receiver builds the same `Heartbeat`, and the table
@@ -26,8 +26,9 @@ Payload, little-endian:
            n x u32 centiseconds (proven; NOT_PROVEN for a host the sender does not vouch for)
 
 What is said of the hosts is read on demand: the decoded heartbeat's mappings (`Ages`,
-`Seqs`) look a host up by its place in the roster, so a receiver that asks for its own echo
-and, each tick, a few ages builds no per-host object at all.
+`Seqs`) look a host up by its place in the roster in the payload itself, so a receiver that
+asks for its own echo and, each tick, a few ages builds no per-host object at all; only the
+echoes' range is checked for all at once, on their bytes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ VERSION = 3
 _MAC = 32
 _HEADER = struct.Struct("<QddqhBB")
 _U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_BELOW_MAX_SEQ = bytes(range(MAX_SEQ >> 56))
+"""The top bytes (of eight, little-endian) that sequence numbers below MAX_SEQ may have."""
 MAX_CENTIS = 0xFFFFFFFE
 """Ages are sent in hundredths of a second up to this (about 497 days)."""
 NOT_PROVEN = 0xFFFFFFFF
@@ -190,22 +195,25 @@ class Decoder:
         if roster is None:
             roster = self._remember(names)
         n = len(roster.hosts)
-        arrays = roster.arrays.unpack_from(payload, at)
-        if at + roster.arrays.size != len(payload):
+        if at + 17 * n != len(payload):
             raise HeartbeatError("version 3 payload truncated or malformed")
-        centis, echoes, heard, proven = (arrays[:n], arrays[n:2 * n], arrays[2 * n],
-                                         arrays[2 * n + 1:])
-        if echoes and max(echoes) >= MAX_SEQ:
+        # The arrays are read where they lie, on demand (Ages, Seqs): a receiver looks up
+        # its own echo and, at its tick, a few ages; unpacking all four for each of 63
+        # heartbeats a second was most of their decoding (bench/heartbeat_cost.py).
+        ages, echoes, heard, proven = at, at + 4 * n, at + 12 * n, at + 13 * n
+        # Every echo below MAX_SEQ (2**62): the top byte of each little-endian one < 0x40.
+        if payload[echoes + 7:heard:8].translate(None, _BELOW_MAX_SEQ):
             raise HeartbeatError("version 3 echo out of range")
         pool, sender, boot, master, *vote = strings
         return Heartbeat(
             pool=pool, sender=sender, boot=boot, seq=seq, sent_at=sent_at, master=master,
-            heard=tuple(compress(roster.hosts, heard)), quorate=bool(flags & FLAG_QUORATE),
+            heard=tuple(compress(roster.hosts, payload[heard:proven])),
+            quorate=bool(flags & FLAG_QUORATE),
             armed=bool(flags & FLAG_ARMED), priority=priority,
             vote=(vote[0], vote[1]) if vote else None,
-            last_heard=Ages(roster, centis), epoch=epoch,
-            promoting=bool(flags & FLAG_PROMOTING), echo=Seqs(roster, echoes),
-            boot_started=boot_started, proven=Ages(roster, proven), reads=reads,
+            last_heard=Ages(roster, payload, ages), epoch=epoch,
+            promoting=bool(flags & FLAG_PROMOTING), echo=Seqs(roster, payload, echoes),
+            boot_started=boot_started, proven=Ages(roster, payload, proven), reads=reads,
         )
 
     def _remember(self, names: bytes) -> Roster:
@@ -234,61 +242,72 @@ class Decoder:
 class Roster:
     """The hosts a sender names, in its order, and each one's place."""
 
-    __slots__ = ("arrays", "hosts", "index")
+    __slots__ = ("ages", "echoes", "hosts", "index")
 
     def __init__(self, hosts: tuple[HostId, ...]) -> None:
         self.hosts = hosts
         self.index = {h: i for i, h in enumerate(hosts)}
         n = len(hosts)
-        self.arrays = struct.Struct(f"<{n}I{n}Q{n}s{n}I")
-        """What follows the roster: ages, echoes, heard, proven."""
+        self.ages = struct.Struct(f"<{n}I")
+        self.echoes = struct.Struct(f"<{n}Q")
+        """What follows the roster: ages, echoes, heard (a byte each), proven (ages)."""
 
 
 class Ages(Mapping[HostId, float]):
-    """host -> seconds, read from the roster-ordered hundredths on demand; a host with
-    NOT_PROVEN is not in it."""
+    """host -> seconds, read from the roster-ordered hundredths at `at` in the payload on
+    demand; a host with NOT_PROVEN is not in it."""
 
-    __slots__ = ("_centis", "_roster")
+    __slots__ = ("_all", "_at", "_payload", "_roster")
 
-    def __init__(self, roster: Roster, centis: tuple[int, ...]) -> None:
+    def __init__(self, roster: Roster, payload: bytes, at: int) -> None:
         self._roster = roster
-        self._centis = centis
+        self._payload = payload
+        self._at = at
+        self._all: tuple[int, ...] | None = None
+
+    def _centis(self) -> tuple[int, ...]:
+        if self._all is None:
+            self._all = self._roster.ages.unpack_from(self._payload, self._at)
+        return self._all
 
     def __getitem__(self, host: HostId) -> float:
-        centis = self._centis[self._roster.index[host]]
+        centis: int = _U32.unpack_from(self._payload, self._at + 4 * self._roster.index[host])[0]
         if centis == NOT_PROVEN:
             raise KeyError(host)
         return centis / 100
 
     def __iter__(self) -> Iterator[HostId]:
-        return compress(self._roster.hosts, (c != NOT_PROVEN for c in self._centis))
+        return compress(self._roster.hosts, (c != NOT_PROVEN for c in self._centis()))
 
     def __len__(self) -> int:
-        return len(self._centis) - self._centis.count(NOT_PROVEN)
+        centis = self._centis()
+        return len(centis) - centis.count(NOT_PROVEN)
 
     def at_most(self, seconds: float) -> Iterator[HostId]:
         """The hosts whose age is at most `seconds`: in one pass in C, for table.alive."""
         bound = _centis(seconds)  # the largest hundredth not above it: as __getitem__ reads
-        return compress(self._roster.hosts, map(bound.__ge__, self._centis))
+        return compress(self._roster.hosts, map(bound.__ge__, self._centis()))
 
 
 class Seqs(Mapping[HostId, int]):
-    """host -> sequence number, read from the roster-ordered array on demand."""
+    """host -> sequence number, read from the roster-ordered array at `at` on demand."""
 
-    __slots__ = ("_roster", "_seqs")
+    __slots__ = ("_at", "_payload", "_roster")
 
-    def __init__(self, roster: Roster, seqs: tuple[int, ...]) -> None:
+    def __init__(self, roster: Roster, payload: bytes, at: int) -> None:
         self._roster = roster
-        self._seqs = seqs
+        self._payload = payload
+        self._at = at
 
     def __getitem__(self, host: HostId) -> int:
-        return self._seqs[self._roster.index[host]]
+        (seq,) = _U64.unpack_from(self._payload, self._at + 8 * self._roster.index[host])
+        return int(seq)
 
     def __iter__(self) -> Iterator[HostId]:
         return iter(self._roster.hosts)
 
     def __len__(self) -> int:
-        return len(self._seqs)
+        return len(self._roster.hosts)
 
 
 def readers(hosts: Iterable[tuple[HostId, int]]) -> frozenset[HostId]:
