@@ -382,12 +382,20 @@ class Where:
             sr = vdi_sr.get(str(rec.get("VDI")))
             if sr in sr_uuid:
                 vm_srs.setdefault(str(rec.get("VM")), set()).add(sr_uuid[sr])
-        self.vm_srs = {v: frozenset(s) for v, s in vm_srs.items()}
+        # One object for each distinct set: 1,000 VMs need a few sets of SRs and networks
+        # between them (the shared SR, a host's local one), not 2,000 sets held at rest.
+        shared: dict[frozenset[str], frozenset[str]] = {}
+
+        def one(items: set[str]) -> frozenset[str]:
+            made = frozenset(items)
+            return shared.setdefault(made, made)
+
+        self.vm_srs = {v: one(s) for v, s in vm_srs.items()}
         vm_nets: dict[str, set[str]] = {}
         for rec in table("vif").values():
             if rec.get("network") in with_pifs:
                 vm_nets.setdefault(str(rec.get("VM")), set()).add(net_uuid[rec["network"]])
-        self.vm_networks = {v: frozenset(n) for v, n in vm_nets.items()}
+        self.vm_networks = {v: one(n) for v, n in vm_nets.items()}
         self._anti = {ref: str(r.get("uuid", ref)) for ref, r in table("vm_group").items()
                       if r.get("placement") == "anti_affinity"}
 
