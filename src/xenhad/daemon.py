@@ -427,6 +427,8 @@ class Daemon:
             # The watchdog is fed by the heartbeat loop, on quorum as of each feed
             # (_feed_watchdog): a tick may last far longer than its contact stays fresh.
             self._update_peer_quorum()
+            if self._failover is not None:
+                self._failover.say_decision()
 
     def _snapshot_due(self, now: float) -> bool:
         """A slave reads the pool only now and then: every read goes to its master's xapi,
@@ -855,7 +857,7 @@ class Daemon:
             return None
         return Failover(self._me, _failover_settings(self.config),
                         _detector_settings(self.config), FailoverActions(self.config),
-                        wall=self._clock.wall)
+                        wall=self._clock.wall, beat=self._beat)
 
     def _make_witness(self) -> Witness | None:
         directory = self.config.failover.witness
@@ -897,13 +899,11 @@ class Daemon:
             if self._detector.state(h) in (HostState.DOWN, HostState.RETURNING)
         )
         xapi = await self._connected()
-        announced = self._failover.announced_master(view.master, now)
+        # A step-down beats at once (roles.BeatNow): the other master must hear it now.
         may_act = await self._failover.as_master(
             xapi, view, now, contact=self._contact(now), probes=self._probes, down=down,
             quorate=quorate, proven_off=frozenset(self._proven_off),
         )
-        if self._failover.announced_master(view.master, now) != announced:
-            self._beat()  # we step down: the other master must hear it now, not later
         replaced = self._failover.take_replaced()
         if replaced is not None:
             names = self._host_names()
@@ -946,13 +946,9 @@ class Daemon:
             return
         heard = self._heard_lately(now)
         answered = master.uuid in heard or (await self._probe(master)).answered
-        said = (self._current_vote(), failover.announces_promotion(now))
+        # A new ballot or promotion goes out in a heartbeat at once (Failover's beat).
         await failover.watch_master(now, view, quorate=self._health.quorate,
                                     answered=answered, contact=self._contact(now))
-        if (self._current_vote(), failover.announces_promotion(now)) != said:
-            # The candidate counts ballots from heartbeats: ours goes out now, not up to an
-            # interval later, and so does the news that we are promoting.
-            self._beat()
 
     # -- verdicts and incidents --------------------------------------------------------
 
@@ -1487,6 +1483,8 @@ class Daemon:
             "failover": {
                 "vote": names.get(vote.candidate, vote.candidate) if vote else None,
                 "promoting": self._failover.promoting if self._failover else False,
+                "role": self._failover.role.value if self._failover else None,
+                "reason": self._failover.reason if self._failover else None,
                 "witness_held": self._witness.held if self._witness else None,
             },
             "watchdog_armed": self._watchdog is not None and self._watchdog.is_running,
