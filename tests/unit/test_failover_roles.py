@@ -4,13 +4,18 @@ pool, no sleeps, time as a number."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pytest
+from structlog.testing import capture_logs
 
-from xenhad.detector import HostState
+from xenhad.config import parse
+from xenhad.detector import DetectorSettings, HostState
 from xenhad.failover import lock as pool_lock
+from xenhad.failover.actions import FailoverActions
+from xenhad.failover.coordinator import Failover
 from xenhad.failover.election import Vote
 from xenhad.failover.roles import (
     RECONCILED_KEY,
@@ -20,6 +25,7 @@ from xenhad.failover.roles import (
     Decision,
     Facts,
     FailoverSettings,
+    HoldLock,
     Joined,
     RaiseEpoch,
     RecordReconciled,
@@ -31,6 +37,7 @@ from xenhad.failover.roles import (
     SyncDatabase,
     TransitionToMaster,
     WriteLock,
+    hold_lock,
     lock_written,
     reconcile,
     reconcile_recorded,
@@ -38,6 +45,7 @@ from xenhad.failover.roles import (
     transition_failed,
 )
 from xenhad.model import HostView, PoolView
+from xenhad.status import render
 
 ME, A, B = "h1", "h2", "h3"
 """This host, and two others. A is the master while we are a slave."""
@@ -199,12 +207,24 @@ SCENARIOS = [
 ]
 
 
+def run_tick(state: State, facts: Facts) -> tuple[Decision, tuple[type, ...]]:
+    """One tick as the executor runs it: the lock is decided (HoldLock) after the calls
+    before it, as of the facts' wall clock. The actions of both decisions, HoldLock left
+    out."""
+    decision = step(state, facts, SETTINGS)
+    actions = kinds(decision)
+    if HoldLock in actions:
+        assert actions[-1] is HoldLock and not decision.may_act
+        decision = hold_lock(decision.state, facts, SETTINGS)
+        actions = actions[:-1] + kinds(decision)
+    return decision, tuple(actions)
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_role_transitions(scenario: Scenario) -> None:
     state = scenario.start
     for n, tick in enumerate(scenario.ticks):
-        decision = step(state, tick.facts, SETTINGS)
-        actions = tuple(kinds(decision))
+        decision, actions = run_tick(state, tick.facts)
         if tick.then is not None:
             decision = tick.then(decision)
         where = f"tick {n}: {decision.reason}"
@@ -222,8 +242,8 @@ def test_a_promoted_master_ignores_the_old_majority_only_after_it_told_the_slave
     promoted = State(promoted_at=100.0, master_since=100.0)
     facts = as_master(110.0, contact=RIVAL_WITH_MAJORITY, probes=RIVAL_PROBES)
     told = replace(promoted, last_recover=101.0)
-    assert step(told, facts, SETTINGS).role is not Role.STEPPING_DOWN
-    assert step(promoted, facts, SETTINGS).role is Role.STEPPING_DOWN
+    assert run_tick(told, facts)[0].role is not Role.STEPPING_DOWN
+    assert run_tick(promoted, facts)[0].role is Role.STEPPING_DOWN
 
 
 def test_no_incident_acts_before_every_host_rejoined() -> None:
@@ -266,3 +286,27 @@ def test_each_reason_is_said_once_until_it_changes() -> None:
     second = step(first.state, replace(facts, now=2.0), SETTINGS)
     assert said(first) == ["failover.rival_master"] and said(second) == []
     assert first.reason == second.reason
+
+
+def test_the_executor_logs_each_decision_once_and_status_shows_it() -> None:
+    """Through Failover (the executor): a slave whose master is suspect says so once, in
+    failover.decision, and `xenhad status` shows the role and its reason."""
+    config = parse("", source="t", env={})
+    beats: list[float] = []
+    failover = Failover(ME, SETTINGS, DetectorSettings(), FailoverActions(config),
+                        wall=lambda: WALL, beat=lambda: beats.append(1.0))
+
+    async def ticks() -> None:
+        for now in (1.0, 2.0, 3.0):
+            await failover.watch_master(now, view(A), quorate=True, answered=now == 1.0,
+                                        contact=Contact(frozenset({B})))
+            failover.say_decision()
+
+    with capture_logs() as logs:
+        asyncio.run(ticks())
+    decisions = [e for e in logs if e["event"] == "failover.decision"]
+    assert [d["role"] for d in decisions] == ["following", "doubting"]
+    assert failover.role is Role.DOUBTING and failover.master_in_doubt
+    assert not beats  # no ballot cast: nothing new to say in a heartbeat
+    shown = render({"failover": {"role": failover.role.value, "reason": failover.reason}})
+    assert "failover: doubting: the master h2 is suspect" in shown

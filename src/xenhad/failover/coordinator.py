@@ -187,7 +187,7 @@ class Failover:
         """The master's duties; returns whether this node may open and run incidents (so
         far: check_reconciled decides the rest). `proven_off`: see roles.Facts."""
         facts = Facts(self.me, now, view, quorate, contact, probes=probes, down=down,
-                      proven_off=proven_off, wall=self._wall())
+                      proven_off=proven_off)
         return await self._perform(roles.step(self.state, facts, self.settings), facts, xapi)
 
     async def check_reconciled(
@@ -245,6 +245,10 @@ class Failover:
                     await xapi.pool_sync_database()
                 except _XAPI_FAILED as exc:
                     log.warning("failover.sync_failed", why=str(exc))
+            elif isinstance(action, roles.HoldLock):
+                at = replace(facts, wall=self._wall())
+                may_act = await self._perform(roles.hold_lock(self.state, at, self.settings),
+                                              at, xapi)
             elif isinstance(action, roles.WriteLock):
                 held, why = await self._write_lock(xapi, facts.view, action)
                 may_act = await self._perform(

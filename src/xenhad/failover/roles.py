@@ -15,7 +15,8 @@
 what this tick saw (`Facts`), and returns a `Decision`: the next state, the actions to
 perform, a human reason, and whether this master may act so far. The executor
 (coordinator.py) performs the actions (the XAPI calls) and feeds back the few outcomes a
-rule depends on (`transition_failed`, `lock_written`, `reconcile`, `reconcile_recorded`).
+rule depends on (`transition_failed`, `hold_lock`, `lock_written`, `reconcile_recorded`,
+`reconcile_unrecorded`); `reconcile`, once the lock is held, is the master's last gate.
 
 The rules above all: a promoted master yields to a live master a majority follows; a
 master steps down only on proof (a majority follows another master that answers as one, or
@@ -133,8 +134,9 @@ class Joined:
 
 @dataclass(frozen=True)
 class Facts:
-    """What one tick saw. As a slave: `master_state` (our watch of the master) and
-    `answered`; as the master: `probes`, `down`, `proven_off` and `wall` (the lock's time)."""
+    """What one tick saw. As a slave: `master_state` and `master_down_since` (our watch of
+    the master); as the master: `probes`, `down`, `proven_off`, and `wall` (the lock's
+    time, set by the executor when it performs HoldLock)."""
 
     me: HostId
     now: float
@@ -201,6 +203,12 @@ class SyncDatabase:
 
 
 @dataclass(frozen=True)
+class HoldLock:
+    """Decide on the incident lock as of the wall clock once the calls before it are done
+    (fed back: hold_lock), since its expiry is counted from then."""
+
+
+@dataclass(frozen=True)
 class WriteLock:
     """Take, renew or take over the incident lock (fed back: lock_written)."""
 
@@ -226,7 +234,7 @@ class BeatNow:
 
 
 Action = (Say | TransitionToMaster | ResetMaster | RaiseEpoch | RecoverSlaves | SyncDatabase
-          | WriteLock | RecordReconciled | BeatNow)
+          | HoldLock | WriteLock | RecordReconciled | BeatNow)
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -313,8 +321,8 @@ class Decision:
     state: State
     actions: tuple[Action, ...] = ()
     may_act: bool = False
-    """As the master: whether it may act, as far as this decision goes (a WriteLock among
-    the actions still has to succeed)."""
+    """As the master: whether it may act, as far as this decision goes (a HoldLock or
+    WriteLock among the actions still decides)."""
 
     @property
     def reason(self) -> str:
@@ -518,7 +526,8 @@ def _as_master(state: State, facts: Facts, settings: FailoverSettings) -> Decisi
     state, actions = _recover_strays(state, facts, settings)
     state, synced = _sync(state, now, settings)
     actions += synced
-    return _hold_lock(state, facts, settings, actions)
+    actions.append(HoldLock())
+    return _decided(state, Role.WAITING_LOCK, "reading the incident lock", actions)
 
 
 def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[HostId, int] | None:
@@ -651,8 +660,10 @@ def _sync(state: State, now: float, settings: FailoverSettings) -> tuple[State, 
     return replace(state, last_sync=now), [SyncDatabase()]
 
 
-def _hold_lock(state: State, facts: Facts, settings: FailoverSettings,
-               actions: list[Action]) -> Decision:
+def hold_lock(state: State, facts: Facts, settings: FailoverSettings) -> Decision:
+    """HoldLock: the incident lock as read in `facts.view`, at `facts.wall` (the time it is
+    written, after this tick's other calls)."""
+    actions: list[Action] = []
     view = facts.view
     ttl = settings.lock_ttl
     epoch = pool_lock.current_epoch(dict(view.other_config))
