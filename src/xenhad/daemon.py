@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from xenhad import admission, heap
+from xenhad import admission, cadence, heap
 from xenhad import config as configuration
 from xenhad import log as logsetup
 from xenhad import messages as msg
 from xenhad import status as status_socket
 from xenhad.alerts import Alerts
+from xenhad.cadence import READ_SPREAD_TICKS
 from xenhad.clock import Clock, SystemClock
 from xenhad.config import Config
 from xenhad.detector import (
@@ -80,30 +81,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("xenhad.daemon")
 T = TypeVar("T")
-
-PROBE_HEARD_EVERY = 60
-"""A host whose heartbeats arrive is probed only every this many ticks (2 min at the default
-tick): its heartbeats already say it lives, so the probe only refreshes whom its xapi
-follows and notices a wedged xapi. Whenever that must be fresh, every host is probed every
-tick instead: while who follows whom changes (Failover.wants_fresh_probes), and before the
-offline sweep starts a VM (_restart_offline). A probe costs ~1 ms of CPU over TLS
-(bench/probe_cost.py): in a 64-host pool the probes were the master's largest cost at
-rest."""
-
-READ_BACKOFF_TICKS = 8
-"""After failed reads of the pool, a slave waits up to this many ticks (jittered, doubling
-from one) before the next: every slave's read goes to the master's xapi, and a master
-that is slow to answer must not get every slave's full read again every tick."""
-
-READ_SPREAD_TICKS = 4
-"""A slave whose xapi has just rejoined a new master reads the pool within this many ticks,
-at random: it acts on nothing, and the new master is at its busiest."""
-
-URGENT_TICK = 0.5
-"""Seconds between ticks, at most, while a master's failover is under way: as a slave whose
-master is in doubt (voters confirm it, and the candidate counts their ballots, within this
-of each other), while our xapi restarts as the new master, and as that new master while
-the slaves rejoin it."""
 
 HISTORY_SECONDS = 30 * 24 * 3600
 """How long closed incidents stay in the journal (for `xenhad history`)."""
@@ -308,21 +285,17 @@ class Daemon:
 
     def _interval(self, now: float) -> float:
         """Seconds from one tick's start to the next, as of the tick just done."""
-        interval = self.config.detector.interval
         failover = self._failover
-        if failover is not None and (failover.promoting or failover.master_in_doubt
-                                     or failover.awaits_rejoin(now)):
-            # The master may be dead, our xapi comes back as master any moment, or the
-            # slaves rejoin us: the sooner a tick sees it, the sooner the dead master's VMs
-            # run again.
-            return min(interval, URGENT_TICK)
-        return interval
+        urgent = failover is not None and (failover.promoting or failover.master_in_doubt
+                                           or failover.awaits_rejoin(now))
+        return cadence.tick_interval(self.config.detector.interval, urgent=urgent)
 
     async def _pause(self, timeout: float) -> None:
         """Until the next tick: `timeout`, or less on stop, on a wake-up, or when our
         master falls silent. Its first miss then counts from its silence, not from the
-        next tick, up to an interval later: every voter confirms it within URGENT_TICK of
-        the others, and the floor of a master's failover has no tick in it."""
+        next tick, up to an interval later: every voter confirms it within
+        cadence.URGENT_TICK of the others, and the floor of a master's failover has no tick
+        in it."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while not (self._wake.is_set() or self._stop.is_set()):
@@ -431,23 +404,20 @@ class Daemon:
                 self._failover.say_decision()
 
     def _snapshot_due(self, now: float) -> bool:
-        """A slave reads the pool only now and then: every read goes to its master's xapi,
-        and heartbeats already say whether the master lives (and whom peers follow)."""
+        """Whether this tick reads the pool (cadence.read_due)."""
         view = self._view
         interval = self.config.detector.slave_interval
-        if self._failover is not None and (self._failover.master_in_doubt
-                                           or self._failover.promoting):
-            # Our xapi may have become a master, or a slave of a new one (which, while the
-            # master is in doubt, _follows_another asks it first).
-            return True
-        if now < self._next_read:
-            return False  # backing off after failed reads (_read_failed)
-        if view is None or view.master == self._me or self._peers is None or interval <= 0:
-            return True
-        if now - self._last_snapshot >= interval or not self._health.snapshot_ok:
-            return True
-        contact = self._contact(now)
-        return any(m != view.master for m in contact.masters.values())
+        watching = not (view is None or view.master == self._me or self._peers is None
+                        or interval <= 0)
+        return cadence.read_due(cadence.ReadCadence(
+            now=now,
+            urgent=self._failover is not None and (self._failover.master_in_doubt
+                                                   or self._failover.promoting),
+            next_read=self._next_read, slave_watching=watching,
+            last_read=self._last_snapshot, slave_interval=interval,
+            last_read_ok=self._health.snapshot_ok,
+            masters_named=tuple(self._contact(now).masters.values()) if watching else (),
+            master=view.master if view is not None else ""))
 
     async def _watch(self, now: float) -> None:
         if not self._snapshot_due(now):
@@ -561,18 +531,15 @@ class Daemon:
         # whom its xapi follows (failover) and to notice a wedged xapi.
         heard = self._heard_lately(now)
         self._ticks += 1
-        everyone = self._ticks % PROBE_HEARD_EVERY == 0 or self._sweep_wants_probes
+        everyone = cadence.probe_everyone(self._ticks,
+                                          sweep_wants_probes=self._sweep_wants_probes)
         fresh = self._failover is not None and self._failover.wants_fresh_probes
-        # Hosts that follow us since we last told the slaves to are not asked again while
-        # the others rejoin, every urgent tick: the new master's xapi is at its busiest.
         settled = self._failover.rejoined if fresh and self._failover is not None \
             else frozenset()
-        # A heard host whose xapi did not answer its last probe, or that XAPI says is not
-        # live, is asked each tick: whether its xapi is hung (HUNG, said at once) or back is
-        # the detector's to know now, not at the next round of probes two minutes later.
-        probed = [h for h in others
-                  if everyone or (fresh and h.uuid not in settled) or h.uuid not in heard
-                  or not h.live or not self._xapi_answers.get(h.uuid, False)]
+        chosen = {h.uuid for h in cadence.to_probe(
+            (cadence.Host(h.uuid, h.live) for h in others), everyone=everyone, fresh=fresh,
+            settled=settled, heard=heard, answered=self._xapi_answers)}
+        probed = [h for h in others if h.uuid in chosen]
         results = await asyncio.gather(*(self._probe(h) for h in probed))
         for h, r in zip(probed, results):
             self._xapi_answers[h.uuid] = r.answered
@@ -1038,19 +1005,19 @@ class Daemon:
             return
         if self._all_joined_since is None:
             self._all_joined_since = now
-        # Held for a while, and seen in a snapshot read after that: a host that has just
-        # joined may not have resynced its VMs yet, and this view may predate its join.
-        hold = self.config.detector.recover_hold_seconds
-        if now < self._next_offline_sweep or view.taken_at < self._all_joined_since + hold:
+        if cadence.sweep_gate(now=now, all_joined_since=self._all_joined_since,
+                              view_taken_at=view.taken_at,
+                              hold=self.config.detector.recover_hold_seconds,
+                              next_sweep=self._next_offline_sweep) is not cadence.Sweep.OPEN:
             return
         vms = offline_protected(view)
-        if vms and self._probed_all_at != now:
-            # A heard host is probed only now and then (PROBE_HEARD_EVERY): whether every
-            # xapi follows us is asked again, of every host, and the next tick acts on it.
+        then = cadence.start_halted(now=now, vms_found=bool(vms),
+                                    probed_all_at=self._probed_all_at)
+        if then is cadence.Sweep.PROBE_FIRST:
             self._sweep_wants_probes = True
             self._wake.set()
             return
-        if not vms:
+        if then is not cadence.Sweep.RUN:
             return
         self._next_offline_sweep = now + self.config.recovery.retry_backoff_max
         log.error("vms.found_halted", vms=[vm.name for vm in vms],
@@ -1392,10 +1359,9 @@ class Daemon:
     def _read_failed(self, now: float) -> None:
         self._read_failures += 1
         if self._slave():
-            ticks = min(READ_BACKOFF_TICKS, 2 ** (self._read_failures - 1))
-            # Jittered, so that slaves that failed together do not all come back together.
-            delay = self.config.detector.interval * ticks * self._jitter.uniform(0.5, 1.0)
-            self._next_read = now + delay
+            self._next_read = now + cadence.read_backoff(
+                self._read_failures, self.config.detector.interval,
+                self._jitter.uniform(0.5, 1.0))
 
     def _xapi_failed(self, why: str, now: float) -> None:
         first = self._health.xapi_failing_since is None
