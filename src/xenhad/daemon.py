@@ -46,7 +46,7 @@ from xenhad.detector import (
 from xenhad.errors import XenhadError
 from xenhad.failover import lock as pool_lock
 from xenhad.failover.actions import FailoverActions
-from xenhad.failover.coordinator import Contact, Failover, FailoverSettings, Joined
+from xenhad.failover.coordinator import Contact, Failover, FailoverOff, FailoverSettings, Joined
 from xenhad.failover.election import Vote
 from xenhad.failover.witness import Witness
 from xenhad.fencer import SelfFenceProof, build_fencer
@@ -160,7 +160,7 @@ class Daemon:
         self._heartbeats: asyncio.Task[None] | None = None
         self._peers_since = 0.0
         self._watchdog: Watchdog | None = None
-        self._failover: Failover | None = None
+        self._failover: Failover | FailoverOff = FailoverOff()
         self._witness: Witness | None = None
         self._status_server: asyncio.AbstractServer | None = None
         self._metrics: Metrics | None = None
@@ -189,8 +189,6 @@ class Daemon:
         """Whether each host's xapi answered its last probe (the detector's reading)."""
         self._deferred: set[HostId] = set()
         self._may_act = True
-        self._reread = False
-        """This master may act from the next view on (read at once): see _master_duties."""
         self._next_offline_sweep = 0.0
         self._all_joined_since: float | None = None
         self._sweep_wants_probes = False
@@ -286,8 +284,8 @@ class Daemon:
     def _interval(self, now: float) -> float:
         """Seconds from one tick's start to the next, as of the tick just done."""
         failover = self._failover
-        urgent = failover is not None and (failover.promoting or failover.master_in_doubt
-                                           or failover.awaits_rejoin(now))
+        urgent = (failover.promoting or failover.master_in_doubt
+                  or failover.awaits_rejoin(now))
         return cadence.tick_interval(self.config.detector.interval, urgent=urgent)
 
     async def _pause(self, timeout: float) -> None:
@@ -324,7 +322,7 @@ class Daemon:
     def _master_heard_at(self) -> float | None:
         """As a slave that watches its master: when its last heartbeat arrived."""
         view, peers = self._view, self._peers
-        if view is None or peers is None or self._failover is None or view.master == self._me:
+        if view is None or peers is None or not self._failover.enabled or view.master == self._me:
             return None
         return peers.alive_at(view.master)
 
@@ -332,7 +330,7 @@ class Daemon:
         # One snapshot (with its retries) and one round of probes, in the worst case.
         x = self.config.xapi
         budget = x.timeout * 2 + self.config.detector.probe_timeout + self.config.detector.interval
-        if self._failover is not None and self._failover.master_in_doubt:
+        if self._failover.master_in_doubt:
             # Our xapi forwards to a master that does not answer: a snapshot would only
             # wait, and the master's watch needs its ticks on time. Short, but long enough
             # to learn that a new master took us over.
@@ -400,8 +398,7 @@ class Daemon:
             # The watchdog is fed by the heartbeat loop, on quorum as of each feed
             # (_feed_watchdog): a tick may last far longer than its contact stays fresh.
             self._update_peer_quorum()
-            if self._failover is not None:
-                self._failover.say_decision()
+            self._failover.say_decision()
 
     def _snapshot_due(self, now: float) -> bool:
         """Whether this tick reads the pool (cadence.read_due)."""
@@ -411,8 +408,7 @@ class Daemon:
                         or interval <= 0)
         return cadence.read_due(cadence.ReadCadence(
             now=now,
-            urgent=self._failover is not None and (self._failover.master_in_doubt
-                                                   or self._failover.promoting),
+            urgent=self._failover.master_in_doubt or self._failover.promoting,
             next_read=self._next_read, slave_watching=watching,
             last_read=self._last_snapshot, slave_interval=interval,
             last_read_ok=self._health.snapshot_ok,
@@ -422,10 +418,9 @@ class Daemon:
     async def _watch(self, now: float) -> None:
         if not self._snapshot_due(now):
             return
-        if (self._failover is not None and self._failover.master_in_doubt
-                and not await self._follows_another()):
+        if self._failover.master_in_doubt and not await self._follows_another():
             return
-        changing = self._failover is not None and self._failover.role_changing(now)
+        changing = self._failover.role_changing(now)
         if changing:
             # Our xapi restarts as a master or as another's slave: its event tokens would
             # ask the next database for what changed since a generation of this one's.
@@ -533,9 +528,8 @@ class Daemon:
         self._ticks += 1
         everyone = cadence.probe_everyone(self._ticks,
                                           sweep_wants_probes=self._sweep_wants_probes)
-        fresh = self._failover is not None and self._failover.wants_fresh_probes
-        settled = self._failover.rejoined if fresh and self._failover is not None \
-            else frozenset()
+        fresh = self._failover.wants_fresh_probes
+        settled = self._failover.rejoined if fresh else frozenset()
         chosen = {h.uuid for h in cadence.to_probe(
             (cadence.Host(h.uuid, h.live) for h in others), everyone=everyone, fresh=fresh,
             settled=settled, heard=heard, answered=self._xapi_answers)}
@@ -553,7 +547,7 @@ class Daemon:
         covered = {h.uuid for h in probed}
         if len(covered) == len(others):
             self._probed_all_at = now
-        if self._failover is not None and all(h.uuid in covered or h.uuid in settled
+        if all(h.uuid in covered or h.uuid in settled
                                               for h in others):
             self._failover.probed_all(now)
         answered_now = {h.uuid: r.answered for h, r in zip(probed, results)}
@@ -663,19 +657,17 @@ class Daemon:
         now = self._clock.monotonic()
         link.send(
             [Peer(h.uuid, h.address) for h in view.hosts.values()],
-            master=(view.master if self._failover is None
-                    else self._failover.announced_master(view.master, now)),
+            master=self._failover.announced_master(view.master, now),
             quorate=self._health.quorate,
             armed=self._watchdog is not None and self._watchdog.is_running,
             priority=self.config.failover.priority,
             vote=self._current_vote(),
             epoch=pool_lock.current_epoch(dict(view.other_config)),
-            promoting=(self._failover is not None
-                       and self._failover.announces_promotion(now)),
+            promoting=self._failover.announces_promotion(now),
         )
 
     def _current_vote(self) -> tuple[HostId, HostId] | None:
-        vote = self._failover.vote if self._failover is not None else None
+        vote = self._failover.vote
         return (vote.old_master, vote.candidate) if vote is not None else None
 
     def _update_peer_quorum(self) -> float:
@@ -814,17 +806,18 @@ class Daemon:
     def _heard_within(self) -> float:
         return heard_within(self.config.peers.interval)
 
-    def _make_failover(self) -> Failover | None:
+    def _make_failover(self) -> Failover | FailoverOff:
         cfg = self.config.failover
         if not cfg.enabled or not self.config.peers.enabled:
             log.warning("failover.off", why="failover.enabled is false" if not cfg.enabled
                         else "peer heartbeats are off (peers.secret_file)",
                         effect="a dead master is not replaced; run pool.emergency_transition_"
                         "to_master by hand")
-            return None
+            return FailoverOff()
         return Failover(self._me, _failover_settings(self.config),
                         _detector_settings(self.config), FailoverActions(self.config),
-                        wall=self._clock.wall, beat=self._beat)
+                        wall=self._clock.wall, beat=self._beat,
+                        wake=self._wake.set)
 
     def _make_witness(self) -> Witness | None:
         directory = self.config.failover.witness
@@ -859,8 +852,8 @@ class Daemon:
 
     async def _master_duties(self, view: PoolView, now: float, quorate: bool) -> bool:
         """Whether this master may open and run incidents now (see failover.coordinator)."""
-        if self._failover is None:
-            return True
+        if not isinstance(self._failover, Failover):
+            return True  # no failover: the master acts once it has read the pool
         down = frozenset(
             h for h in view.hosts
             if self._detector.state(h) in (HostState.DOWN, HostState.RETURNING)
@@ -892,21 +885,14 @@ class Daemon:
                         why="the replaced master; opened once every host has rejoined")
         if may_act:
             may_act = await self._failover.check_reconciled(xapi, view, now, self._probes, down)
-        if may_act and not self._may_act and not self._reread:
-            # Allowed to act from this tick's probes (every host rejoined), but this view was
-            # read before them: a host that just rejoined is disabled until its xapi has
-            # started (Pool.hello), and a VM placed on it would be refused. Act from a view
-            # read now, at once.
-            self._reread = True
-            self._wake.set()
-            return False
-        self._reread = False
-        return may_act
+        # Its last gate: acting from a view read after the probes that allowed it.
+        return await self._failover.finish(may_act)
 
     async def _watch_master(self, now: float) -> None:
         """As a slave: whether the master is dead, and if so, vote and maybe promote."""
         view, failover = self._view, self._failover
-        if view is None or failover is None or view.master == self._me or view.ha_enabled:
+        if (view is None or not isinstance(failover, Failover) or view.master == self._me
+                or view.ha_enabled):
             return
         master = view.hosts.get(view.master)
         if master is None:
@@ -1432,7 +1418,8 @@ class Daemon:
                 "peer": peer if self._peers is not None else "-",
             })
         members = len(view.hosts) if view is not None else 0
-        vote = self._failover.vote if self._failover is not None else None
+        vote = self._failover.vote
+        failover = self._failover if isinstance(self._failover, Failover) else None
         return {
             "host": names.get(self._me, self._me),
             "role": "master" if view is not None and view.master == self._me else "slave",
@@ -1448,9 +1435,9 @@ class Daemon:
                                is FencingMode.TRUST_LIVENESS else None),
             "failover": {
                 "vote": names.get(vote.candidate, vote.candidate) if vote else None,
-                "promoting": self._failover.promoting if self._failover else False,
-                "role": self._failover.role.value if self._failover else None,
-                "reason": self._failover.reason if self._failover else None,
+                "promoting": self._failover.promoting,
+                "role": failover.role.value if failover is not None else None,
+                "reason": failover.reason if failover is not None else None,
                 "witness_held": self._witness.held if self._witness else None,
             },
             "watchdog_armed": self._watchdog is not None and self._watchdog.is_running,

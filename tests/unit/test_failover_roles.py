@@ -15,7 +15,7 @@ from xenhad.config import parse
 from xenhad.detector import DetectorSettings, HostState
 from xenhad.failover import lock as pool_lock
 from xenhad.failover.actions import FailoverActions
-from xenhad.failover.coordinator import Failover
+from xenhad.failover.coordinator import Failover, FailoverOff
 from xenhad.failover.election import Vote
 from xenhad.failover.roles import (
     RECONCILED_KEY,
@@ -28,6 +28,7 @@ from xenhad.failover.roles import (
     HoldLock,
     Joined,
     RaiseEpoch,
+    ReadNow,
     RecordReconciled,
     RecoverSlaves,
     ResetMaster,
@@ -41,6 +42,7 @@ from xenhad.failover.roles import (
     lock_written,
     reconcile,
     reconcile_recorded,
+    reread_gate,
     step,
     transition_failed,
 )
@@ -310,3 +312,27 @@ def test_the_executor_logs_each_decision_once_and_status_shows_it() -> None:
     assert not beats  # no ballot cast: nothing new to say in a heartbeat
     shown = render({"failover": {"role": failover.role.value, "reason": failover.reason}})
     assert "failover: doubting: the master h2 is suspect" in shown
+
+
+def test_a_master_allowed_to_act_again_acts_from_a_view_read_after_its_probes() -> None:
+    """Every host rejoined as of this tick's probes, but this view was read before them (a
+    host that just rejoined is disabled until its xapi has started): one more tick, at once,
+    from a view read now."""
+    waiting = State(acted=False)
+    first = reread_gate(waiting, True)
+    assert not first.may_act and kinds(first) == [ReadNow]
+    assert first.role is Role.RECONCILING and "view read now" in first.reason
+    second = reread_gate(first.state, True)
+    assert second.may_act and not second.actions
+    # Acting already: no extra tick. Held back: nothing to read again for.
+    assert reread_gate(second.state, True).may_act
+    assert not reread_gate(second.state, False).may_act
+    assert not reread_gate(State(acted=False), False).actions
+
+
+def test_with_failover_off_nothing_is_announced_or_awaited() -> None:
+    off = FailoverOff()
+    assert not off.enabled and off.vote is None and not off.promoting
+    assert off.announced_master("m", 1.0) == "m" and not off.announces_promotion(1.0)
+    assert not off.role_changing(1.0) and not off.awaits_rejoin(1.0)
+    assert not off.master_in_doubt and not off.wants_fresh_probes and not off.rejoined

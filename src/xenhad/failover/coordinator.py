@@ -51,14 +51,47 @@ from xenhad.xapi.client import Xapi
 from xenhad.xapi.errors import XapiError, XapiUnreachable
 
 __all__ = ["PROMOTION_WINDOW", "RECONCILED_KEY", "REJOIN_WATCH", "STEP_DOWN_HOLD", "Contact",
-           "Failover", "FailoverSettings", "Joined", "Role", "State"]
+           "Failover", "FailoverOff", "FailoverSettings", "Joined", "Role", "State"]
 
 log = structlog.get_logger("xenhad.failover")
 
 _XAPI_FAILED = (XapiError, XapiUnreachable, XenhadError)
 
 
+class FailoverOff:
+    """Failover turned off (failover.enabled false, or no peer heartbeats): an object that
+    does nothing, in place of an `is None` at every call site. A dead master is not
+    replaced, and a master acts once it has read the pool."""
+
+    enabled = False
+    vote: Vote | None = None
+    promoting = False
+    master_in_doubt = False
+    wants_fresh_probes = False
+    rejoined: frozenset[HostId] = frozenset()
+
+    def announced_master(self, read: HostId, now: float) -> HostId:
+        return read
+
+    def announces_promotion(self, now: float) -> bool:
+        return False
+
+    def role_changing(self, now: float) -> bool:
+        return False
+
+    def awaits_rejoin(self, now: float) -> bool:
+        return False
+
+    def probed_all(self, now: float) -> None:
+        pass
+
+    def say_decision(self) -> None:
+        pass
+
+
 class Failover:
+    enabled = True
+
     def __init__(
         self,
         me: HostId,
@@ -68,6 +101,7 @@ class Failover:
         *,
         wall: Callable[[], float],
         beat: Callable[[], None] = lambda: None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.me = me
         self.settings = settings
@@ -75,6 +109,8 @@ class Failover:
         self._wall = wall
         self._beat = beat
         """Sends our heartbeat now (BeatNow)."""
+        self._wake = wake
+        """Runs the daemon's next tick at once (ReadNow)."""
         self._watch = Detector(detector)
         self.state = State()
         self._said: tuple[Role, str] | None = None
@@ -203,9 +239,15 @@ class Failover:
                       down=down)
         return await self._perform(roles.reconcile(self.state, facts), facts, xapi)
 
+    async def finish(self, may_act: bool) -> bool:
+        """The end of a master's tick: whether it may act, after its last gate
+        (roles.reread_gate)."""
+        return await self._perform(roles.reread_gate(self.state, may_act), None, None)
+
     # -- performing a decision ---------------------------------------------------------
 
-    async def _perform(self, decision: Decision, facts: Facts, xapi: Xapi | None) -> bool:
+    async def _perform(self, decision: Decision, facts: Facts | None,
+                       xapi: Xapi | None) -> bool:
         """Perform `decision`'s actions in order, feeding back the outcomes a rule depends
         on; returns whether this master may act, as far as the decision goes."""
         self.state = decision.state
@@ -215,6 +257,10 @@ class Failover:
                 getattr(log, action.level)(action.event, **dict(action.facts))
             elif isinstance(action, roles.BeatNow):
                 self._beat()
+            elif isinstance(action, roles.ReadNow):
+                self._wake()
+            elif facts is None:
+                raise AssertionError(f"{action} needs this tick's facts")
             elif isinstance(action, roles.TransitionToMaster):
                 try:
                     await self._actions.transition_to_master()

@@ -16,7 +16,8 @@ what this tick saw (`Facts`), and returns a `Decision`: the next state, the acti
 perform, a human reason, and whether this master may act so far. The executor
 (coordinator.py) performs the actions (the XAPI calls) and feeds back the few outcomes a
 rule depends on (`transition_failed`, `hold_lock`, `lock_written`, `reconcile_recorded`,
-`reconcile_unrecorded`); `reconcile`, once the lock is held, is the master's last gate.
+`reconcile_unrecorded`); `reconcile`, once the lock is held, and `reread_gate` are the
+master's last gates.
 
 The rules above all: a promoted master yields to a live master a majority follows; a
 master steps down only on proof (a majority follows another master that answers as one, or
@@ -228,13 +229,18 @@ class RecordReconciled:
 
 
 @dataclass(frozen=True)
+class ReadNow:
+    """Run the next tick at once: it reads the pool afresh, and acts from that view."""
+
+
+@dataclass(frozen=True)
 class BeatNow:
     """Send our heartbeat now: peers count our ballot, our promotion or our step-down from
     it, not up to an interval later."""
 
 
 Action = (Say | TransitionToMaster | ResetMaster | RaiseEpoch | RecoverSlaves | SyncDatabase
-          | HoldLock | WriteLock | RecordReconciled | BeatNow)
+          | HoldLock | WriteLock | RecordReconciled | ReadNow | BeatNow)
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -272,6 +278,10 @@ class State:
     probes_fresh_since: float = float("-inf")
     lock_why: str = ""
     timeline: tuple[tuple[str, float], ...] = ()
+    acted: bool = True
+    """Whether this master could act at the end of the last tick (reread_gate)."""
+    rereading: bool = False
+    """This master may act from the next view on, read at once (reread_gate)."""
 
     # -- what the daemon reads of the state ------------------------------------------
 
@@ -754,6 +764,19 @@ def reconcile_recorded(state: State, epoch: int, now: float) -> Decision:
 def reconcile_unrecorded(state: State, why: str) -> Decision:
     return _decided(state, Role.RECONCILING, f"cannot record the reconciled epoch: {why}",
                     [_say("error", "failover.reconcile_unrecorded", why=why)])
+
+
+def reread_gate(state: State, may_act: bool) -> Decision:
+    """The master's last gate, at the end of each of its ticks: `may_act` as the gates
+    before it decided."""
+    if may_act and not state.acted and not state.rereading:
+        # Allowed to act from this tick's probes (every host rejoined), but this view was
+        # read before them: a host that just rejoined is disabled until its xapi has
+        # started (Pool.hello), and a VM placed on it would be refused. Act from a view
+        # read now, at once.
+        return _decided(replace(state, rereading=True, acted=False), Role.RECONCILING,
+                        "every host rejoined: acting from a view read now", [ReadNow()])
+    return Decision(replace(state, rereading=False, acted=may_act), (), may_act)
 
 
 # -- who follows whom ----------------------------------------------------------------------
