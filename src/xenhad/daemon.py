@@ -1419,7 +1419,8 @@ class Daemon:
             })
         members = len(view.hosts) if view is not None else 0
         vote = self._failover.vote
-        failover = self._failover if isinstance(self._failover, Failover) else None
+        failover = (self._failover if isinstance(self._failover, Failover)
+                    and self._failover.reason else None)  # None: off, or not decided yet
         return {
             "host": names.get(self._me, self._me),
             "role": "master" if view is not None and view.master == self._me else "slave",

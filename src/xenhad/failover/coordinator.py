@@ -313,7 +313,7 @@ class Failover:
     def say_decision(self) -> None:
         """At the end of a tick: the role and its reason, logged when they changed."""
         said = (self.state.role, self.state.reason)
-        if said != self._said:
+        if said != self._said and said[1]:
             self._said = said
             log.info("failover.decision", role=said[0].value, reason=said[1])
 

@@ -1,18 +1,19 @@
 """Master failover as a pure role machine: the only place failover is decided.
 
-    FOLLOWING --master suspect--> DOUBTING --confirmed down, quorate--> ELECTING
-        ^                            |                                     |
-        +------master answers--------+------------master answers-----------+
-                                                                           | elected by a
-                                                                           v strict majority
-    STEPPING_DOWN <--outvoted-- (master) <--our xapi is master-- PROMOTING
-         |                        |   ^                            | promote_timeout
-         +--STEP_DOWN_HOLD over---+   |                            v
-                                  v   |                        ELECTING (again)
-             PROMOTED -> HELD / WAITING_LOCK / RECONCILING / ACTING   (each tick's gates)
+    as a slave:
+      FOLLOWING <--the master is suspect / answers again--> DOUBTING
+      DOUBTING --confirmed down, quorate--> ELECTING (vote; withdrawn if it answers again)
+      ELECTING --a strict majority elects us--> PROMOTING --promote_timeout--> ELECTING
+    as the master, each tick, the first gate that holds names the role:
+      PROMOTED       the tick our xapi turned master: raise the epoch, act from the next view
+      STEPPING_DOWN  outvoted now (emergency_reset_master), or within STEP_DOWN_HOLD of it
+      HELD           a host is promoting; no quorum; a rival answers, no majority behind us
+      WAITING_LOCK   the incident lock is another's, or cannot be written
+      RECONCILING    a host has not rejoined since a promotion or a stray; or one more read
+      ACTING         none of the above: incidents open and run
 
-`step(state, facts)` takes the role and timers carried from the last tick (`State`) and
-what this tick saw (`Facts`), and returns a `Decision`: the next state, the actions to
+`step(state, facts, settings)` takes the role and timers carried from the last tick
+(`State`) and what this tick saw (`Facts`), and returns a `Decision`: the next state, the actions to
 perform, a human reason, and whether this master may act so far. The executor
 (coordinator.py) performs the actions (the XAPI calls) and feeds back the few outcomes a
 rule depends on (`transition_failed`, `hold_lock`, `lock_written`, `reconcile_recorded`,
@@ -251,7 +252,8 @@ class State:
     """The role and the timers carried from one tick to the next."""
 
     role: Role = Role.FOLLOWING
-    reason: str = "starting"
+    reason: str = ""
+    """Empty until the first decision."""
     watched: HostId | None = None
     """As a slave: the master we watch (a master watches none)."""
     vote: Vote | None = None
