@@ -11,7 +11,7 @@ simulator serves it as stunnel does; a self-signed certificate made with openssl
 - with peers: the heartbeats the other hosts' daemons would send (xenhad's own codec and
   pool secret, through the simulated network) come from one sender thread in this process,
   since 63 more daemons on 2 cores would measure the machine. A host heard by heartbeat is
-  probed every 60th tick only (daemon.PROBE_HEARD_EVERY).
+  probed every 60th tick only (cadence.PROBE_HEARD_EVERY).
 Prints numbers; asserts nothing.
 """
 

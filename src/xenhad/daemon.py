@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from xenhad import admission, heap
+from xenhad import admission, cadence, heap
 from xenhad import config as configuration
 from xenhad import log as logsetup
 from xenhad import messages as msg
 from xenhad import status as status_socket
 from xenhad.alerts import Alerts
+from xenhad.cadence import READ_SPREAD_TICKS
 from xenhad.clock import Clock, SystemClock
 from xenhad.config import Config
 from xenhad.detector import (
@@ -45,7 +46,7 @@ from xenhad.detector import (
 from xenhad.errors import XenhadError
 from xenhad.failover import lock as pool_lock
 from xenhad.failover.actions import FailoverActions
-from xenhad.failover.coordinator import Contact, Failover, FailoverSettings, Joined
+from xenhad.failover.coordinator import Contact, Failover, FailoverOff, FailoverSettings, Joined
 from xenhad.failover.election import Vote
 from xenhad.failover.witness import Witness
 from xenhad.fencer import SelfFenceProof, build_fencer
@@ -80,30 +81,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("xenhad.daemon")
 T = TypeVar("T")
-
-PROBE_HEARD_EVERY = 60
-"""A host whose heartbeats arrive is probed only every this many ticks (2 min at the default
-tick): its heartbeats already say it lives, so the probe only refreshes whom its xapi
-follows and notices a wedged xapi. Whenever that must be fresh, every host is probed every
-tick instead: while who follows whom changes (Failover.wants_fresh_probes), and before the
-offline sweep starts a VM (_restart_offline). A probe costs ~1 ms of CPU over TLS
-(bench/probe_cost.py): in a 64-host pool the probes were the master's largest cost at
-rest."""
-
-READ_BACKOFF_TICKS = 8
-"""After failed reads of the pool, a slave waits up to this many ticks (jittered, doubling
-from one) before the next: every slave's read goes to the master's xapi, and a master
-that is slow to answer must not get every slave's full read again every tick."""
-
-READ_SPREAD_TICKS = 4
-"""A slave whose xapi has just rejoined a new master reads the pool within this many ticks,
-at random: it acts on nothing, and the new master is at its busiest."""
-
-URGENT_TICK = 0.5
-"""Seconds between ticks, at most, while a master's failover is under way: as a slave whose
-master is in doubt (voters confirm it, and the candidate counts their ballots, within this
-of each other), while our xapi restarts as the new master, and as that new master while
-the slaves rejoin it."""
 
 HISTORY_SECONDS = 30 * 24 * 3600
 """How long closed incidents stay in the journal (for `xenhad history`)."""
@@ -183,7 +160,7 @@ class Daemon:
         self._heartbeats: asyncio.Task[None] | None = None
         self._peers_since = 0.0
         self._watchdog: Watchdog | None = None
-        self._failover: Failover | None = None
+        self._failover: Failover | FailoverOff = FailoverOff()
         self._witness: Witness | None = None
         self._status_server: asyncio.AbstractServer | None = None
         self._metrics: Metrics | None = None
@@ -212,8 +189,6 @@ class Daemon:
         """Whether each host's xapi answered its last probe (the detector's reading)."""
         self._deferred: set[HostId] = set()
         self._may_act = True
-        self._reread = False
-        """This master may act from the next view on (read at once): see _master_duties."""
         self._next_offline_sweep = 0.0
         self._all_joined_since: float | None = None
         self._sweep_wants_probes = False
@@ -308,21 +283,17 @@ class Daemon:
 
     def _interval(self, now: float) -> float:
         """Seconds from one tick's start to the next, as of the tick just done."""
-        interval = self.config.detector.interval
         failover = self._failover
-        if failover is not None and (failover.promoting or failover.master_in_doubt
-                                     or failover.awaits_rejoin(now)):
-            # The master may be dead, our xapi comes back as master any moment, or the
-            # slaves rejoin us: the sooner a tick sees it, the sooner the dead master's VMs
-            # run again.
-            return min(interval, URGENT_TICK)
-        return interval
+        urgent = (failover.promoting or failover.master_in_doubt
+                  or failover.awaits_rejoin(now))
+        return cadence.tick_interval(self.config.detector.interval, urgent=urgent)
 
     async def _pause(self, timeout: float) -> None:
         """Until the next tick: `timeout`, or less on stop, on a wake-up, or when our
         master falls silent. Its first miss then counts from its silence, not from the
-        next tick, up to an interval later: every voter confirms it within URGENT_TICK of
-        the others, and the floor of a master's failover has no tick in it."""
+        next tick, up to an interval later: every voter confirms it within
+        cadence.URGENT_TICK of the others, and the floor of a master's failover has no tick
+        in it."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while not (self._wake.is_set() or self._stop.is_set()):
@@ -351,7 +322,7 @@ class Daemon:
     def _master_heard_at(self) -> float | None:
         """As a slave that watches its master: when its last heartbeat arrived."""
         view, peers = self._view, self._peers
-        if view is None or peers is None or self._failover is None or view.master == self._me:
+        if view is None or peers is None or not self._failover.enabled or view.master == self._me:
             return None
         return peers.alive_at(view.master)
 
@@ -359,7 +330,7 @@ class Daemon:
         # One snapshot (with its retries) and one round of probes, in the worst case.
         x = self.config.xapi
         budget = x.timeout * 2 + self.config.detector.probe_timeout + self.config.detector.interval
-        if self._failover is not None and self._failover.master_in_doubt:
+        if self._failover.master_in_doubt:
             # Our xapi forwards to a master that does not answer: a snapshot would only
             # wait, and the master's watch needs its ticks on time. Short, but long enough
             # to learn that a new master took us over.
@@ -427,33 +398,29 @@ class Daemon:
             # The watchdog is fed by the heartbeat loop, on quorum as of each feed
             # (_feed_watchdog): a tick may last far longer than its contact stays fresh.
             self._update_peer_quorum()
+            self._failover.say_decision()
 
     def _snapshot_due(self, now: float) -> bool:
-        """A slave reads the pool only now and then: every read goes to its master's xapi,
-        and heartbeats already say whether the master lives (and whom peers follow)."""
+        """Whether this tick reads the pool (cadence.read_due)."""
         view = self._view
         interval = self.config.detector.slave_interval
-        if self._failover is not None and (self._failover.master_in_doubt
-                                           or self._failover.promoting):
-            # Our xapi may have become a master, or a slave of a new one (which, while the
-            # master is in doubt, _follows_another asks it first).
-            return True
-        if now < self._next_read:
-            return False  # backing off after failed reads (_read_failed)
-        if view is None or view.master == self._me or self._peers is None or interval <= 0:
-            return True
-        if now - self._last_snapshot >= interval or not self._health.snapshot_ok:
-            return True
-        contact = self._contact(now)
-        return any(m != view.master for m in contact.masters.values())
+        watching = not (view is None or view.master == self._me or self._peers is None
+                        or interval <= 0)
+        return cadence.read_due(cadence.ReadCadence(
+            now=now,
+            urgent=self._failover.master_in_doubt or self._failover.promoting,
+            next_read=self._next_read, slave_watching=watching,
+            last_read=self._last_snapshot, slave_interval=interval,
+            last_read_ok=self._health.snapshot_ok,
+            masters_named=tuple(self._contact(now).masters.values()) if watching else (),
+            master=view.master if view is not None else ""))
 
     async def _watch(self, now: float) -> None:
         if not self._snapshot_due(now):
             return
-        if (self._failover is not None and self._failover.master_in_doubt
-                and not await self._follows_another()):
+        if self._failover.master_in_doubt and not await self._follows_another():
             return
-        changing = self._failover is not None and self._failover.role_changing(now)
+        changing = self._failover.role_changing(now)
         if changing:
             # Our xapi restarts as a master or as another's slave: its event tokens would
             # ask the next database for what changed since a generation of this one's.
@@ -559,18 +526,14 @@ class Daemon:
         # whom its xapi follows (failover) and to notice a wedged xapi.
         heard = self._heard_lately(now)
         self._ticks += 1
-        everyone = self._ticks % PROBE_HEARD_EVERY == 0 or self._sweep_wants_probes
-        fresh = self._failover is not None and self._failover.wants_fresh_probes
-        # Hosts that follow us since we last told the slaves to are not asked again while
-        # the others rejoin, every urgent tick: the new master's xapi is at its busiest.
-        settled = self._failover.rejoined if fresh and self._failover is not None \
-            else frozenset()
-        # A heard host whose xapi did not answer its last probe, or that XAPI says is not
-        # live, is asked each tick: whether its xapi is hung (HUNG, said at once) or back is
-        # the detector's to know now, not at the next round of probes two minutes later.
-        probed = [h for h in others
-                  if everyone or (fresh and h.uuid not in settled) or h.uuid not in heard
-                  or not h.live or not self._xapi_answers.get(h.uuid, False)]
+        everyone = cadence.probe_everyone(self._ticks,
+                                          sweep_wants_probes=self._sweep_wants_probes)
+        fresh = self._failover.wants_fresh_probes
+        settled = self._failover.rejoined if fresh else frozenset()
+        chosen = {h.uuid for h in cadence.to_probe(
+            (cadence.Host(h.uuid, h.live) for h in others), everyone=everyone, fresh=fresh,
+            settled=settled, heard=heard, answered=self._xapi_answers)}
+        probed = [h for h in others if h.uuid in chosen]
         results = await asyncio.gather(*(self._probe(h) for h in probed))
         for h, r in zip(probed, results):
             self._xapi_answers[h.uuid] = r.answered
@@ -584,7 +547,7 @@ class Daemon:
         covered = {h.uuid for h in probed}
         if len(covered) == len(others):
             self._probed_all_at = now
-        if self._failover is not None and all(h.uuid in covered or h.uuid in settled
+        if all(h.uuid in covered or h.uuid in settled
                                               for h in others):
             self._failover.probed_all(now)
         answered_now = {h.uuid: r.answered for h, r in zip(probed, results)}
@@ -694,19 +657,17 @@ class Daemon:
         now = self._clock.monotonic()
         link.send(
             [Peer(h.uuid, h.address) for h in view.hosts.values()],
-            master=(view.master if self._failover is None
-                    else self._failover.announced_master(view.master, now)),
+            master=self._failover.announced_master(view.master, now),
             quorate=self._health.quorate,
             armed=self._watchdog is not None and self._watchdog.is_running,
             priority=self.config.failover.priority,
             vote=self._current_vote(),
             epoch=pool_lock.current_epoch(dict(view.other_config)),
-            promoting=(self._failover is not None
-                       and self._failover.announces_promotion(now)),
+            promoting=self._failover.announces_promotion(now),
         )
 
     def _current_vote(self) -> tuple[HostId, HostId] | None:
-        vote = self._failover.vote if self._failover is not None else None
+        vote = self._failover.vote
         return (vote.old_master, vote.candidate) if vote is not None else None
 
     def _update_peer_quorum(self) -> float:
@@ -845,17 +806,18 @@ class Daemon:
     def _heard_within(self) -> float:
         return heard_within(self.config.peers.interval)
 
-    def _make_failover(self) -> Failover | None:
+    def _make_failover(self) -> Failover | FailoverOff:
         cfg = self.config.failover
         if not cfg.enabled or not self.config.peers.enabled:
             log.warning("failover.off", why="failover.enabled is false" if not cfg.enabled
                         else "peer heartbeats are off (peers.secret_file)",
                         effect="a dead master is not replaced; run pool.emergency_transition_"
                         "to_master by hand")
-            return None
+            return FailoverOff()
         return Failover(self._me, _failover_settings(self.config),
                         _detector_settings(self.config), FailoverActions(self.config),
-                        wall=self._clock.wall)
+                        wall=self._clock.wall, beat=self._beat,
+                        wake=self._wake.set)
 
     def _make_witness(self) -> Witness | None:
         directory = self.config.failover.witness
@@ -890,20 +852,18 @@ class Daemon:
 
     async def _master_duties(self, view: PoolView, now: float, quorate: bool) -> bool:
         """Whether this master may open and run incidents now (see failover.coordinator)."""
-        if self._failover is None:
-            return True
+        if not isinstance(self._failover, Failover):
+            return True  # no failover: the master acts once it has read the pool
         down = frozenset(
             h for h in view.hosts
             if self._detector.state(h) in (HostState.DOWN, HostState.RETURNING)
         )
         xapi = await self._connected()
-        announced = self._failover.announced_master(view.master, now)
+        # A step-down beats at once (roles.BeatNow): the other master must hear it now.
         may_act = await self._failover.as_master(
             xapi, view, now, contact=self._contact(now), probes=self._probes, down=down,
             quorate=quorate, proven_off=frozenset(self._proven_off),
         )
-        if self._failover.announced_master(view.master, now) != announced:
-            self._beat()  # we step down: the other master must hear it now, not later
         replaced = self._failover.take_replaced()
         if replaced is not None:
             names = self._host_names()
@@ -925,34 +885,23 @@ class Daemon:
                         why="the replaced master; opened once every host has rejoined")
         if may_act:
             may_act = await self._failover.check_reconciled(xapi, view, now, self._probes, down)
-        if may_act and not self._may_act and not self._reread:
-            # Allowed to act from this tick's probes (every host rejoined), but this view was
-            # read before them: a host that just rejoined is disabled until its xapi has
-            # started (Pool.hello), and a VM placed on it would be refused. Act from a view
-            # read now, at once.
-            self._reread = True
-            self._wake.set()
-            return False
-        self._reread = False
-        return may_act
+        # Its last gate: acting from a view read after the probes that allowed it.
+        return await self._failover.finish(may_act)
 
     async def _watch_master(self, now: float) -> None:
         """As a slave: whether the master is dead, and if so, vote and maybe promote."""
         view, failover = self._view, self._failover
-        if view is None or failover is None or view.master == self._me or view.ha_enabled:
+        if (view is None or not isinstance(failover, Failover) or view.master == self._me
+                or view.ha_enabled):
             return
         master = view.hosts.get(view.master)
         if master is None:
             return
         heard = self._heard_lately(now)
         answered = master.uuid in heard or (await self._probe(master)).answered
-        said = (self._current_vote(), failover.announces_promotion(now))
+        # A new ballot or promotion goes out in a heartbeat at once (Failover's beat).
         await failover.watch_master(now, view, quorate=self._health.quorate,
                                     answered=answered, contact=self._contact(now))
-        if (self._current_vote(), failover.announces_promotion(now)) != said:
-            # The candidate counts ballots from heartbeats: ours goes out now, not up to an
-            # interval later, and so does the news that we are promoting.
-            self._beat()
 
     # -- verdicts and incidents --------------------------------------------------------
 
@@ -1042,19 +991,19 @@ class Daemon:
             return
         if self._all_joined_since is None:
             self._all_joined_since = now
-        # Held for a while, and seen in a snapshot read after that: a host that has just
-        # joined may not have resynced its VMs yet, and this view may predate its join.
-        hold = self.config.detector.recover_hold_seconds
-        if now < self._next_offline_sweep or view.taken_at < self._all_joined_since + hold:
+        if cadence.sweep_gate(now=now, all_joined_since=self._all_joined_since,
+                              view_taken_at=view.taken_at,
+                              hold=self.config.detector.recover_hold_seconds,
+                              next_sweep=self._next_offline_sweep) is not cadence.Sweep.OPEN:
             return
         vms = offline_protected(view)
-        if vms and self._probed_all_at != now:
-            # A heard host is probed only now and then (PROBE_HEARD_EVERY): whether every
-            # xapi follows us is asked again, of every host, and the next tick acts on it.
+        then = cadence.start_halted(now=now, vms_found=bool(vms),
+                                    probed_all_at=self._probed_all_at)
+        if then is cadence.Sweep.PROBE_FIRST:
             self._sweep_wants_probes = True
             self._wake.set()
             return
-        if not vms:
+        if then is not cadence.Sweep.RUN:
             return
         self._next_offline_sweep = now + self.config.recovery.retry_backoff_max
         log.error("vms.found_halted", vms=[vm.name for vm in vms],
@@ -1396,10 +1345,9 @@ class Daemon:
     def _read_failed(self, now: float) -> None:
         self._read_failures += 1
         if self._slave():
-            ticks = min(READ_BACKOFF_TICKS, 2 ** (self._read_failures - 1))
-            # Jittered, so that slaves that failed together do not all come back together.
-            delay = self.config.detector.interval * ticks * self._jitter.uniform(0.5, 1.0)
-            self._next_read = now + delay
+            self._next_read = now + cadence.read_backoff(
+                self._read_failures, self.config.detector.interval,
+                self._jitter.uniform(0.5, 1.0))
 
     def _xapi_failed(self, why: str, now: float) -> None:
         first = self._health.xapi_failing_since is None
@@ -1470,7 +1418,9 @@ class Daemon:
                 "peer": peer if self._peers is not None else "-",
             })
         members = len(view.hosts) if view is not None else 0
-        vote = self._failover.vote if self._failover is not None else None
+        vote = self._failover.vote
+        failover = (self._failover if isinstance(self._failover, Failover)
+                    and self._failover.reason else None)  # None: off, or not decided yet
         return {
             "host": names.get(self._me, self._me),
             "role": "master" if view is not None and view.master == self._me else "slave",
@@ -1486,7 +1436,9 @@ class Daemon:
                                is FencingMode.TRUST_LIVENESS else None),
             "failover": {
                 "vote": names.get(vote.candidate, vote.candidate) if vote else None,
-                "promoting": self._failover.promoting if self._failover else False,
+                "promoting": self._failover.promoting,
+                "role": failover.role.value if failover is not None else None,
+                "reason": failover.reason if failover is not None else None,
                 "witness_held": self._witness.held if self._witness else None,
             },
             "watchdog_armed": self._watchdog is not None and self._watchdog.is_running,

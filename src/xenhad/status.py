@@ -99,6 +99,8 @@ def render(doc: Mapping[str, Any]) -> str:
         lines.append(f"capacity: {'ok' if absorb.get('ok') else 'OVERCOMMITTED'}, "
                      f"{absorb.get('line')}")
     failover = doc.get("failover") or {}
+    if failover.get("role"):
+        lines.append(f"failover: {failover['role']}: {failover.get('reason')}")
     if failover.get("vote"):
         lines.append(f"failover: voting for {failover['vote']}")
     if failover.get("promoting"):

@@ -15,7 +15,7 @@ import pytest
 from pool_checks import never_twice_until as watch
 from pool_checks import protected_on, running_again, wait_all_logged
 
-from xenhad.daemon import PROBE_HEARD_EVERY
+from xenhad.cadence import PROBE_HEARD_EVERY
 from xenhad.sim import PoolSpec
 from xenhad.testbed import Testbed
 

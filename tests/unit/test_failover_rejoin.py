@@ -11,6 +11,7 @@ from xenhad.detector import DetectorSettings
 from xenhad.failover.actions import FailoverActions
 from xenhad.failover.coordinator import REJOIN_WATCH, Failover, FailoverSettings, Joined
 from xenhad.failover.lock import EPOCH_KEY
+from xenhad.failover.roles import State
 from xenhad.model import HostView, PoolView
 from xenhad.xapi.client import Xapi
 
@@ -23,7 +24,8 @@ def promoted_failover() -> Failover:
     config = parse("", source="t", env={})
     failover = Failover(ME, FailoverSettings(), DetectorSettings(), FailoverActions(config),
                         wall=lambda: 0.0)
-    failover._promoted_at = 100.0  # as as_master records it, the tick our xapi is master
+    failover.state = State(promoted_at=100.0)  # as as_master records it, the tick our xapi
+    # is master
     return failover
 
 
@@ -48,7 +50,7 @@ def test_a_timed_out_probe_does_not_undo_a_rejoin() -> None:
     # A's probe times out (every slave's xapi restarting at once): still rejoined.
     assert not check(failover, 101.5, {A: silent, B: follows_us(), C: silent})
     assert failover.rejoined == {A, B}
-    assert failover._waiting_for == [C]
+    assert failover.state.waiting_for == (C,)
     assert failover.awaits_rejoin(101.5)
     assert not failover.awaits_rejoin(100.0 + REJOIN_WATCH)
 
@@ -60,4 +62,4 @@ def test_a_host_seen_following_another_master_is_awaited_again() -> None:
     assert not check(failover, 101.5, {A: Joined(True, "10.0.0.9"), B: follows_us(),
                                        C: silent})
     assert failover.rejoined == {B}
-    assert failover._waiting_for == [A, C]
+    assert failover.state.waiting_for == (A, C)

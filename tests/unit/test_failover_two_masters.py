@@ -6,6 +6,7 @@ was left with no master)."""
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from xenhad.config import parse
 from xenhad.detector import DetectorSettings
@@ -18,12 +19,15 @@ from xenhad.failover.coordinator import (
     Joined,
 )
 from xenhad.failover.lock import EPOCH_KEY
+from xenhad.failover.roles import Facts, Role, State, outvoted, rival_masters
 from xenhad.model import HostView, PoolView
+from xenhad.xapi.client import Xapi
 
 OLD, SLAVE, NEW = "h1", "h2", "h3"
 ADDRESS = {OLD: "10.0.0.1", SLAVE: "10.0.0.2", NEW: "10.0.0.3"}
 EPOCH = {OLD: 0, NEW: 1}
 """The old master's database predates the promotion; the new master raised the epoch."""
+UNUSED = cast(Xapi, None)  # a master that steps down writes nothing to the pool
 
 
 def failover(me: str) -> Failover:
@@ -47,33 +51,38 @@ def seen_by(me: str) -> tuple[Contact, dict[str, Joined]]:
     return contact, probes
 
 
+def facts(me: str, contact: Contact, probes: dict[str, Joined]) -> Facts:
+    return Facts(me, 100.0, view_of(me), True, contact, probes=probes)
+
+
 def test_the_new_master_stays_and_the_old_one_gives_way() -> None:
-    new, old = failover(NEW), failover(OLD)
+    settings = FailoverSettings()
     contact, probes = seen_by(NEW)
-    assert not new._outvoted(view_of(NEW), 100.0, contact, probes)
-    assert new._rival_answers(view_of(NEW), contact, probes)  # acts on nothing meanwhile
+    assert outvoted(State(), facts(NEW, contact, probes), settings) is None
+    assert rival_masters(facts(NEW, contact, probes))  # acts on nothing meanwhile
     contact, probes = seen_by(OLD)
-    assert old._rival_answers(view_of(OLD), contact, probes)  # recovers no slave
-    assert old._outvoted(view_of(OLD), 100.0, contact, probes)
-    assert old._rejoin is not None and old._rejoin[0] == NEW
+    assert rival_masters(facts(OLD, contact, probes))  # recovers no slave
+    rejoin = outvoted(State(), facts(OLD, contact, probes), settings)
+    assert rejoin is not None and rejoin[0] == NEW
 
 
 def test_a_slave_whose_heartbeat_and_probe_agree_makes_a_majority() -> None:
-    new = failover(NEW)
     contact = Contact(frozenset({SLAVE, OLD}), masters={SLAVE: NEW, OLD: OLD},
                       epochs={SLAVE: 1, OLD: 0})
     probes = {SLAVE: Joined(True, ADDRESS[NEW]), OLD: Joined(True, None)}
-    assert not new._rival_answers(view_of(NEW), contact, probes)
-    assert not new._outvoted(view_of(NEW), 100.0, contact, probes)
+    assert not rival_masters(facts(NEW, contact, probes))
+    assert outvoted(State(), facts(NEW, contact, probes), FailoverSettings()) is None
 
 
 def test_a_master_stepping_down_names_the_one_it_rejoins() -> None:
     old = failover(OLD)
     contact, probes = seen_by(OLD)
-    assert old._outvoted(view_of(OLD), 100.0, contact, probes)
+    assert outvoted(old.state, facts(OLD, contact, probes), old.settings) is not None
     assert old.announced_master(OLD, 100.0) == OLD
     # No xapi here: the call fails and says so; the step-down is announced all the same,
     # for its hold (the other master must not count us as one meanwhile).
-    asyncio.run(old._step_down(view_of(OLD), 100.0))
+    assert not asyncio.run(old.as_master(UNUSED, view_of(OLD), 100.0, contact=contact,
+                                         probes=probes, down=frozenset(), quorate=True))
+    assert old.role is Role.STEPPING_DOWN
     assert old.announced_master(OLD, 101.0) == NEW
     assert old.announced_master(OLD, 100.0 + STEP_DOWN_HOLD) == OLD

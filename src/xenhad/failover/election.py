@@ -40,6 +40,31 @@ def elected(vote: Vote, ballots: Mapping[HostId, Vote | None], members: Collecti
     return yes * 2 > len(members)
 
 
+def choose(
+    current: Vote | None, cast_at: float, me: HostId, old_master: HostId,
+    eligible: Mapping[HostId, int], now: float, *, stall: float,
+) -> tuple[Vote, float]:
+    """My vote for replacing `old_master`, and when it was cast, from the hosts I can count
+    on (with their priorities); `eligible` must include me. `current`, `cast_at`: my vote
+    so far and when it was cast."""
+    if me not in eligible:
+        raise ValueError("the voter must be eligible itself")
+    candidates = {h: p for h, p in eligible.items() if h != old_master}
+    if (
+        current is not None
+        and current.old_master == old_master
+        and current.candidate in candidates
+        and now - cast_at < stall
+    ):
+        return current, cast_at
+    vote = Vote(old_master, best_candidate(candidates))
+    if vote != current:
+        cast_at = now
+    elif now - cast_at >= stall:
+        cast_at = now  # the same choice again: its stall clock starts over
+    return vote, cast_at
+
+
 class Elector:
     def __init__(self, me: HostId, *, stall: float) -> None:
         self.me = me
@@ -52,26 +77,10 @@ class Elector:
         return self._vote
 
     def choose(self, old_master: HostId, eligible: Mapping[HostId, int], now: float) -> Vote:
-        """My vote for replacing `old_master`, from the hosts I can count on (with their
-        priorities); `eligible` must include me."""
-        if self.me not in eligible:
-            raise ValueError("the voter must be eligible itself")
-        candidates = {h: p for h, p in eligible.items() if h != old_master}
-        current = self._vote
-        if (
-            current is not None
-            and current.old_master == old_master
-            and current.candidate in candidates
-            and now - self._cast_at < self.stall
-        ):
-            return current
-        vote = Vote(old_master, best_candidate(candidates))
-        if vote != current:
-            self._cast_at = now
-        elif now - self._cast_at >= self.stall:
-            self._cast_at = now  # the same choice again: its stall clock starts over
-        self._vote = vote
-        return vote
+        """My vote for replacing `old_master` (see choose())."""
+        self._vote, self._cast_at = choose(self._vote, self._cast_at, self.me, old_master,
+                                           eligible, now, stall=self.stall)
+        return self._vote
 
     def withdraw(self) -> None:
         self._vote = None
