@@ -552,6 +552,7 @@ class Daemon:
             self._failover.probed_all(now)
         answered_now = {h.uuid: r.answered for h, r in zip(probed, results)}
         answers = [answered_now.get(h.uuid, False) or h.uuid in heard for h in others]
+        slow = self._beating_slowly(now, heard)
         observations = {
             # A host marked for maintenance counts as disabled even once xapi re-enabled it.
             # Not probed this tick (heard lately): its xapi answered at its last probe.
@@ -562,6 +563,8 @@ class Daemon:
                 heard=h.uuid in heard,
                 rival_master=(joined := self._probes.get(h.uuid, _NEVER)).answered
                 and joined.follows is None,
+                beats_slowly=h.uuid in slow,
+                alive_at=self._alive_at(h.uuid, heard),
             )
             for h in others
         }
@@ -802,6 +805,21 @@ class Daemon:
         if self._peers is None:
             return frozenset()
         return self._peers.alive(now, within=self._heard_within())
+
+    def _beating_slowly(self, now: float, heard: frozenset[HostId]) -> frozenset[HostId]:
+        """Peers proven alive within the quorum window but not lately enough to be heard:
+        their heartbeats are slow, not gone (detector.Observation.beats_slowly)."""
+        if self._peers is None:
+            return frozenset()
+        return self._peers.alive(now, within=self.config.peers.window) - heard
+
+    def _alive_at(self, host: HostId, heard: frozenset[HostId]) -> float | None:
+        """When `host`'s daemon was last proven alive, for a host not heard lately (asked
+        only of those: 63 x 63 lookups a tick for the rest would tell the detector nothing,
+        a heard host missing nothing)."""
+        if self._peers is None or host in heard:
+            return None
+        return self._peers.alive_at(host)
 
     def _heard_within(self) -> float:
         return heard_within(self.config.peers.interval)
@@ -1201,10 +1219,12 @@ class Daemon:
         result = await self._probe(host)
         now = self._clock.monotonic()
         current = self._view.hosts.get(host.uuid, host) if self._view is not None else host
+        heard = self._heard_lately(now)
         seen = Observation(
             xapi_live=current.live, answered=result.answered, enabled=True,
-            heard=host.uuid in self._heard_lately(now),
+            heard=host.uuid in heard,
             rival_master=result.answered and not result.is_slave,
+            beats_slowly=host.uuid in self._beating_slowly(now, heard),
         )
         if self._detector.would_miss(host.uuid, seen, now):
             return ""
