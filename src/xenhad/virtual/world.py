@@ -60,9 +60,12 @@ class _SimTime:
 
     def __init__(self, clock: VirtualClock) -> None:
         self._clock = clock
+        self.floor = 0.0
+        """The latest timer ticked: the loop runs a timer due within its clock's resolution
+        a hair early, and the pool must see it due (else it is never run)."""
 
     def now(self) -> float:
-        return self._clock.monotonic()
+        return max(self._clock.monotonic(), self.floor)
 
     def wall(self) -> float:
         return self._clock.wall()
@@ -94,10 +97,13 @@ class World:
         self.rng = rng
         # Nothing listens: the socket paths are names only, no directory is made.
         spec = replace(spec, base_dir=spec.base_dir or "/virtual")
+        self.context = contextvars.Context()
+        """The world's own context: its timers and the calls it performs run in it, never
+        in a caller's (xenhad.virtual.daemons ends a dead daemon's callbacks)."""
         self._ticks_at: set[float] = set()
         self._change: asyncio.Future[None] | None = None
-        self.pool = SimPool(spec, clock=_SimTime(self.clock), rng=self.fork(),
-                            on_timer=self._due)
+        self._sim_time = _SimTime(self.clock)
+        self.pool = SimPool(spec, clock=self._sim_time, rng=self.fork(), on_timer=self._due)
         self.pool.changed.listeners.append(self._changed)
         self.observers: list[Callable[[], None]] = []
         """Called after each of the pool's ticks and each step of a call it performs, once
@@ -118,10 +124,13 @@ class World:
         if at in self._ticks_at:
             return
         self._ticks_at.add(at)
-        self.loop.call_at(at, self._tick, at)
+        # The pool's own time, whoever made the timer (a daemon's call may): it ticks
+        # whatever becomes of the caller.
+        self.loop.call_at(at, self._tick, at, context=self.context)
 
     def _tick(self, at: float) -> None:
         self._ticks_at.discard(at)
+        self._sim_time.floor = max(self._sim_time.floor, at)
         self.pool.tick()
         self.observe()
 
@@ -178,7 +187,7 @@ class World:
         # which a caller's death (xenhad.virtual.daemons) does not end.
         served = self.loop.create_task(
             self._serve(target, channel, source, name, params, admission, conn),
-            context=contextvars.Context())
+            context=self.context.copy())
         served.add_done_callback(_retrieve)
         deadline = self.loop.time() + timeout
         try:
