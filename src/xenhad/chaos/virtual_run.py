@@ -136,8 +136,10 @@ class _Bed:
 
 
 def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = False,
-            storage: bool = True, faults: list[Fault] | None = None) -> VirtualOutcome:
-    """One schedule on virtual time: drawn from `seed`, or the given `faults`."""
+            storage: bool = True, faults: list[Fault] | None = None,
+            play_for: float = 0.0) -> VirtualOutcome:
+    """One schedule on virtual time: drawn from `seed`, or the given `faults` (a directed
+    scenario), played for at least `play_for` seconds before everything is healed."""
     names = [f"host{i + 1}" for i in range(hosts)]
     outcome = VirtualOutcome(seed, generate(seed, names, kinds=VIRTUAL_KINDS)
                              if faults is None else faults)
@@ -149,7 +151,8 @@ def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = Fa
                                               storage=storage))
         with Capture(pool):
             try:
-                loop.run_until_complete(_run(pool, outcome, names, bmc=bmc))
+                loop.run_until_complete(_run(pool, outcome, names, bmc=bmc,
+                                             play_for=play_for))
             finally:
                 outcome.virtual_seconds = loop.time()
                 pool.end()
@@ -178,7 +181,8 @@ async def _build(loop: OwnedLoop, seed: int, names: list[str], *, self_fence: bo
     return Pool(world, net, configs)
 
 
-async def _run(pool: Pool, outcome: VirtualOutcome, names: list[str], *, bmc: str) -> None:
+async def _run(pool: Pool, outcome: VirtualOutcome, names: list[str], *, bmc: str,
+               play_for: float) -> None:
     world = pool.world
     loop = world.loop
     bed = _Bed(pool)
@@ -202,7 +206,7 @@ async def _run(pool: Pool, outcome: VirtualOutcome, names: list[str], *, bmc: st
     try:
         await _until(lambda: len({n for n, _ in bed.events_named("quorum.gained")})
                      == len(names), 60.0, loop)
-        await _play(loop, pool, bed, outcome, names, note, bmc=bmc)
+        await _play(loop, pool, bed, outcome, names, note, bmc=bmc, play_for=play_for)
     finally:
         supervisor.cancel()
         world.observers.clear()
@@ -230,7 +234,8 @@ async def _until(predicate: Callable[[], bool], timeout: float, loop: VirtualLoo
 
 
 async def _play(loop: VirtualLoop, pool: Pool, bed: _Bed, outcome: VirtualOutcome,
-                names: list[str], note: Callable[[str], None], *, bmc: str) -> None:
+                names: list[str], note: Callable[[str], None], *, bmc: str,
+                play_for: float = 0.0) -> None:
     world = pool.world
     samples: list[tuple[float, dict[str, bool]]] = []
     running = bed.vm_hosts()
@@ -249,7 +254,8 @@ async def _play(loop: VirtualLoop, pool: Pool, bed: _Bed, outcome: VirtualOutcom
 
     started = loop.time()
     pending = list(outcome.faults)
-    while pending or loop.time() - started < pending_end(outcome.faults):
+    end = max(pending_end(outcome.faults), play_for)
+    while pending or loop.time() - started < end:
         now = loop.time() - started
         while pending and pending[0].at <= now:
             fault = pending.pop(0)
