@@ -366,8 +366,8 @@ def _apply(pool: Pool, fault: Fault) -> str:
     elif kind == "heartbeat-replay":
         return " (not modelled in process)"
     elif kind in WEATHER:
-        pool.net.weather = WEATHER[kind]
-        loop.call_later(fault.value, _calm, pool)
+        weather = pool.net.weather = dataclasses.replace(WEATHER[kind])
+        loop.call_later(fault.value, _calm, pool, weather)
     elif kind == "clock-jump":
         pool.hosts[hosts[0]].clock.jump_wall(fault.value)
     elif kind == "daemon-pause":
@@ -376,8 +376,9 @@ def _apply(pool: Pool, fault: Fault) -> str:
         pool.pause(hosts[0], fault.value)
     elif kind in ("journal-write", "journal-fsync"):
         disk = pool.hosts[hosts[0]].disk
-        disk.fail(kind.split("-")[1])
-        loop.call_later(fault.value, disk.heal)
+        op = kind.split("-")[1]
+        disk.fail(op)
+        loop.call_later(fault.value, disk.heal, op)
     elif kind == "xapi-restart":
         if hosts[0] not in powered:
             return " (off)"
@@ -385,8 +386,10 @@ def _apply(pool: Pool, fault: Fault) -> str:
     return ""
 
 
-def _calm(pool: Pool) -> None:
-    pool.net.weather = Weather()
+def _calm(pool: Pool, weather: Weather | None = None) -> None:
+    """Fair weather again; a spell's end calms only that spell (a later one runs on)."""
+    if weather is None or pool.net.weather is weather:
+        pool.net.weather = Weather()
 
 
 def _heal_all(pool: Pool, bmc: str) -> None:

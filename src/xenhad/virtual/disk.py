@@ -44,8 +44,12 @@ class MemoryDisk(Disk):
             raise ValueError(f"{op!r}: a disk fault is one of {', '.join(OPS)}")
         self.failing.add(op)
 
-    def heal(self) -> None:
-        self.failing.clear()
+    def heal(self, op: str | None = None) -> None:
+        """`op` works again (every operation: None)."""
+        if op is None:
+            self.failing.clear()
+        else:
+            self.failing.discard(op)
 
     def _refuse(self, op: str, path: object = None) -> None:
         if op in self.failing:
