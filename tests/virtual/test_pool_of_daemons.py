@@ -134,3 +134,31 @@ def test_a_slave_with_a_hung_xapi_and_slow_heartbeats_is_not_fenced() -> None:
         virtual_run.WEATHER["heartbeat-delay"] = saved
     assert events(outcome, "fence.off") == []
     assert outcome.violations == []
+
+
+def test_the_trace_does_not_depend_on_the_process_or_its_hash_seed() -> None:
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = ("import hashlib; from xenhad.chaos.virtual_run import run_one; "
+              "print(hashlib.sha256('\\n'.join(run_one(1000003).trace).encode()).hexdigest())")
+    digests = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}
+                       ).stdout.strip()
+        for hash_seed in ("0", "1", "4242")}
+    here = hashlib.sha256("\n".join(run_one(1000003).trace).encode()).hexdigest()
+    assert digests == {here}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "found by xenhad chaos --virtual, seed 1000131: a daemon restarted (killed, upgraded) "
+    "while its own xapi answers slower than xapi.timeout opens its heartbeat link only after "
+    "its first pool read (daemon.py _open_peers), so it is silent; with its xapi not "
+    "answering the master's probes either, the master fences a host whose VMs run (rule 2)"))
+def test_a_daemon_restarted_while_its_xapi_is_slow_keeps_its_host_from_a_fence() -> None:
+    outcome = run_one(1, faults=[Fault(2.0, "latency", ("host3",), value=2.8),
+                                 Fault(4.0, "daemon-kill", ("host3",))], play_for=20.0)
+    assert events(outcome, "fence.off") == []
