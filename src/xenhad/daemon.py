@@ -221,7 +221,7 @@ class Daemon:
 
     async def run(self) -> int:
         env = self._env
-        env.signals.install(self.stop, self._reload.set)
+        env.signals.install(self.stop, self.reload)
         self._me = env.identity.host_uuid(self.config)
         env.state.lock(Path(self.config.daemon.state_dir))
         self._announce_mode()
@@ -251,6 +251,10 @@ class Daemon:
         if self._fatal is not None:
             raise self._fatal
         return 0
+
+    def reload(self) -> None:
+        """Read the configuration again at the next tick (SIGHUP)."""
+        self._reload.set()
 
     def stop(self) -> None:
         """Stop now: a tick in flight is abandoned where it stands (its XAPI calls with it,

@@ -362,7 +362,7 @@ def _apply(pool: Pool, fault: Fault) -> str:
         life = pool.hosts[hosts[0]].current
         if life is None or life.daemon is None:
             return " (no daemon)"
-        life.daemon._reload.set()  # what its SIGHUP handler does
+        life.daemon.reload()  # what its SIGHUP handler does
     elif kind == "heartbeat-replay":
         return " (not modelled in process)"
     elif kind in WEATHER:

@@ -4,7 +4,9 @@
 arms, feeds and disarms the simulator's per-host watchdog directly, so a feed counts from
 the instant it was decided (a real device is fed on the spot by an ioctl). When it expires
 the simulator resets the host (sim/pool.py _watchdog_reset: a reset is a reboot, dom0 and
-its daemon included, RESET_OFF_SECONDS off, then a boot).
+its daemon included, RESET_OFF_SECONDS off, then a boot). It does not block, so the real
+`Watchdog` facade (fencing/watchdog.py) calls it on the spot, on the loop, with the
+daemon's clock: one facade for every device.
 
 `InProcessRedfish` is a FenceBackend over sim/bmc.py's BmcModel, the same fault modes as
 the served BMC: "down" refuses at once, "hang" never answers (the backend's operation
