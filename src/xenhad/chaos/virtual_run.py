@@ -137,11 +137,11 @@ class _Bed:
 
 def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = False,
             storage: bool = True, faults: list[Fault] | None = None,
-            play_for: float = 0.0) -> VirtualOutcome:
+            play_for: float = 0.0, kinds: tuple[str, ...] = VIRTUAL_KINDS) -> VirtualOutcome:
     """One schedule on virtual time: drawn from `seed`, or the given `faults` (a directed
     scenario), played for at least `play_for` seconds before everything is healed."""
     names = [f"host{i + 1}" for i in range(hosts)]
-    outcome = VirtualOutcome(seed, generate(seed, names, kinds=VIRTUAL_KINDS)
+    outcome = VirtualOutcome(seed, generate(seed, names, kinds=kinds)
                              if faults is None else faults)
     loop = OwnedLoop()
     started = time.perf_counter()
