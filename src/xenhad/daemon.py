@@ -626,7 +626,11 @@ class Daemon:
         link = HeartbeatLink(
             me=self._me, pool=view.pool_uuid, secret=secret, table=self._peers,
             clock=self._clock, peer_port=cfg.port, batch=batch_seconds(cfg.interval),
-            vouch_within=heard_within(cfg.interval),
+            # For the whole window: a host beating slowly, proven alive by a peer's word only
+            # (cut from us one way), is then known alive (Observation.beats_slowly; virtual
+            # chaos seeds 7000417, 1000138). What counts as heard stays a round trip
+            # (_heard_lately's vouched_age).
+            vouch_within=cfg.window,
             socket_factory=heartbeats.socket_factory, rng=heartbeats.rng(),
         )
         await link.open(self.config.xapi.source_address, cfg.listen_port or cfg.port)
@@ -803,7 +807,8 @@ class Daemon:
         arrival: heartbeats delayed or replayed by the network vouch for no one."""
         if self._peers is None:
             return frozenset()
-        return self._peers.alive(now, within=self._heard_within())
+        within = self._heard_within()
+        return self._peers.alive(now, within=within, vouched_age=within)
 
     def _beating_slowly(self, now: float, heard: frozenset[HostId]) -> frozenset[HostId]:
         """Peers proven alive within the quorum window but not lately enough to be heard:
