@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
                        "and a dead BMC leaves the watchdog as the only proof of power-off")
     chaos.add_argument("--jobs", type=_count(1, 32), default=1,
                        help="schedules run side by side (each pool on its own addresses)")
+    chaos.add_argument("--virtual", action="store_true",
+                       help="run the whole pool (daemon cores, xapis, network, BMCs, "
+                       "watchdogs) in this process on virtual time: the same seed gives the "
+                       "same run, byte for byte, in about a second a schedule")
+    chaos.add_argument("--trace", type=Path, default=None, metavar="DIR",
+                       help="with --virtual: write each schedule's trace (every daemon's "
+                       "events, virtual time) to DIR/seed-N.trace")
 
     sub.add_parser("sim", help="run a simulated XAPI pool (see `xenhad sim --help`)",
                    add_help=False)
@@ -168,6 +175,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from xenhad.tools.preflight import run_preflight
 
         return run_preflight(args.config, listen=args.listen)
+    if args.command == "chaos" and args.virtual:
+        from xenhad.chaos.virtual_run import main as virtual_main
+
+        return virtual_main(schedules=args.schedules, seed=args.seed, hosts=args.hosts,
+                            budget_minutes=args.budget_minutes, bmc=args.bmc,
+                            replay=args.replay, self_fence=args.self_fence, trace=args.trace)
     if args.command == "chaos":
         from xenhad.chaos.run import main as chaos_main
 

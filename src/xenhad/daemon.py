@@ -9,30 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import functools
 import os
-import random
-import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from xenhad import admission, cadence, heap
+from xenhad import admission, cadence
 from xenhad import config as configuration
 from xenhad import log as logsetup
 from xenhad import messages as msg
-from xenhad import status as status_socket
-from xenhad.alerts import Alerts
 from xenhad.cadence import READ_SPREAD_TICKS
-from xenhad.clock import Clock, SystemClock
+from xenhad.clock import Clock
 from xenhad.config import Config
 from xenhad.detector import (
     Detector,
@@ -43,6 +37,7 @@ from xenhad.detector import (
     VerdictKind,
     describe,
 )
+from xenhad.environment import Environment, StatusServer, real_environment
 from xenhad.errors import XenhadError
 from xenhad.failover import lock as pool_lock
 from xenhad.failover.actions import FailoverActions
@@ -54,10 +49,9 @@ from xenhad.fencing.config import FencingMode
 from xenhad.fencing.watchdog import (
     Watchdog,
     WatchdogPlan,
-    device_for,
     self_fence_deadline_passed,
 )
-from xenhad.journal import Journal, JournalError
+from xenhad.journal import JournalError
 from xenhad.model import HostId, HostView, PoolView
 from xenhad.notify import Notifier
 from xenhad.peers.link import HeartbeatLink, Peer, batch_seconds
@@ -70,11 +64,9 @@ from xenhad.recovery.incident import Incident, Phase, Settings, VmSnapshot, VmSt
 from xenhad.recovery.offline import OFFLINE, offline_protected
 from xenhad.recovery.runner import IncidentRunner, RunnerDeps
 from xenhad.stranded import Stranded, stranded
-from xenhad.unit import restart_delay
 from xenhad.xapi.client import Xapi, single_attempt
-from xenhad.xapi.connect import open_xapi
 from xenhad.xapi.errors import XapiError, XapiUnreachable
-from xenhad.xapi.probe import ProbeConnections, ProbeResult, probe
+from xenhad.xapi.probe import ProbeConnections, ProbeResult
 
 if TYPE_CHECKING:
     from xenhad.metrics import Metrics
@@ -126,13 +118,22 @@ class Daemon:
         config_path: Path,
         config: Config,
         *,
+        env: Environment | None = None,
         clock: Clock | None = None,
         notifier: Notifier | None = None,
     ) -> None:
+        """`env` is everything the daemon touches outside itself (environment.py): the
+        real host's unless given. `clock` and `notifier`, when given, replace its own."""
         self._path = config_path
         self.config = config
-        self._clock = clock or SystemClock()
-        self._notify = notifier or Notifier()
+        env = env or real_environment()
+        if clock is not None:
+            env = replace(env, clock=clock)
+        if notifier is not None:
+            env = replace(env, notifier=notifier)
+        self._env = env
+        self._clock = env.clock
+        self._notify = env.notifier
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._wake = asyncio.Event()
@@ -146,10 +147,9 @@ class Daemon:
         self._ready = False
         self._me: HostId = ""
         state_dir = Path(config.daemon.state_dir)
-        self._journal = Journal(state_dir / "journal.jsonl")
+        self._journal = env.state.journal(state_dir / "journal.jsonl")
         self._history = History(self._journal, self._clock.wall)
         self._pending_resume: list[Incident] = []
-        self._lock_fd = -1
         self._warned: set[tuple[str, str, str]] = set()
         self._stranded: list[Stranded] = []
         self._stranded_of: tuple[object, object] | None = None
@@ -162,7 +162,7 @@ class Daemon:
         self._watchdog: Watchdog | None = None
         self._failover: Failover | FailoverOff = FailoverOff()
         self._witness: Witness | None = None
-        self._status_server: asyncio.AbstractServer | None = None
+        self._status_server: StatusServer | None = None
         self._metrics: Metrics | None = None
         self._last_snapshot = float("-inf")
         self._read_failures = 0
@@ -171,11 +171,11 @@ class Daemon:
         self._read_from: float | None = None
         """When a slave whose master is in doubt, and whose xapi follows a new master, reads
         the pool (_follows_another)."""
-        self._jitter = random.Random()
+        self._jitter = env.rng
         self._ticks = 0
         self._pool_cache = PoolCache()
         self._alerts_config = configuration.AlertsConfig()
-        self._alerts = Alerts.from_config(configuration.AlertsConfig())  # none until run()
+        self._alerts = env.alerts(configuration.AlertsConfig(), None)  # none until run()
         self._trimmed_after = 0
         """The pool cache's full reads when the heap was last trimmed (heap.release)."""
         self._probe_connections = ProbeConnections()
@@ -220,32 +220,25 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
-        self._me = configuration.resolve_host_uuid(self.config)
-        self._lock_state_dir()
+        env = self._env
+        env.signals.install(self.stop, self.reload)
+        self._me = env.identity.host_uuid(self.config)
+        env.state.lock(Path(self.config.daemon.state_dir))
         self._announce_mode()
         self._check_watchdog_slack()
         self._check_restart_fits()
         self._recover_journal()
         self._failover = self._make_failover()
-        self._alerts = Alerts.from_config(self.config.alerts, sent_by=self._me)
+        self._alerts = env.alerts(self.config.alerts, self._me)
         self._alerts_config = self.config.alerts
         self._configure_messages()
         self._witness = self._make_witness()
-        path = status_socket.socket_path(Path(self.config.daemon.state_dir))
-        server = await status_socket.serve(path, self._status_doc)
+        server = await env.servers.status(self.config, self._status_doc)
         self._status_server = server
-        if self.config.daemon.metrics_port:
-            # Imported here: prometheus_client costs memory a daemon without metrics saves.
-            from xenhad.metrics import Metrics, serve
-
-            self._metrics = Metrics()
-            address = self.config.daemon.metrics_address
-            serve(self._metrics, self.config.daemon.metrics_port, address)
-            log.info("metrics.serving", address=address, port=self.config.daemon.metrics_port)
+        self._metrics = env.servers.metrics(self.config)
+        if self._metrics is not None:
+            log.info("metrics.serving", address=self.config.daemon.metrics_address,
+                     port=self.config.daemon.metrics_port)
         self._loop_task = asyncio.ensure_future(self._loop())
         try:
             await self._loop_task
@@ -258,6 +251,10 @@ class Daemon:
         if self._fatal is not None:
             raise self._fatal
         return 0
+
+    def reload(self) -> None:
+        """Read the configuration again at the next tick (SIGHUP)."""
+        self._reload.set()
 
     def stop(self) -> None:
         """Stop now: a tick in flight is abandoned where it stands (its XAPI calls with it,
@@ -450,7 +447,7 @@ class Daemon:
         if self._pool_cache.full_reads != self._trimmed_after:
             # A full read's reply was megabytes, gone now: its pages go back (heap.py).
             self._trimmed_after = self._pool_cache.full_reads
-            heap.release()
+            self._env.offload.release_memory()
         view = snap.view
         for warning in snap.warnings:
             # Once per VM and value, not every tick: the operator fixes it or it stays known.
@@ -552,6 +549,7 @@ class Daemon:
             self._failover.probed_all(now)
         answered_now = {h.uuid: r.answered for h, r in zip(probed, results)}
         answers = [answered_now.get(h.uuid, False) or h.uuid in heard for h in others]
+        slow = self._beating_slowly(now, heard)
         observations = {
             # A host marked for maintenance counts as disabled even once xapi re-enabled it.
             # Not probed this tick (heard lately): its xapi answered at its last probe.
@@ -562,6 +560,8 @@ class Daemon:
                 heard=h.uuid in heard,
                 rival_master=(joined := self._probes.get(h.uuid, _NEVER)).answered
                 and joined.follows is None,
+                beats_slowly=h.uuid in slow,
+                alive_at=self._alive_at(h.uuid, heard),
             )
             for h in others
         }
@@ -620,12 +620,18 @@ class Daemon:
         cfg = self.config.peers
         if self._link is not None or not cfg.enabled:
             return
-        secret = configuration.read_peer_secret(self.config).encode()
+        secret = self._env.identity.peer_secret(self.config)
         self._peers = PeerTable(self._me, view.pool_uuid, window=cfg.window)
+        heartbeats = self._env.heartbeats
         link = HeartbeatLink(
             me=self._me, pool=view.pool_uuid, secret=secret, table=self._peers,
             clock=self._clock, peer_port=cfg.port, batch=batch_seconds(cfg.interval),
-            vouch_within=heard_within(cfg.interval),
+            # For the whole window: a host beating slowly, proven alive by a peer's word only
+            # (cut from us one way), is then known alive (Observation.beats_slowly; virtual
+            # chaos seeds 7000417, 1000138). What counts as heard stays a round trip
+            # (_heard_lately's vouched_age).
+            vouch_within=cfg.window,
+            socket_factory=heartbeats.socket_factory, rng=heartbeats.rng(),
         )
         await link.open(self.config.xapi.source_address, cfg.listen_port or cfg.port)
         self._link = link
@@ -705,9 +711,9 @@ class Daemon:
             # Armed at the first quorum, not at start: a host booting into a pool that is
             # not up yet must not reset itself in a loop. Until armed it never says it is
             # quorate in its heartbeats, so no peer ever takes its silence as proof it is off.
-            device = device_for(settings, host=self._me)
+            device = self._env.watchdog_device(settings, self._me)
             plan = WatchdogPlan(settings.mode, settings.timeout, self.config.detector.interval)
-            watchdog = Watchdog(device, plan)
+            watchdog = Watchdog(device, plan, clock=self._clock)
             name = self._host_names().get(self._me, self._me)
             if not await watchdog.activate():
                 self._messages.post(msg.make(
@@ -783,7 +789,7 @@ class Daemon:
 
     async def _probe(self, host: HostView) -> ProbeResult:
         url = self.config.detector.probe_url.format(address=host.address)
-        return await probe(
+        return await self._env.probe(
             url,
             source_address=self.config.xapi.source_address or None,
             timeout=self.config.detector.probe_timeout,
@@ -801,7 +807,23 @@ class Daemon:
         arrival: heartbeats delayed or replayed by the network vouch for no one."""
         if self._peers is None:
             return frozenset()
-        return self._peers.alive(now, within=self._heard_within())
+        within = self._heard_within()
+        return self._peers.alive(now, within=within, vouched_age=within)
+
+    def _beating_slowly(self, now: float, heard: frozenset[HostId]) -> frozenset[HostId]:
+        """Peers proven alive within the quorum window but not lately enough to be heard:
+        their heartbeats are slow, not gone (detector.Observation.beats_slowly)."""
+        if self._peers is None:
+            return frozenset()
+        return self._peers.alive(now, within=self.config.peers.window) - heard
+
+    def _alive_at(self, host: HostId, heard: frozenset[HostId]) -> float | None:
+        """When `host`'s daemon was last proven alive, for a host not heard lately (asked
+        only of those: 63 x 63 lookups a tick for the rest would tell the detector nothing,
+        a heard host missing nothing)."""
+        if self._peers is None or host in heard:
+            return None
+        return self._peers.alive_at(host)
 
     def _heard_within(self) -> float:
         return heard_within(self.config.peers.interval)
@@ -815,7 +837,8 @@ class Daemon:
                         "to_master by hand")
             return FailoverOff()
         return Failover(self._me, _failover_settings(self.config),
-                        _detector_settings(self.config), FailoverActions(self.config),
+                        _detector_settings(self.config),
+                        FailoverActions(self.config, connect=self._env.connect),
                         wall=self._clock.wall, beat=self._beat,
                         wake=self._wake.set)
 
@@ -824,8 +847,8 @@ class Daemon:
         if directory is None or not self.config.peers.enabled:
             return None
         window = self.config.peers.window
-        return Witness(directory, self._me, ttl=max(10.0, 3 * window), skew=window,
-                       settle=self.config.peers.interval, timeout=max(2.0, window))
+        return self._env.witness(directory, self._me, ttl=max(10.0, 3 * window), skew=window,
+                                 settle=self.config.peers.interval, timeout=max(2.0, window))
 
     def _contact(self, now: float) -> Contact:
         if self._peers is None:
@@ -1053,7 +1076,7 @@ class Daemon:
         # loop. Not the default executor (the watchdog's keepalive runs there), and a
         # daemon thread: a stop never waits for it.
         try:
-            result = await _in_daemon_thread(
+            result = await self._env.offload.run(
                 "xenhad-admission",
                 lambda: admission.can_absorb(replace(view, hosts=up), measured, tolerate))
         except Exception:  # a bug in a warning must not stop the daemon's recoveries
@@ -1061,7 +1084,7 @@ class Daemon:
             return
         finally:
             # Its placements' memory, freed in the thread's own arena, goes back (heap.py).
-            heap.release()
+            self._env.offload.release_memory()
         previous, self._absorb = self._absorb, result
         if previous is not None and previous.ok == result.ok:
             return
@@ -1186,7 +1209,8 @@ class Daemon:
         assert self._xapi is not None
         return Executor(
             self._xapi,
-            build_fencer(self.config, clock=self._clock, self_fence=self._self_fence_proof),
+            build_fencer(self.config, clock=self._clock, self_fence=self._self_fence_proof,
+                         chain=self._env.fence_chain),
             view=self._current_view,
             targets=self._placement_targets,
             now=self._clock.wall,
@@ -1201,10 +1225,12 @@ class Daemon:
         result = await self._probe(host)
         now = self._clock.monotonic()
         current = self._view.hosts.get(host.uuid, host) if self._view is not None else host
+        heard = self._heard_lately(now)
         seen = Observation(
             xapi_live=current.live, answered=result.answered, enabled=True,
-            heard=host.uuid in self._heard_lately(now),
+            heard=host.uuid in heard,
             rival_master=result.answered and not result.is_slave,
+            beats_slowly=host.uuid in self._beating_slowly(now, heard),
         )
         if self._detector.would_miss(host.uuid, seen, now):
             return ""
@@ -1227,32 +1253,6 @@ class Daemon:
     def _host_names(self) -> dict[str, str]:
         view = self._view
         return {h.uuid: h.name for h in view.hosts.values()} if view else {}
-
-    def _lock_state_dir(self) -> None:
-        # Two daemons sharing one journal would each resume the other's incidents.
-        state_dir = Path(self.config.daemon.state_dir)
-        try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise XenhadError(
-                f"cannot use daemon.state_dir {state_dir}: {exc.strerror or exc} "
-                f"({exc.filename or state_dir}); xenhad keeps its journal of incidents there: "
-                "make it a writable directory (remount its disk read-write, free space), "
-                "or point daemon.state_dir at one"
-            ) from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise XenhadError(
-                f"another xenhad (pid {holder}) holds {state_dir}/lock: stop it first, or give "
-                "this one its own daemon.state_dir"
-            ) from None
-        # The pid is for the operator only (the flock is the lock): a full disk may refuse it.
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._lock_fd, 0)
-            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
 
     def _recover_journal(self) -> None:
         recovered = self._history.recover(_recovery_settings(self.config))
@@ -1335,7 +1335,7 @@ class Daemon:
 
     async def _connected(self) -> Xapi:
         if self._xapi is None:
-            self._xapi = await open_xapi(self.config)
+            self._xapi = await self._env.connect(self.config)
         return self._xapi
 
     def _slave(self) -> bool:
@@ -1490,17 +1490,17 @@ class Daemon:
     def _reload_config(self) -> None:
         self._notify.reloading()
         try:
-            new = configuration.load(self._path)
+            new = self._env.config_source.load(self._path)
         except XenhadError as exc:
             log.error("config.reload_refused", error=str(exc), effect="the old config stays")
             self._notify.ready(self._status_line())
             return
         old, self.config = self.config, new
-        logsetup.configure(fmt=new.daemon.log_format, level=new.daemon.log_level)
+        self._env.config_source.configure_logs(new)
         self._detector.settings = _detector_settings(new)
         if new.alerts != self._alerts_config:
             # Deliveries in flight to the old targets finish on their own.
-            self._alerts = Alerts.from_config(new.alerts, sent_by=self._me)
+            self._alerts = self._env.alerts(new.alerts, self._me)
             self._alerts_config = new.alerts
         self._configure_messages()
         if new.xapi != old.xapi and self._xapi is not None:
@@ -1535,34 +1535,13 @@ class Daemon:
     def _check_restart_fits(self) -> None:
         """What check-config says of the unit's restart delay, said again at start (the
         unit may have changed since): an error refuses the start, a warning is logged."""
-        delay = restart_delay()
+        delay = self._env.identity.restart_delay()
         if delay is None:
             return
         warning = configuration.check_restart_fits(self.config, delay.seconds,
                                                    str(delay.source))
         if warning is not None:
             log.warning("self_fence.restart_too_slow", why=warning)
-
-
-def _in_daemon_thread(name: str, work: Callable[[], T]) -> asyncio.Future[T]:
-    """`work()` in a daemon thread of its own, as a future of this loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        if not future.done():  # the tick that waited may have been cancelled
-            outcome()
-
-    def run() -> None:
-        try:
-            result = work()
-        except BaseException as exc:  # handed to the awaiting tick, which logs it
-            loop.call_soon_threadsafe(settle, functools.partial(future.set_exception, exc))
-        else:
-            loop.call_soon_threadsafe(settle, functools.partial(future.set_result, result))
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 def _incident_metrics(metrics: Metrics, before: Incident, after: Incident,

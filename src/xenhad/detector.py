@@ -93,6 +93,19 @@ class Observation:
     """Its daemon is in proven mutual contact with ours (peers/table.py)."""
     rival_master: bool = False
     """Its xapi answered our probe as a master."""
+    beats_slowly: bool = False
+    """Its daemon is proven alive within the quorum window (peers.window), though not lately
+    enough to count as `heard`: its heartbeats are slow, not gone. Such a host still misses
+    (a dead host's last proof ages through the window too), but it is never confirmed down
+    while it beats so: it counts toward quorum on the same evidence, and its VMs run
+    (virtual chaos seeds 7000027, 7000417, 1000138, 1000205: heartbeats 0.4 to 0.8 s each
+    way, the xapi silent, and a healthy host was fenced)."""
+    alive_at: float | None = None
+    """When, on our clock, its daemon was last proven alive (PeerTable.alive_at; None: never
+    or not asked). Proof dated after a run of misses began restarts the run from then: a
+    host alive after we began to doubt it is confirmed down only once it has been silent
+    for confirm_seconds, whatever the network's delay. A proof can only be dated earlier
+    than the life it proves (echoes, table.py), so a dead host's run never restarts."""
 
     @property
     def missed(self) -> bool:
@@ -160,6 +173,7 @@ class _Hold(enum.Enum):
     NONE = ""
     NO_QUORUM = "no quorum"
     DISABLED = "disabled"
+    BEATS = "its daemon beats"
 
 
 _UNQUORATE_WHY = "quorum regained: misses seen without it do not count, confirmation starts over"
@@ -167,6 +181,8 @@ _UNQUORATE_WHY = "quorum regained: misses seen without it do not count, confirma
 _HOLD_WHY = {
     _Hold.NO_QUORUM: "held: this node has no quorum, so it confirms nothing",
     _Hold.DISABLED: "held: host is disabled (maintenance), so it is never confirmed down",
+    _Hold.BEATS: "held: its daemon is proven alive within the quorum window (peers.window), "
+                 "its heartbeats slow: a host that beats is never confirmed down",
 }
 
 
@@ -321,6 +337,17 @@ class Detector:
                     seen + "; re-enabled while missing: confirmation starts over",
                 ))
                 self._maybe_confirm(host, t, obs, now, quorate, out)
+            elif obs.alive_at is not None and obs.alive_at > t.since:
+                said = t.hold is _Hold.BEATS
+                self._start_run(t, obs.alive_at)
+                t.hold = _Hold.BEATS
+                if not said:  # once a run, not every tick the proofs come in late
+                    out.append(Verdict(
+                        VerdictKind.SUSPECT, host, t.since, t.misses,
+                        seen + "; its daemon was proven alive after the misses began "
+                        f"({now - obs.alive_at:.1f} s ago): they count from then",
+                    ))
+                self._maybe_confirm(host, t, obs, now, quorate, out)
             else:
                 t.misses += 1
                 self._maybe_confirm(host, t, obs, now, quorate, out)
@@ -362,6 +389,8 @@ class Detector:
         """Whether `obs` would count as a miss of `host` now (nothing is changed): the
         check an incident makes before each fence attempt that the host is still gone."""
         t = self._tracks.get(host)
+        if obs.beats_slowly:
+            return False  # never fenced while it beats, however slowly (see Observation)
         if not obs.hung:
             return obs.missed
         after = self.settings.hung_xapi_fence_after
@@ -380,7 +409,8 @@ class Detector:
         s = self.settings
         if t.misses < s.confirm_misses or now - t.since < s.confirm_seconds:
             return
-        hold = _Hold.DISABLED if not obs.enabled else _Hold.NONE if quorate else _Hold.NO_QUORUM
+        hold = (_Hold.DISABLED if not obs.enabled else _Hold.BEATS if obs.beats_slowly
+                else _Hold.NONE if quorate else _Hold.NO_QUORUM)
         if hold is _Hold.NONE:
             t.state = HostState.DOWN
             t.hold = _Hold.NONE

@@ -18,6 +18,7 @@ import structlog
 from xenhad.clock import Clock
 from xenhad.config import Config
 from xenhad.fencing import FenceChain, build_chain, chain_confirmed_off, chain_summary
+from xenhad.fencing.config import HostFencing
 from xenhad.model import HostView
 from xenhad.recovery.events import FenceDone
 
@@ -31,15 +32,24 @@ class SelfFenceProof:
 
 
 SelfFenceCheck = Callable[[HostView], "SelfFenceProof | None"]
+ChainBuilder = Callable[[HostFencing, Clock], FenceChain]
+"""The backends of one [[fencing.hosts]] entry (fencing.build_chain; in process, the
+BMCs of xenhad.virtual)."""
+
+
+def default_chain(entry: HostFencing, clock: Clock) -> FenceChain:
+    return build_chain(entry, clock=clock)
 
 
 class ChainFencer:
     def __init__(
-        self, config: Config, clock: Clock, self_fence: SelfFenceCheck | None = None
+        self, config: Config, clock: Clock, self_fence: SelfFenceCheck | None = None,
+        chain: ChainBuilder = default_chain,
     ) -> None:
         self._fencing = config.fencing
         self._clock = clock
         self._self_fence = self_fence
+        self._build_chain = chain
         self._chains: dict[str, FenceChain] = {}
 
     async def fence(self, host: HostView) -> FenceDone:
@@ -69,11 +79,12 @@ class ChainFencer:
             entry = self._fencing.chain_for(host.name, host.uuid)
             if entry is None:
                 return None
-            self._chains[host.uuid] = build_chain(entry, clock=self._clock)
+            self._chains[host.uuid] = self._build_chain(entry, self._clock)
         return self._chains[host.uuid]
 
 
 def build_fencer(
-    config: Config, *, clock: Clock, self_fence: SelfFenceCheck | None = None
+    config: Config, *, clock: Clock, self_fence: SelfFenceCheck | None = None,
+    chain: ChainBuilder = default_chain,
 ) -> ChainFencer:
-    return ChainFencer(config, clock, self_fence)
+    return ChainFencer(config, clock, self_fence, chain)

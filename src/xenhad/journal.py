@@ -22,6 +22,10 @@ what the records mean (recovery/history.py does); it only guarantees:
 The file is opened with O_APPEND and kept 0600; its directory is created 0700 if missing.
 The file is opened on first use, not by the constructor, so building a Journal costs
 nothing and cannot fail.
+
+Every file operation goes through a `Disk` (the OS's, `OsDisk`, unless given): a pool run in
+one process keeps each host's journal in memory, on a disk that fails on demand
+(xenhad.virtual.disk), and this module's guarantees are what it tests.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from xenhad.errors import XenhadError
 
@@ -147,9 +151,76 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class Disk(Protocol):
+    """The file operations a journal makes, with the os module's signatures and errors
+    (OSError with an errno)."""
+
+    def open(self, path: Path, flags: int, mode: int = 0o777) -> int: ...
+    def close(self, fd: int) -> None: ...
+    def write(self, fd: int, data: memoryview) -> int: ...
+    def fsync(self, fd: int) -> None: ...
+    def fsync_dir(self, path: Path) -> None: ...
+    def size(self, fd: int) -> int: ...
+    def pread(self, fd: int, n: int, offset: int) -> bytes: ...
+    def ftruncate(self, fd: int, length: int) -> None: ...
+    def fchmod(self, fd: int, mode: int) -> None: ...
+    def replace(self, src: Path, dst: Path) -> None: ...
+    def exists(self, path: Path) -> bool: ...
+    def unlink(self, path: Path) -> None: ...
+    def make_dir(self, path: Path) -> None:
+        """Create `path` (and its parents) 0700 if it is not a directory yet."""
+
+
+class OsDisk:
+    """The host's file system."""
+
+    def open(self, path: Path, flags: int, mode: int = 0o777) -> int:
+        return os.open(path, flags, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def write(self, fd: int, data: memoryview) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fsync_dir(self, path: Path) -> None:
+        _fsync_dir(path)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        return os.pread(fd, n, offset)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        os.fchmod(fd, mode)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def exists(self, path: Path) -> bool:
+        return os.path.lexists(path)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def make_dir(self, path: Path) -> None:
+        if not path.is_dir():
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+            self.fsync_dir(path.parent)
+
+
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, disk: Disk | None = None) -> None:
         self.path = Path(path)
+        self._disk: Disk = disk if disk is not None else OsDisk()
         self._tmp = self.path.with_name(self.path.name + ".compacting")
         self._fd: int | None = None
         self._torn: Problem | None = None
@@ -203,17 +274,18 @@ class Journal:
             records, problems, _ = _parse(self._read_all(fd))
             kept = [r for r in records if keep(r)]
             data = b"".join(encode(r) for r in kept)
+            disk = self._disk
             try:
-                tmp = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                tmp = disk.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
-                    os.fchmod(tmp, 0o600)
+                    disk.fchmod(tmp, 0o600)
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(tmp, view):]
-                    os.fsync(tmp)
+                        view = view[disk.write(tmp, view):]
+                    disk.fsync(tmp)
                 finally:
-                    os.close(tmp)
-                os.replace(self._tmp, self.path)
+                    disk.close(tmp)
+                disk.replace(self._tmp, self.path)
             except OSError as exc:
                 raise JournalError(
                     f"cannot compact the journal {self.path}: {exc.strerror or exc}; the old "
@@ -222,7 +294,7 @@ class Journal:
             # Our descriptor still points at the old, now unlinked, file.
             self._close()
             self._torn = None
-            _fsync_dir(self.path.parent)
+            disk.fsync_dir(self.path.parent)
             self._open()
             corrupt = sum(1 for p in problems if p.kind is ProblemKind.CORRUPT)
             return CompactResult(kept=len(kept), dropped=len(records) - len(kept) + corrupt)
@@ -241,7 +313,7 @@ class Journal:
 
     def _close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            self._disk.close(self._fd)
             self._fd = None
 
     def _open(self) -> int:
@@ -257,30 +329,28 @@ class Journal:
         return self._fd
 
     def _open_file(self) -> int:
+        disk = self._disk
         directory = self.path.parent
-        if not directory.is_dir():
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
-            _fsync_dir(directory.parent)
-        if os.path.lexists(self._tmp):
+        disk.make_dir(directory)
+        if disk.exists(self._tmp):
             # A compaction that crashed before its rename: the journal itself is intact.
-            os.unlink(self._tmp)
+            disk.unlink(self._tmp)
         flags = os.O_RDWR | os.O_APPEND
         try:
-            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = disk.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
             created = True
         except FileExistsError:
-            fd = os.open(self.path, flags)
+            fd = disk.open(self.path, flags)
             created = False
         try:
-            os.fchmod(fd, 0o600)
+            disk.fchmod(fd, 0o600)
             if created:
-                os.fsync(fd)
-                _fsync_dir(directory)
+                disk.fsync(fd)
+                disk.fsync_dir(directory)
             else:
                 self._cut_torn_tail(fd)
         except BaseException:
-            os.close(fd)
+            disk.close(fd)
             raise
         return fd
 
@@ -291,17 +361,18 @@ class Journal:
         except JournalError as exc:
             self.failure = str(exc)
             raise
+        disk = self._disk
         whole: int | None = None
         try:
             self._cut_failed_append(fd)
-            whole = os.fstat(fd).st_size
+            whole = disk.size(fd)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+                view = view[disk.write(fd, view):]
+            disk.fsync(fd)
             if not keep:
-                os.ftruncate(fd, whole)
-                os.fsync(fd)
+                disk.ftruncate(fd, whole)
+                disk.fsync(fd)
         except OSError as exc:
             if whole is not None:
                 self._whole_at = whole
@@ -321,9 +392,9 @@ class Journal:
         """Cut what a failed append may have left after the last whole record."""
         if self._whole_at is None:
             return
-        if os.fstat(fd).st_size != self._whole_at:
-            os.ftruncate(fd, self._whole_at)
-        os.fsync(fd)
+        if self._disk.size(fd) != self._whole_at:
+            self._disk.ftruncate(fd, self._whole_at)
+        self._disk.fsync(fd)
         self._whole_at = None
 
     def _cut_torn_tail(self, fd: int) -> None:
@@ -333,16 +404,15 @@ class Journal:
             return
         torn = [p for p in problems if p.kind is ProblemKind.TORN]
         self._torn = torn[0] if torn else None
-        os.ftruncate(fd, whole)
-        os.fsync(fd)
+        self._disk.ftruncate(fd, whole)
+        self._disk.fsync(fd)
 
-    @staticmethod
-    def _read_all(fd: int) -> bytes:
-        size = os.fstat(fd).st_size
+    def _read_all(self, fd: int) -> bytes:
+        size = self._disk.size(fd)
         chunks: list[bytes] = []
         offset = 0
         while offset < size:
-            chunk = os.pread(fd, size - offset, offset)
+            chunk = self._disk.pread(fd, size - offset, offset)
             if not chunk:
                 break
             chunks.append(chunk)

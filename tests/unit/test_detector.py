@@ -7,6 +7,7 @@ down; a down host must answer for 30 s to be back. Ticks are 5 s apart, so the t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -474,3 +475,41 @@ def test_a_hung_xapi_is_fenced_after_the_configured_time_if_the_operator_chose_i
     assert d.would_miss("h", hung, 200.0)
     fresh = Detector(DetectorSettings())
     assert not fresh.would_miss("h", hung, 0.0)  # never fenced by default
+
+
+# -- a daemon that beats slowly (virtual chaos seeds 7000027, 7000417, 1000138, 1000205) --
+
+
+def test_a_host_proven_alive_after_its_misses_began_is_not_confirmed_until_silent() -> None:
+    # Its xapi silent, its heartbeats too slow to count as heard, but each proof of life
+    # (dated by echo on our clock) comes after the run began: the run counts from it, and
+    # the host is confirmed only once no proof has come for confirm_seconds.
+    ticks = [Tick(float(t), dataclasses.replace(SILENT, alive_at=t - 2.5 if t <= 40 else 37.5))
+             for t in range(0, 62, 2)]
+    events = run(ticks)
+    assert [k for _, k in kinds(events)].count(SUSPECT) == 2  # the first miss, said once
+    assert "proven alive after the misses began" in events[1][1].reason
+    downs = [(at, v) for at, v in events if v.kind is DOWN]
+    assert [at for at, _ in downs] == [48.0]  # 37.5 + 10 s silent, at the next tick
+    assert downs[0][1].since == 37.5
+
+
+def test_a_dead_hosts_last_proof_predates_its_misses_and_costs_no_time() -> None:
+    # alive_at can only be dated earlier than the life it proves: a host that died at 1.0
+    # has no proof after its first miss, so it is confirmed exactly as before.
+    plain = run(Tick(float(t), SILENT) for t in range(2, 30, 2))
+    proven = run(Tick(float(t), dataclasses.replace(SILENT, alive_at=1.0))
+                 for t in range(2, 30, 2))
+    assert kinds(proven) == kinds(plain)
+
+
+def test_a_host_that_beats_slowly_is_held_not_confirmed_and_never_fenced() -> None:
+    slow = dataclasses.replace(SILENT, beats_slowly=True)
+    events = run([Tick(float(t), SILENT if t < 4 else slow) for t in range(0, 40, 2)])
+    assert DOWN not in [k for _, k in kinds(events)]
+    assert sum("its heartbeats slow" in v.reason for _, v in events) == 1  # said once
+    d = Detector(DEFAULT)
+    for t in range(0, 20, 2):
+        d.observe(float(t), {H: SILENT}, quorate=True)
+    assert d.state(H) is HostState.DOWN
+    assert d.would_miss(H, SILENT, 20.0) and not d.would_miss(H, slow, 20.0)

@@ -338,3 +338,21 @@ def test_a_host_cut_off_from_us_one_way_is_alive_on_the_word_of_a_peer_in_contac
     assert t.alive(21.5, 2.0) == {"host2"} and t.alive(21.7, 2.0) == frozenset()
     assert t.mutual(19.0) == {"host3"}  # quorum needs contact of our own
     assert decode(encode(vouch, SECRET), SECRET).proven == {"host2": 0.4}
+
+
+def test_a_peers_word_counts_as_heard_only_for_a_round_trip_but_proves_life_for_longer() -> None:
+    # Peers vouch for contact proven within the whole window (daemon: vouch_within); what
+    # counts as heard caps a peer's word at a round trip (vouched_age), as when peers
+    # vouched for no more, while the host is still known alive (beats_slowly, alive_at).
+    t = PeerTable("me", "pool", window=4.0)
+    t.sending(7, 10.0)
+    vouch = dataclasses.replace(hb("a", heard=("me", "x")), echo={"me": 7}, last_heard={},
+                                proven={"x": 3.0}, boot_started=900.0)
+    assert t.receive(vouch, 11.0, 1001.0) is Verdict.ACCEPTED
+    assert t.alive_at("x") == 7.0  # a proved contact 3 s before it sent, after 10.0
+    assert "x" not in t.alive(11.0, within=2.75, vouched_age=2.75)
+    assert "x" in t.alive(11.0, within=2.75)
+    assert "x" in t.alive(11.0, within=4.0) and "a" in t.alive(11.0, within=4.0)
+    fresher = dataclasses.replace(vouch, seq=2, proven={"x": 2.0})
+    assert t.receive(fresher, 11.5, 1001.5) is Verdict.ACCEPTED
+    assert "x" in t.alive(11.5, within=2.75, vouched_age=2.75)

@@ -201,8 +201,8 @@ def _groups(bed: Testbed) -> dict[str, tuple[str, ...]]:
                 for g in db.tables["VM_group"].values() if g["placement"] == "anti_affinity"}
 
 
-def _placement_sample(bed: Testbed, groups: dict[str, tuple[str, ...]]) -> (
-        placement_checks.Sample):
+def _placement_sample(bed: Testbed, groups: dict[str, tuple[str, ...]],
+                      now: float | None = None) -> placement_checks.Sample:
     """Where each group member runs, and which hosts could take one: powered, xapi up,
     live and enabled in the master's database, in two-way reach of the master, with room."""
     from xenhad.sim.model import host_free_memory, vm_memory
@@ -232,7 +232,8 @@ def _placement_sample(bed: Testbed, groups: dict[str, tuple[str, ...]]) -> (
                  if rec["name_label"] in members}
         where = {uuids[v]: tuple(sorted(names[u] for u in on))
                  for v, on in pool.domains.items() if v in uuids}
-    return placement_checks.Sample(time.monotonic(), where, frozenset(receiving))
+    at = time.monotonic() if now is None else now
+    return placement_checks.Sample(at, where, frozenset(receiving))
 
 
 def _healthy(bed: Testbed, names: list[str]) -> dict[str, bool]:

@@ -36,6 +36,23 @@ quorate past its peers' deadline for it). A separate tuple: adding a kind to KIN
 give every seed that once failed another schedule."""
 
 
+VIRTUAL_KINDS = (*KINDS, "heartbeat-delay", "heartbeat-duplicate", "heartbeat-reorder",
+                 "clock-jump", "daemon-pause", "journal-write", "journal-fsync", "xapi-restart")
+"""`xenhad chaos --virtual`: what a pool run in one process can also do (issue 21, item 3).
+The heartbeat kinds and the journal's last for `value` seconds; a clock jump steps one
+host's wall clock by `value` seconds; a pause stops a daemon (SIGSTOP) for `value` seconds;
+a xapi restart keeps it down `value` seconds."""
+
+_TIMED = {
+    # kind: (low, high) of its value, drawn after its host
+    "daemon-pause": (1.0, 8.0),
+    "journal-write": (1.0, 10.0),
+    "journal-fsync": (1.0, 10.0),
+    "xapi-restart": (0.5, 3.0),
+    "clock-jump": (-60.0, 60.0),
+}
+
+
 def generate(seed: int, hosts: list[str], *, duration: float = 24.0,
              kinds: tuple[str, ...] = KINDS) -> list[Fault]:
     rng = random.Random(seed)
@@ -60,6 +77,11 @@ def generate(seed: int, hosts: list[str], *, duration: float = 24.0,
         elif kind == "one-way-cut":
             src, dst = rng.sample(hosts, 2)
             faults.append(Fault(t, kind, (src, dst)))
+        elif kind in _TIMED:
+            low, high = _TIMED[kind]
+            faults.append(Fault(t, kind, one, value=round(rng.uniform(low, high), 1)))
+        elif kind.startswith("heartbeat-") and kind != "heartbeat-replay":
+            faults.append(Fault(t, kind, value=round(rng.uniform(2.0, 10.0), 1)))
         elif kind == "two-crash":
             faults.append(Fault(t, kind, tuple(sorted(rng.sample(hosts, 2)))))
         else:  # heal, master-crash: no target drawn

@@ -8,18 +8,25 @@ restart xapi, and a repeat would restart it again.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from xenhad.config import Config
+from xenhad.xapi.client import Xapi
 from xenhad.xapi.connect import open_xapi
+
+Connect = Callable[..., Awaitable[Xapi]]
+"""`(config, *, local) -> a logged-in Xapi` (environment.XapiConnector)."""
 
 
 class FailoverActions:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, connect: Connect = open_xapi) -> None:
         self._config = config
+        self._connect = connect
 
     async def transition_to_master(self) -> None:
         """pool.emergency_transition_to_master: this host's xapi restarts as the master, on
         its own copy of the database (xapi_pool.ml)."""
-        xapi = await open_xapi(self._config, local=True)
+        xapi = await self._connect(self._config, local=True)
         try:
             await xapi.pool_emergency_transition_to_master()
         finally:
@@ -28,7 +35,7 @@ class FailoverActions:
     async def reset_master(self, master_address: str) -> None:
         """pool.emergency_reset_master: this host's xapi restarts as a slave of
         `master_address` (xapi_pool.ml)."""
-        xapi = await open_xapi(self._config, local=True)
+        xapi = await self._connect(self._config, local=True)
         try:
             await xapi.pool_emergency_reset_master(master_address)
         finally:

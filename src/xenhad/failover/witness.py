@@ -12,8 +12,9 @@ Writes are a temporary file and a rename, which is atomic on local file systems 
 Two hosts that both find the lease expired both write it; each reads it back after
 `settle` seconds, and only the last writer finds its own name there.
 
-`decide` is pure; `Witness` does the file I/O in a thread, so a hung mount costs a timeout,
-never the loop. Any failure to read or write means "not held".
+`decide` is pure; `Witness` keeps the lease in a `LeaseStore`: `FileLease` does the file
+I/O in a thread, so a hung mount costs a timeout, never the loop (xenhad.virtual has one in
+memory, shared by a pool run in one process). Any failure to read or write means "not held".
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -60,10 +63,59 @@ def parse(text: str) -> Lease | None:
         return None  # torn or foreign content: treated as no lease, and rewritten
 
 
+Decide = Callable[["Lease | None"], "Lease | None"]
+
+
+class LeaseStore(Protocol):
+    """Where the lease lives. `exchange` reads it, writes what `decide` makes of it (if
+    anything), and says whether we hold it now: a renewal (`held`) holds at once; a take is
+    read back after `settle` seconds, and held only if our write is still there. Raises
+    OSError when the store cannot be used."""
+
+    where: str
+
+    async def exchange(self, decide: Decide, *, me: HostId, held: bool,
+                       settle: float) -> bool: ...
+
+
+class FileLease:
+    """The lease in a file on storage every host mounts (the module's docstring)."""
+
+    def __init__(self, directory: Path, me: HostId) -> None:
+        self.path = directory / LEASE_FILE
+        self.where = str(self.path)
+        self._me = me
+
+    async def exchange(self, decide: Decide, *, me: HostId, held: bool,
+                       settle: float) -> bool:
+        return await asyncio.to_thread(self._exchange, decide, held, settle)
+
+    def _exchange(self, decide: Decide, held: bool, settle: float) -> bool:
+        wanted = decide(self._read())
+        if wanted is None:
+            return False
+        tmp = self.path.with_name(f".{LEASE_FILE}.{self._me}")
+        tmp.write_text(json.dumps({"holder": wanted.holder, "expires": wanted.expires}))
+        os.replace(tmp, self.path)
+        if held:
+            return True  # a renewal: nobody may write while our lease runs
+        # A take: another host may have found it expired at the same moment.
+        time.sleep(settle)
+        back = self._read()
+        return back is not None and back.holder == self._me
+
+    def _read(self) -> Lease | None:
+        try:
+            return parse(self.path.read_text())
+        except FileNotFoundError:
+            return None
+
+
 class Witness:
     def __init__(self, directory: Path, me: HostId, *, ttl: float, skew: float,
-                 settle: float, timeout: float) -> None:
-        self.path = directory / LEASE_FILE
+                 settle: float, timeout: float, store: LeaseStore | None = None) -> None:
+        self.store: LeaseStore = store if store is not None else FileLease(directory, me)
+        self.path = self.store.where
         self.me = me
         self.ttl = ttl
         self.skew = skew
@@ -88,7 +140,7 @@ class Witness:
         """Take or renew the lease if we may (`now` is wall time, written in the lease);
         whether we hold it now. `monotonic` dates `held_since`."""
         try:
-            held = await asyncio.wait_for(asyncio.to_thread(self._poll, now), self.timeout)
+            held = await asyncio.wait_for(self._poll(now), self.timeout)
             self._say("")
         except asyncio.TimeoutError:
             held = False
@@ -107,25 +159,12 @@ class Witness:
         self.held = held
         return held
 
-    def _poll(self, now: float) -> bool:
-        wanted = decide(self._read(), me=self.me, now=now, ttl=self.ttl, skew=self.skew)
-        if wanted is None:
-            return False
-        tmp = self.path.with_name(f".{LEASE_FILE}.{self.me}")
-        tmp.write_text(json.dumps({"holder": wanted.holder, "expires": wanted.expires}))
-        os.replace(tmp, self.path)
-        if self.held:
-            return True  # a renewal: nobody may write while our lease runs
-        # A take: another host may have found it expired at the same moment.
-        time.sleep(self.settle)
-        back = self._read()
-        return back is not None and back.holder == self.me
+    async def _poll(self, now: float) -> bool:
+        def wanted(current: Lease | None) -> Lease | None:
+            return decide(current, me=self.me, now=now, ttl=self.ttl, skew=self.skew)
 
-    def _read(self) -> Lease | None:
-        try:
-            return parse(self.path.read_text())
-        except FileNotFoundError:
-            return None
+        return await self.store.exchange(wanted, me=self.me, held=self.held,
+                                         settle=self.settle)
 
     def _say(self, problem: str) -> None:
         if problem and problem != self._problem:

@@ -23,14 +23,18 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 
+from xenhad.clock import Clock
 from xenhad.errors import XenhadError
 from xenhad.fencing.config import SelfFenceSettings, WatchdogMode
 
 log = structlog.get_logger("xenhad.watchdog")
+T = TypeVar("T")
 
 
 class WatchdogError(XenhadError):
@@ -351,14 +355,19 @@ class WatchdogPlan:
 class Watchdog:
     """Owns the device and the mode. `activate` at start (raises WatchdogError in required
     mode when a safe watchdog cannot be armed), `keepalive(healthy=, quorate=)` every tick,
-    `disable` on a clean stop. Device calls run in a worker thread: the simulator's is HTTP.
+    `disable` on a clean stop. A device that `blocks` (the simulator's, over HTTP) is called
+    in a worker thread; any other is called on the spot, on the loop (an ioctl, or the
+    in-process device of xenhad.virtual, which must not leave the virtual loop).
     """
 
-    def __init__(self, device: WatchdogDevice, plan: WatchdogPlan) -> None:
+    def __init__(self, device: WatchdogDevice, plan: WatchdogPlan, *,
+                 clock: Clock | None = None) -> None:
+        """`clock` dates each feed's decision (the daemon's; the system's by default)."""
         self.device: WatchdogDevice = (
             NullWatchdogDevice() if plan.mode is WatchdogMode.OFF else device
         )
         self.plan = plan
+        self._monotonic = clock.monotonic if clock is not None else time.monotonic
         self._pending_timeout: int | None = None
         self._starving = False
 
@@ -378,10 +387,10 @@ class Watchdog:
         if self.device.is_null:
             return self._refuse("no watchdog device is configured")
         try:
-            await asyncio.to_thread(self.device.open)
+            await self._call(self.device.open)
             if self.device.has_set_timeout():
-                await asyncio.to_thread(self.device.set_timeout, plan.timeout)
-            actual = await asyncio.to_thread(self.device.get_timeout)
+                await self._call(self.device.set_timeout, plan.timeout)
+            actual = await self._call(self.device.get_timeout)
         except WatchdogError as e:
             await self._close_quietly()
             return self._refuse(str(e))
@@ -409,7 +418,7 @@ class Watchdog:
         A real device is fed on the spot, before this coroutine first yields; one that
         blocks (the simulator's) is told when the feed was decided.
         """
-        decided_at = time.monotonic()
+        decided_at = self._monotonic()
         if not self.device.is_running:
             return False
         if not (healthy and quorate):
@@ -433,7 +442,7 @@ class Watchdog:
             if self._pending_timeout is not None:
                 # Applied at a keepalive, the safe moment (as Patroni does): the countdown
                 # has just restarted, so the new timeout is measured from a known point.
-                await asyncio.to_thread(self.device.set_timeout, self._pending_timeout)
+                await self._call(self.device.set_timeout, self._pending_timeout)
                 self.plan = WatchdogPlan(
                     self.plan.mode, self._pending_timeout, self.plan.loop_interval
                 )
@@ -461,10 +470,16 @@ class Watchdog:
                     device=self.device.describe(),
                     reset_in_s=self.plan.timeout,
                 )
-            await asyncio.to_thread(self.device.close)
+            await self._call(self.device.close)
             log.info("watchdog.disarmed", device=self.device.describe())
         except WatchdogError as e:
             log.error("watchdog.disarm_failed", device=self.device.describe(), error=str(e))
+
+    async def _call(self, op: Callable[..., T], *args: Any) -> T:
+        """A device call: in a worker thread if the device blocks, else here and now."""
+        if self.device.blocks:
+            return await asyncio.to_thread(op, *args)
+        return op(*args)
 
     def _refuse(self, reason: str) -> bool:
         if self.plan.mode is WatchdogMode.REQUIRED:
@@ -475,6 +490,6 @@ class Watchdog:
 
     async def _close_quietly(self) -> None:
         try:
-            await asyncio.to_thread(self.device.close)
+            await self._call(self.device.close)
         except WatchdogError as e:
             log.error("watchdog.disarm_failed", device=self.device.describe(), error=str(e))

@@ -186,7 +186,8 @@ class PeerTable:
         return max(times, default=None)
 
     def alive(
-        self, now: float, within: float, vouched_within: float | None = None
+        self, now: float, within: float, vouched_within: float | None = None,
+        vouched_age: float | None = None,
     ) -> frozenset[HostId]:
         """Peers proven alive (alive_at) within the last `within` seconds by our own contact,
         or within `vouched_within` (default: twice `within`) on a peer's word: whose daemon
@@ -194,13 +195,19 @@ class PeerTable:
 
         Why a peer's word gets twice as long: it is two round trips old. Our contact with
         the peer P may be a round trip old (`within`), and P vouches for a host only while
-        its own contact with it is at most a round trip old (link.py's vouch_within), so a
+        its own contact with it counts at most a round trip old (`vouched_age`), so a
         host P hears as well as we would is placed up to two round trips back. With the
         same `within` for both, a host cut off from us one way only and heard by every other
         host went without a word often enough to be confirmed down and fenced, healthy
         (self-fence soak seed 2612007945). A dead host costs no more than that: P stops
         vouching for it within a round trip, as we would, and says so in its next heartbeat.
-        Erring towards alive only delays a recovery; it never runs a VM twice."""
+        Erring towards alive only delays a recovery; it never runs a VM twice.
+
+        `vouched_age`: a peer's word counts only for contact it proved at most this long
+        before it sent (default: whatever it vouches for). Peers vouch for the whole quorum
+        window, so that a host beating slowly is known alive (daemon._beating_slowly); the
+        daemon holds what counts as heard to a round trip, as when peers vouched for no
+        more, so a dead host is not heard any longer than it was."""
         # alive_at(h) >= since for some time it takes the maximum of: one pass over what
         # each peer vouches for, not alive_at for each host (63 x 63 lookups a tick).
         since = now - within
@@ -213,7 +220,9 @@ class PeerTable:
             if via >= since:
                 alive.add(peer)
             if last.hb.proven and via - since_vouched >= 0:
-                alive.update(vouched(last.hb.proven, via - since_vouched))
+                limit = via - since_vouched
+                alive.update(vouched(last.hb.proven, limit if vouched_age is None
+                                     else min(limit, vouched_age)))
         alive.discard(self.me)
         return frozenset(alive)
 

@@ -622,6 +622,28 @@ class SimPool:
             if h.powered:
                 self._power_loss(h)
 
+    def restart_xapi(self, host: str, down_seconds: float = 1.0) -> None:
+        """xe-toolstack-restart: xapi exits (its connections closed, calls in flight lost,
+        tasks cancelled at the next master start) and starts again `down_seconds` later;
+        domains keep running."""
+        with self.lock:
+            h = self.host(host)
+            if not h.powered or h.xapi == "down":
+                return
+            h.xapi = "down"
+            h.epoch += 1
+            h.local_sessions.clear()
+            epoch = h.epoch
+            if self.server is not None:
+                self.server.close_host(h)
+
+            def start() -> None:
+                if h.epoch == epoch and h.powered:
+                    self._start_xapi(h)
+
+            self.after(down_seconds, start)
+            self.changed.notify_all()
+
     def hang(self, host: str) -> None:
         """xapi stops answering (requests are held, never answered); domains keep running."""
         with self.lock:

@@ -4,7 +4,9 @@
 arms, feeds and disarms the simulator's per-host watchdog directly, so a feed counts from
 the instant it was decided (a real device is fed on the spot by an ioctl). When it expires
 the simulator resets the host (sim/pool.py _watchdog_reset: a reset is a reboot, dom0 and
-its daemon included, RESET_OFF_SECONDS off, then a boot).
+its daemon included, RESET_OFF_SECONDS off, then a boot). It does not block, so the real
+`Watchdog` facade (fencing/watchdog.py) calls it on the spot, on the loop, with the
+daemon's clock: one facade for every device.
 
 `InProcessRedfish` is a FenceBackend over sim/bmc.py's BmcModel, the same fault modes as
 the served BMC: "down" refuses at once, "hang" never answers (the backend's operation
@@ -35,11 +37,13 @@ from xenhad.virtual.world import World
 class InProcessWatchdogDevice(WatchdogDevice):
     blocks = False
 
-    def __init__(self, world: World, host: str, timeout: int = 60) -> None:
+    def __init__(self, world: World, host: str, timeout: int = 60,
+                 guard: Callable[[], None] | None = None) -> None:
         self._pool = world.pool
         self.host = host
         self._timeout = timeout
         self._armed = False
+        self._guard = guard
 
     @property
     def is_running(self) -> bool:
@@ -73,6 +77,8 @@ class InProcessWatchdogDevice(WatchdogDevice):
         return f"in-process watchdog of {self.host}"
 
     def _do(self, op: Callable[[], None]) -> None:
+        if self._guard is not None:
+            self._guard()
         try:
             op()
         except SimError as e:
@@ -83,14 +89,22 @@ class InProcessRedfish(FenceBackend):
     name = "redfish"
 
     def __init__(self, world: World, host: str, *, operation_timeout: float = 30.0,
-                 off_timeout: float = 5.0, poll_interval: float = 0.25) -> None:
-        self.model = BmcModel(world.pool, host, stamp=world.clock.monotonic)
+                 off_timeout: float = 5.0, poll_interval: float = 0.25,
+                 model: BmcModel | None = None,
+                 guard: Callable[[], None] | None = None) -> None:
+        """`model`: the host's BMC, shared by every daemon that fences it (its fault mode,
+        its resets); one of its own by default. `guard` is called before each request (see
+        xenhad.virtual.xapi InProcessXapi)."""
+        self.model = model or BmcModel(world.pool, host, stamp=world.clock.monotonic)
+        self._guard = guard
         super().__init__(host=host, bmc=f"in-process BMC of {host}", clock=world.clock,
                          operation_timeout=operation_timeout)
         self.off_timeout = off_timeout
         self.poll_interval = poll_interval
 
     async def _answer(self) -> None:
+        if self._guard is not None:
+            self._guard()
         mode = self.model.mode
         if mode == "down":
             raise FenceFailure(FenceOutcome.UNREACHABLE, "Connection refused")

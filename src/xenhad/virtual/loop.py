@@ -143,6 +143,7 @@ class VirtualClock:
     def __init__(self, loop: VirtualLoop, wall_at_zero: float = DEFAULT_WALL) -> None:
         self.loop = loop
         self._wall_offset = wall_at_zero
+        self._wall_at_zero = wall_at_zero
 
     def monotonic(self) -> float:
         return self.loop.time()
@@ -156,6 +157,10 @@ class VirtualClock:
     def jump_wall(self, seconds: float) -> None:
         """The wall clock steps by `seconds` (either way); monotonic time does not."""
         self._wall_offset += seconds
+
+    def set_right(self) -> None:
+        """The wall clock stepped back to the true time (NTP after a jump)."""
+        self._wall_offset = self._wall_at_zero
 
 
 def run(main: Callable[[VirtualLoop], Awaitable[T]] | Coroutine[Any, Any, T], *,

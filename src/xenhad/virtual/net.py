@@ -158,7 +158,9 @@ class HeartbeatNetwork:
             if w.reorder and self.rng.random() < w.reorder:
                 delay += w.reorder_delay
                 self.stats.reordered += 1
-            self.world.loop.call_later(delay, self._deliver, data, sock.address, dst, to)
+            # In flight on the wire: arrives whatever becomes of its sender.
+            self.world.loop.call_later(delay, self._deliver, data, sock.address, dst, to,
+                                       context=self.world.context)
 
     def _deliver(self, data: bytes, source: tuple[str, int], dst: HostState,
                  to: tuple[str, int]) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import random
 import xmlrpc.client
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,6 +48,11 @@ CLOSED = "Remote end closed connection without response"
 and the kernel closes its connections, rpc.py _hold)."""
 
 
+_RESOLUTION = 1e-6
+"""Seconds below which a wait is over: the loop runs a timer due within its clock's
+resolution at once, without moving its clock to it."""
+
+
 class _SimTime:
     """The simulator's clock (sim/clock.py SimTime) read from the virtual loop."""
 
@@ -53,9 +60,12 @@ class _SimTime:
 
     def __init__(self, clock: VirtualClock) -> None:
         self._clock = clock
+        self.floor = 0.0
+        """The latest timer ticked: the loop runs a timer due within its clock's resolution
+        a hair early, and the pool must see it due (else it is never run)."""
 
     def now(self) -> float:
-        return self._clock.monotonic()
+        return max(self._clock.monotonic(), self.floor)
 
     def wall(self) -> float:
         return self._clock.wall()
@@ -87,11 +97,17 @@ class World:
         self.rng = rng
         # Nothing listens: the socket paths are names only, no directory is made.
         spec = replace(spec, base_dir=spec.base_dir or "/virtual")
+        self.context = contextvars.Context()
+        """The world's own context: its timers and the calls it performs run in it, never
+        in a caller's (xenhad.virtual.daemons ends a dead daemon's callbacks)."""
         self._ticks_at: set[float] = set()
         self._change: asyncio.Future[None] | None = None
-        self.pool = SimPool(spec, clock=_SimTime(self.clock), rng=self.fork(),
-                            on_timer=self._due)
+        self._sim_time = _SimTime(self.clock)
+        self.pool = SimPool(spec, clock=self._sim_time, rng=self.fork(), on_timer=self._due)
         self.pool.changed.listeners.append(self._changed)
+        self.observers: list[Callable[[], None]] = []
+        """Called after each of the pool's ticks and each step of a call it performs, once
+        the step is whole: where a run checks its invariants after every event."""
         self.pool.start_in_process()
 
     def fork(self) -> random.Random:
@@ -108,11 +124,19 @@ class World:
         if at in self._ticks_at:
             return
         self._ticks_at.add(at)
-        self.loop.call_at(at, self._tick, at)
+        # The pool's own time, whoever made the timer (a daemon's call may): it ticks
+        # whatever becomes of the caller.
+        self.loop.call_at(at, self._tick, at, context=self.context)
 
     def _tick(self, at: float) -> None:
         self._ticks_at.discard(at)
+        self._sim_time.floor = max(self._sim_time.floor, at)
         self.pool.tick()
+        self.observe()
+
+    def observe(self) -> None:
+        for observer in self.observers:
+            observer()
 
     def _changed(self) -> None:
         change, self._change = self._change, None
@@ -159,14 +183,38 @@ class World:
         with pool.lock:
             admission = api.admit(pool, target, channel, source, name)
         conn = _Connection(admission.epoch)
+        # The server's work is the xapi's, not the caller's: a task in a context of its own,
+        # which a caller's death (xenhad.virtual.daemons) does not end.
         served = self.loop.create_task(
-            self._serve(target, channel, source, name, params, admission, conn))
+            self._serve(target, channel, source, name, params, admission, conn),
+            context=self.context.copy())
+        served.add_done_callback(_retrieve)
+        deadline = self.loop.time() + timeout
         try:
-            kind, value = await asyncio.wait_for(asyncio.shield(served), timeout)
-        except asyncio.TimeoutError:
-            raise NoAnswer(TIMED_OUT, sent=True) from None
-        except _Closed:
-            raise NoAnswer(CLOSED, sent=True) from None
+            while not served.done():
+                if target.epoch != conn.epoch and not conn.holding:
+                    # Its xapi exited mid-call (a restart, a power loss): the call dies with
+                    # it. A restart closes the connection at once; a host without power
+                    # says nothing until the caller gives up.
+                    served.cancel()
+                    if target.powered:
+                        raise NoAnswer(CLOSED, sent=True)
+                    await asyncio.sleep(max(0.0, deadline - self.loop.time()))
+                    raise NoAnswer(TIMED_OUT, sent=True)
+                left = deadline - self.loop.time()
+                if left <= _RESOLUTION:
+                    # A timer this close is due at once, and the clock does not move to it.
+                    raise NoAnswer(TIMED_OUT, sent=True)
+                change = asyncio.ensure_future(self.next_change())
+                try:
+                    await asyncio.wait((served, change), timeout=left,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    change.cancel()
+            try:
+                kind, value = served.result()
+            except _Closed:
+                raise NoAnswer(CLOSED, sent=True) from None
         finally:
             if conn.holding and not served.done():
                 # The client gone (timed out, cancelled), the held request goes with it
@@ -204,6 +252,7 @@ class World:
         return outcome
 
     def _step(self, work: Any) -> Any:
+        value: Any = None
         try:
             value = work()
         except XapiFailure as e:
@@ -213,7 +262,12 @@ class World:
         except Exception as e:  # the simulator never crashes on input (rpc.py)
             return ("fail", ["INTERNAL_ERROR", f"{type(e).__name__}: {e}"])
         finally:
-            self._changed()
+            if not isinstance(value, api.WaitChange):
+                # A step that found nothing to report changed nothing either (event.from
+                # reads): were it news, two event.from calls would wake each other for ever
+                # at one instant.
+                self._changed()
+                self.observe()
         if isinstance(value, (api.Pending, api.Wait, api.WaitChange)):
             return value
         if isinstance(value, _Done):
@@ -226,6 +280,12 @@ class World:
         while not (host.epoch != conn.epoch and host.powered):
             await self.next_change()
         raise _Closed()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A call whose caller left (timed out, closed) ends unread: its ending is no news."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Hold:

@@ -139,6 +139,8 @@ class _Session:
 
     async def _rpc(self, name: str, params: tuple[Any, ...]) -> Any:
         f = self._facade
+        if f.guard is not None:
+            f.guard()
         world = f.world
         if self._url is None:
             target, channel, source = world.host_of_socket(f.endpoint), "unix", None
@@ -158,12 +160,17 @@ class InProcessXapi(Xapi):
     jitter, else one forked from the world's), same public API, no thread."""
 
     def __init__(self, world: World, endpoint: str = LOCAL_SOCKET, *,
-                 jitter: random.Random | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("clock", world.clock)
+                 jitter: random.Random | None = None,
+                 guard: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        """`guard` is called before each request: it raises when the caller may send none
+        (a daemon whose host lost its power, xenhad.virtual.daemons)."""
+        if kwargs.get("clock") is None:
+            kwargs["clock"] = world.clock
         kwargs["workers"] = 1  # Xapi makes an executor; this facade never submits to it
         super().__init__(endpoint, **kwargs)
         self.world = world
         self._jitter = jitter or world.fork()
+        self.guard = guard
 
     def _new_session(self, url: str | None) -> tuple[Any, Any]:
         session = _Session(self, url)

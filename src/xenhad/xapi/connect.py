@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from xenhad.clock import Clock
@@ -30,22 +31,26 @@ so only names nobody reads anywhere belong here (tests/xapi/test_xapi_sim.py che
 no source file but the simulator's names one)."""
 
 
-def xapi_from_config(config: Config, *, clock: Clock | None = None) -> Xapi:
+def xapi_from_config(config: Config, *, clock: Clock | None = None,
+                     make: Callable[..., Xapi] = Xapi,
+                     password: str | None = None) -> Xapi:
     """The facade the configuration describes, not yet logged in.
 
-    The password is read here (CredentialError, one line, if it cannot be) and handed to
-    the facade only; it is never logged.
+    The password is read here (CredentialError, one line, if it cannot be), unless given,
+    and handed to the facade only; it is never logged. `make` builds the facade from
+    Xapi's arguments (in process: xenhad.virtual.xapi.InProcessXapi over a World).
     """
     x = config.xapi
     endpoint = str(x.socket_path) if x.scheme == "unix" else x.url
-    password = read_xapi_password(config) if x.needs_password else ""
+    if password is None:
+        password = read_xapi_password(config) if x.needs_password else ""
     retry: dict[str, Any] = {}
     # The retry knobs are optional in the config schema; the facade's defaults stand in
     # for any the schema does not (yet) have.
     for name in ("retry_attempts", "retry_backoff", "retry_backoff_max"):
         if hasattr(x, name):
             retry[name] = getattr(x, name)
-    return Xapi(
+    return make(
         endpoint,
         workers=call_threads(config.recovery.concurrency),
         username=x.username,
@@ -82,7 +87,11 @@ async def open_xapi(config: Config, *, clock: Clock | None = None, local: bool =
     On failure the facade is closed and the error (XapiUnreachable, XapiAuthError, ...)
     raised.
     """
-    xapi = xapi_from_config(config, clock=clock)
+    return await log_in(xapi_from_config(config, clock=clock), local=local)
+
+
+async def log_in(xapi: Xapi, *, local: bool = False) -> Xapi:
+    """`xapi` logged in (see open_xapi), or closed and the error raised."""
     try:
         if local:
             await xapi.login_local()
