@@ -170,7 +170,7 @@ def measure(hosts: int, vms: int, seconds: float, peers: bool,
         if beats is not None:
             beats.__enter__()
         try:
-            bed.wait_for(lambda: bool(bed.events_named("daemon.ready")), 60, what="the daemon")
+            bed.wait_for(lambda: bool(bed.events_named("daemon.ready")), 240, what="the daemon")
             time.sleep(10)
             proc = bed.daemons["host1"].proc
             assert proc is not None

@@ -10,6 +10,8 @@ Content-Length and keeps the connection) are a small loopback server in this fil
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
+import ssl
 import time
 import xmlrpc.client
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,6 +26,7 @@ from xenhad.daemon import Daemon
 from xenhad.model import HostView
 from xenhad.sim import PoolSpec, SimPool
 from xenhad.xapi import ProbeConnections, probe
+from xenhad.xapi.probe import TLS_READ_BUFFER
 
 from .conftest import same_port_pool
 
@@ -311,8 +314,9 @@ SLAVE = xmlrpc.client.dumps(
     methodresponse=True).encode()
 
 
-async def loopback_server(answer: Callable[[], bytes],
-                          close_after: bool) -> tuple[asyncio.AbstractServer, list[int]]:
+async def loopback_server(answer: Callable[[], bytes], close_after: bool,
+                          tls: ssl.SSLContext | None = None,
+                          ) -> tuple[asyncio.AbstractServer, list[int]]:
     """Answers every request with answer()'s bytes; closes after each if told to. Counts the
     connections it accepted in the list it returns."""
     accepted = [0]
@@ -333,7 +337,7 @@ async def loopback_server(answer: Callable[[], bytes],
         finally:
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
     return server, accepted
 
 
@@ -374,3 +378,31 @@ def test_the_answers_framing_and_connection_header_decide_reuse(
         return accepted
 
     assert run(scenario) == [connections]
+
+
+def test_a_tls_answer_larger_than_the_read_buffer_is_read_whole_on_a_kept_connection(
+    certificate: tuple[str, str],
+) -> None:
+    # asyncio's TLS layer reads into TLS_READ_BUFFER (16 KiB, not its 256 KiB) per kept
+    # connection: an answer of many records still arrives whole, and the connection is kept.
+    big = xmlrpc.client.dumps(
+        ({"Status": "Failure", "ErrorDescription": ["HOST_IS_SLAVE", "10.0.0.1", "x" * 200_000]},),
+        methodresponse=True).encode()
+    data = (b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(big)).encode() + b"\r\n\r\n"
+            + big)
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(*certificate)
+
+    async def scenario() -> list[int]:
+        server, accepted = await loopback_server(lambda: data, False, served)
+        port = server.sockets[0].getsockname()[1]
+        conns = ProbeConnections()
+        for _ in range(3):
+            result = await probe(f"https://127.0.0.1:{port}/", timeout=2.0, connections=conns)
+            assert result.is_slave and result.master_address == "10.0.0.1", result.detail
+        conns.close()
+        server.close()
+        return accepted
+
+    assert run(scenario) == [1]
+    assert asyncio.sslproto.SSLProtocol.max_size == TLS_READ_BUFFER

@@ -42,6 +42,7 @@ connection is dropped.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import functools
 import ssl
@@ -194,7 +195,26 @@ def _shared_context(verify_tls: bool, ca_file: str | None) -> ssl.SSLContext:
     if not verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    _small_tls_buffers()
     return context
+
+
+TLS_READ_BUFFER = 16 * 1024
+"""What asyncio's TLS layer reads into, per connection: one TLS record's largest plaintext
+(RFC 8446, 5.1). A probe's answer is under 1 kB."""
+
+
+def _small_tls_buffers() -> None:
+    # asyncio's SSLProtocol gives each connection a zeroed 256 KiB read buffer (CPython
+    # 3.11, Lib/asyncio/sslproto.py: max_size): with a kept-alive TLS connection to each of
+    # 63 hosts that is 16 MiB resident for answers of a few hundred bytes, what a daemon
+    # over TLS held beyond one over http (bench/footprint.py --tls). The class attribute
+    # sizes every connection made after it is set; reads then come in 16 KiB pieces,
+    # which asyncio loops over (sslproto._do_read). Set once, before the first TLS probe,
+    # for the whole process: its other TLS (XenAPI, webhooks) does not go through asyncio.
+    protocol = getattr(asyncio.sslproto, "SSLProtocol", None)
+    if protocol is not None and getattr(protocol, "max_size", 0) > TLS_READ_BUFFER:
+        protocol.max_size = TLS_READ_BUFFER
 
 
 class ProbeConnections:
