@@ -34,6 +34,11 @@ def test_golden_scenario(directory: Path) -> None:
         pytest.fail(f"{directory.name} declares an open defect that no longer shows: "
                     "remove [expect] defect from scenario.toml and update expected.log",
                     pytrace=False)
+    if result.verdict is Verdict.NOT_CAUGHT:
+        pytest.fail(f"{directory.name} must show a violation (a check of the harness) and "
+                    "showed none: the checks went blind", pytrace=False)
+    if result.verdict is Verdict.CAUGHT:
+        return
     if result.verdict is Verdict.DEFECT:
         pytest.xfail(scenarios.load(directory).defect)
     assert result.violations == [], result.violations

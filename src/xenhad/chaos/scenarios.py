@@ -23,6 +23,8 @@ An open defect (the current code still breaks a rule in the scenario) is recorde
 happens now: expected.log shows the violation, and scenario.toml's `[expect] defect` says
 which defect; the check reports it as expected to fail. A declared defect whose run no
 longer violates anything fails the check, so the fix updates its golden log on purpose.
+`[expect] violation = "..."` is for a check of the harness itself (a lying BMC): the run must
+break a rule, and passes only when it does.
 
 Parsing, normalising and comparing are pure; only `run` and `check`'s file writes do I/O.
 """
@@ -116,6 +118,8 @@ class Verdict(enum.Enum):
     DEFECT = "open defect, as recorded"
     MISMATCH = "log differs from expected.log"
     DEFECT_GONE = "declared defect no longer shows"
+    CAUGHT = "the violation it must show, caught"
+    NOT_CAUGHT = "the violation it must show, missing"
     WRITTEN = "expected.log written for review"
     UPDATED = "expected.log rewritten"
 
@@ -139,6 +143,9 @@ class Scenario:
     weather: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     defect: str = ""
     """Set when the scenario shows an open defect: what rule breaks, and where it is told."""
+    violation: str = ""
+    """Set when the scenario must break a rule: a check of the harness itself (a lying
+    BMC), where no violation would mean the checks went blind."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +198,13 @@ def parse_faults(text: str) -> tuple[str, tuple[Fault, ...]]:
     return about, tuple(sorted(faults, key=lambda f: f.at))
 
 
-def format_faults(about: str, faults: Iterable[Fault]) -> str:
-    return "".join([f"# {about}\n", *(f"{f.describe()}\n" for f in faults)])
+def format_faults(about: str, faults: Iterable[Fault], *, digits: int = 1) -> str:
+    """A faults file; `digits` > 1 keeps a drawn schedule's times to the millisecond, so
+    a replay of a chaos seed times its faults as the seed did, near enough."""
+    def line(f: Fault) -> str:
+        _, rest = f.describe().split("s ", 1)
+        return f"+{f.at:.{digits}f}s {' '.join(rest.split())}"
+    return "".join([f"# {about}\n", *(f"{line(f)}\n" for f in faults)])
 
 
 def scenario(name: str, faults_text: str, settings_text: str = "") -> Scenario:
@@ -219,7 +231,8 @@ def scenario(name: str, faults_text: str, settings_text: str = "") -> Scenario:
     return Scenario(name=name, about=about, faults=faults, from_seed=schedule,
                     spec=doc.get("spec", {}), settings=doc.get("settings", {}),
                     weather=doc.get("weather", {}),
-                    defect=str(doc.get("expect", {}).get("defect", "")), **pool)
+                    defect=str(doc.get("expect", {}).get("defect", "")),
+                    violation=str(doc.get("expect", {}).get("violation", "")), **pool)
 
 
 def load(directory: Path) -> Scenario:
@@ -310,8 +323,12 @@ def compare(expected: str, actual: Sequence[str], name: str) -> str:
 
 
 def verdict(s: Scenario, diff: str, violations: Sequence[str]) -> Verdict:
+    """MATCH with violations is still a failure for the caller: a rule broken in a
+    scenario that does not declare it as an open defect."""
     if diff:
         return Verdict.MISMATCH
+    if s.violation:
+        return Verdict.CAUGHT if violations else Verdict.NOT_CAUGHT
     if s.defect:
         return Verdict.DEFECT if violations else Verdict.DEFECT_GONE
     return Verdict.MATCH
@@ -366,8 +383,15 @@ def main(root: Path, names: Sequence[str] = (), *, update: bool = False) -> int:
         result = check(directory, update=update)
         total += result.seconds
         print(f"{directory.name}: {result.verdict.value} ({result.seconds:.1f} s)", flush=True)
-        if result.verdict in (Verdict.MISMATCH, Verdict.DEFECT_GONE, Verdict.WRITTEN):
+        if result.verdict is Verdict.MISMATCH:
+            print(result.diff)
+        if result.verdict is Verdict.DEFECT_GONE or result.verdict is Verdict.MATCH \
+                and result.violations:
+            print("\n".join(f"  {v}" for v in result.violations))
+        if result.verdict in (Verdict.MISMATCH, Verdict.DEFECT_GONE, Verdict.NOT_CAUGHT) \
+                or not update and (
+                result.verdict is Verdict.WRITTEN or result.verdict is Verdict.MATCH
+                and result.violations):
             failed += 1
-            print(result.diff or "\n".join(f"  {v}" for v in result.violations))
     print(f"{len(dirs)} scenarios, {failed} failing, {total:.1f} s of runs")
     return 1 if failed else 0
