@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --virtual: write each schedule's trace (every daemon's "
                        "events, virtual time) to DIR/seed-N.trace")
 
+    scen = sub.add_parser("scenarios", help="run the golden scenarios (tests/scenarios/NAME/) "
+                          "on virtual time and diff each event log against its expected.log")
+    scen.add_argument("names", nargs="*", metavar="NAME", help="only these scenarios")
+    scen.add_argument("--dir", type=Path, default=Path("tests/scenarios"),
+                      help="where the scenario directories are (default tests/scenarios)")
+    scen.add_argument("--update", action="store_true",
+                      help="rewrite every expected.log from this run (review the diff)")
+
     sub.add_parser("sim", help="run a simulated XAPI pool (see `xenhad sim --help`)",
                    add_help=False)
     return parser
@@ -175,6 +183,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from xenhad.tools.preflight import run_preflight
 
         return run_preflight(args.config, listen=args.listen)
+    if args.command == "scenarios":
+        from xenhad.chaos.scenarios import main as scenarios_main
+
+        return scenarios_main(args.dir, args.names, update=args.update)
     if args.command == "chaos" and args.virtual:
         from xenhad.chaos.virtual_run import main as virtual_main
 

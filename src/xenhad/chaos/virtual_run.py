@@ -22,7 +22,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,16 @@ class _Bed:
 
 def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = False,
             storage: bool = True, faults: list[Fault] | None = None,
-            play_for: float = 0.0, kinds: tuple[str, ...] = VIRTUAL_KINDS) -> VirtualOutcome:
+            play_for: float = 0.0, kinds: tuple[str, ...] = VIRTUAL_KINDS,
+            spec: Mapping[str, Any] | None = None,
+            settings: Mapping[str, Mapping[str, Any]] | None = None,
+            weather: Mapping[str, Weather] | None = None) -> VirtualOutcome:
     """One schedule on virtual time: drawn from `seed`, or the given `faults` (a directed
-    scenario), played for at least `play_for` seconds before everything is healed."""
+    scenario), played for at least `play_for` seconds before everything is healed.
+
+    A directed scenario (chaos/scenarios.py) may also change the pool (`spec`: PoolSpec
+    fields), the daemons' settings (`settings`: config sections over the chaos ones) and
+    what a heartbeat fault's spell does (`weather`: by kind, over WEATHER)."""
     names = [f"host{i + 1}" for i in range(hosts)]
     outcome = VirtualOutcome(seed, generate(seed, names, kinds=kinds)
                              if faults is None else faults)
@@ -148,11 +155,13 @@ def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = Fa
     try:
         asyncio.set_event_loop(loop)
         pool = loop.run_until_complete(_build(loop, seed, names, self_fence=self_fence,
-                                              storage=storage))
+                                              storage=storage, spec=spec or {},
+                                              settings=settings or {}))
         with Capture(pool):
             try:
                 loop.run_until_complete(_run(pool, outcome, names, bmc=bmc,
-                                             play_for=play_for))
+                                             play_for=play_for,
+                                             weather={**WEATHER, **(weather or {})}))
             finally:
                 outcome.virtual_seconds = loop.time()
                 pool.end()
@@ -165,24 +174,27 @@ def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = Fa
 
 
 async def _build(loop: OwnedLoop, seed: int, names: list[str], *, self_fence: bool,
-                 storage: bool) -> Pool:
+                 storage: bool, spec: Mapping[str, Any],
+                 settings: Mapping[str, Mapping[str, Any]]) -> Pool:
     """The pool and settings of chaos/run.py's run_one, in process."""
     hosts = len(names)
-    spec = PoolSpec(hosts=hosts, vms=hosts * 3, seed=seed % 1000, vm_start_seconds=0.5,
-                    fuse_seconds=3.0, boot_seconds=5.0, host_heartbeat_interval=2.0,
-                    host_assumed_dead_interval=10.0, db_gc_interval=2.0,
-                    local_vms=1 if storage else 0, groups=1 if storage else 0)
-    world = World(loop, spec, random.Random(seed))
+    pool_spec = PoolSpec(hosts=hosts, vms=hosts * 3, seed=seed % 1000, vm_start_seconds=0.5,
+                         fuse_seconds=3.0, boot_seconds=5.0, host_heartbeat_interval=2.0,
+                         host_assumed_dead_interval=10.0, db_gc_interval=2.0,
+                         local_vms=1 if storage else 0, groups=1 if storage else 0)
+    world = World(loop, dataclasses.replace(pool_spec, **spec), random.Random(seed))
     net = HeartbeatNetwork(world, world.fork())
     info = world.pool.info()
-    overrides = {"recovery": {"start_timeout": 10.0}}
+    overrides: dict[str, dict[str, Any]] = {"recovery": {"start_timeout": 10.0}}
+    for section, values in settings.items():
+        overrides.setdefault(section, {}).update(values)
     configs = {h["name"]: host_config(to_toml(config_doc(
         h, overrides=overrides, names=names, self_fence=self_fence))) for h in info["hosts"]}
     return Pool(world, net, configs)
 
 
 async def _run(pool: Pool, outcome: VirtualOutcome, names: list[str], *, bmc: str,
-               play_for: float) -> None:
+               play_for: float, weather: Mapping[str, Weather]) -> None:
     world = pool.world
     loop = world.loop
     bed = _Bed(pool)
@@ -206,7 +218,8 @@ async def _run(pool: Pool, outcome: VirtualOutcome, names: list[str], *, bmc: st
     try:
         await _until(lambda: len({n for n, _ in bed.events_named("quorum.gained")})
                      == len(names), 60.0, loop)
-        await _play(loop, pool, bed, outcome, names, note, bmc=bmc, play_for=play_for)
+        await _play(loop, pool, bed, outcome, names, note, bmc=bmc, play_for=play_for,
+                    weather=weather)
     finally:
         supervisor.cancel()
         world.observers.clear()
@@ -235,7 +248,7 @@ async def _until(predicate: Callable[[], bool], timeout: float, loop: VirtualLoo
 
 async def _play(loop: VirtualLoop, pool: Pool, bed: _Bed, outcome: VirtualOutcome,
                 names: list[str], note: Callable[[str], None], *, bmc: str,
-                play_for: float = 0.0) -> None:
+                play_for: float = 0.0, weather: Mapping[str, Weather] = WEATHER) -> None:
     world = pool.world
     samples: list[tuple[float, dict[str, bool]]] = []
     running = bed.vm_hosts()
@@ -263,7 +276,7 @@ async def _play(loop: VirtualLoop, pool: Pool, bed: _Bed, outcome: VirtualOutcom
             if fault.kind == "shutdown":
                 halted = _halted_by_shutdown(bed, fault.hosts[0]) & protected  # type: ignore[arg-type]
                 protected -= halted
-            said = _apply(pool, fault)
+            said = _apply(pool, fault, weather)
             note(fault.describe() + said + (
                 f" (halts {', '.join(sorted(halted))})" if halted else ""))
             pool.supervise()
@@ -314,7 +327,7 @@ async def _play(loop: VirtualLoop, pool: Pool, bed: _Bed, outcome: VirtualOutcom
                          if e.event in _KEY_EVENTS]
 
 
-def _apply(pool: Pool, fault: Fault) -> str:
+def _apply(pool: Pool, fault: Fault, weather: Mapping[str, Weather] = WEATHER) -> str:
     """Inject one fault; returns a note when the world made it moot."""
     world = pool.world
     sim = world.pool
@@ -365,9 +378,9 @@ def _apply(pool: Pool, fault: Fault) -> str:
         life.daemon.reload()  # what its SIGHUP handler does
     elif kind == "heartbeat-replay":
         return " (not modelled in process)"
-    elif kind in WEATHER:
-        weather = pool.net.weather = dataclasses.replace(WEATHER[kind])
-        loop.call_later(fault.value, _calm, pool, weather)
+    elif kind in weather:
+        spell = pool.net.weather = dataclasses.replace(weather[kind])
+        loop.call_later(fault.value, _calm, pool, spell)
     elif kind == "clock-jump":
         pool.hosts[hosts[0]].clock.jump_wall(fault.value)
     elif kind == "daemon-pause":
