@@ -21,6 +21,8 @@ import multiprocessing
 import os
 import time
 
+import pytest
+
 from xenhad.chaos.run import schedule_seed
 from xenhad.chaos.virtual_run import run_one
 
@@ -58,9 +60,11 @@ def one(index: int, deadline: float) -> tuple[int, list[str], list[str]] | None:
     return seed, outcome.violations, outcome.timeline
 
 
+@pytest.mark.timeout(BUDGET_SECONDS + 300)  # the budget, and the schedules under way at it
 def test_virtual_chaos_schedules_keep_every_invariant() -> None:
     deadline = time.time() + BUDGET_SECONDS
     ran, failed, fixed = 0, [], []
+    started = time.monotonic()
     # fork: each worker starts from this process, imports done; a schedule is a function of
     # its seed alone (the trace is the same across processes and hash seeds, tested).
     with multiprocessing.get_context("fork").Pool(JOBS) as workers:
@@ -74,6 +78,7 @@ def test_virtual_chaos_schedules_keep_every_invariant() -> None:
                 failed.append(f"seed {seed}: {violations}\n  " + "\n  ".join(timeline))
             elif not violations and seed in KNOWN:
                 fixed.append(f"seed {seed} passes now ({KNOWN[seed]})")
+    print(f"{ran} virtual schedules in {time.monotonic() - started:.0f} s, {JOBS} at a time")
     assert not failed, "\n".join(failed)
     assert not fixed, "\n".join(fixed)
     assert ran >= min(SCHEDULES, 50), f"only {ran} schedules in {BUDGET_SECONDS:g} s"
