@@ -29,7 +29,6 @@ SLOW_HEARTBEATS = ("healthy host fenced: heartbeats delayed past heard_within wh
                    "master cannot reach the host's xapi (hung, slow, or cut one way)")
 KNOWN = {
     1000138: SLOW_HEARTBEATS,
-    1000205: SLOW_HEARTBEATS,
 }
 
 
