@@ -240,6 +240,55 @@ def test_resumed_reissues_what_was_in_flight() -> None:
     assert not any(isinstance(a, ev.StartVm) for a in t.actions)
 
 
+def test_a_resumed_retry_waits_no_longer_than_the_longest_backoff_after_a_clock_step() -> None:
+    # Virtual chaos seed 1000106: the wall clock ran 100 s ahead when a start failed and its
+    # retry was journaled (at 1105 by that clock), then was stepped right and the daemon
+    # restarted at 1000. The resumed incident must not wait out the step: no retry is ever
+    # more than retry_backoff_max (40 s here) away.
+    d = Drive(opened(vm("a"), unsafe=True))
+    d(ev.ResetDone(1099, "uuid-a", True))
+    (start,) = (a for a in d(ev.CapacityMeasured(1099, ROOM)) if isinstance(a, ev.StartVm))
+    d(ev.StartDone(1100, "uuid-a", start.host, ev.StartOutcome.RETRY, "HOST_OFFLINE", ""))
+    assert d.incident.vms["uuid-a"].retry_at == 1105
+    d(ev.Resumed(1000))
+    assert d(ev.Wake(1039.9)) == ()
+    assert d(ev.Wake(1040)) == (ev.MeasureCapacity(exclude="dead"),)
+
+
+def test_a_resumed_fence_retry_waits_no_longer_than_the_longest_backoff() -> None:
+    d = Drive(opened(vm("a"), now=1000))
+    for attempt in range(5):  # the backoff grows to its cap of 40 s
+        d(ev.FenceDone(1000 + attempt, False, "redfish", "BMC unreachable"))
+        d(ev.Wake(d.incident.retry_at))
+    d(ev.FenceDone(1100, False, "redfish", "BMC unreachable"))
+    assert d.incident.retry_at == 1140
+    d(ev.Resumed(900))  # the clock stepped back 200 s while the daemon was down
+    assert d(ev.Wake(939.9)) == ()
+    assert d(ev.Wake(940)) == (ev.FenceHost("dead", retry=True),)
+
+
+def test_a_resumed_wait_that_the_clock_did_not_stretch_is_kept_whole() -> None:
+    d = Drive(opened(vm("a"), unsafe=True))
+    d(ev.ResetDone(101, "uuid-a", True))
+    (start,) = (a for a in d(ev.CapacityMeasured(101, ROOM)) if isinstance(a, ev.StartVm))
+    d(ev.StartDone(102, "uuid-a", start.host, ev.StartOutcome.RETRY, "HOST_OFFLINE", ""))
+    d(ev.Resumed(103))
+    assert d(ev.Wake(106.9)) == ()
+    assert d(ev.Wake(107)) == (ev.MeasureCapacity(exclude="dead"),)
+
+
+def test_a_resumed_wave_waits_no_longer_than_its_longest_start_delay() -> None:
+    d = Drive(opened(vm("db", order=0, start_delay=30), vm("app", order=1), unsafe=True))
+    d(ev.ResetDone(1001, "uuid-db", True))
+    d(ev.ResetDone(1001, "uuid-app", True))
+    (first,) = (a for a in d(ev.CapacityMeasured(1002, ROOM)) if isinstance(a, ev.StartVm))
+    d(ev.VmObserved(1100, "uuid-db", True, first.host))  # seen by a clock 100 s ahead
+    assert d.incident.next_wave_at == 1130
+    d(ev.Resumed(1001))
+    assert d(ev.Wake(1030.9)) == ()
+    assert d(ev.Wake(1031)) == (ev.MeasureCapacity(exclude="dead"),)
+
+
 def test_the_next_order_waits_out_the_start_delay_of_a_vm_seen_running() -> None:
     # VM.start answers once the VM's start_delay has passed after its domain came up; a
     # snapshot can show the domain first. The VM is running (final) at once, but the next

@@ -35,10 +35,7 @@ SLOW_HEARTBEATS = ("healthy host fenced: heartbeats delayed past heard_within wh
                    "master cannot reach the host's xapi (hung, slow, or cut one way)")
 SILENT_RESTART = ("healthy host fenced: a daemon restarted while its own xapi is slow "
                   "opens no heartbeat link until it has read the pool")
-WALL_STEP_BACK = ("recovery bound missed: a resumed incident's retry times are wall "
-                  "clock, and the clock was stepped back after they were journaled")
 KNOWN = {
-    1000106: WALL_STEP_BACK,
     1000131: SILENT_RESTART,
     1000138: SLOW_HEARTBEATS,
     1000205: SLOW_HEARTBEATS,

@@ -99,7 +99,7 @@ def step(incident: Incident, event: Event, settings: Settings) -> Transition:
     if isinstance(event, Wake):
         return _wake(incident, event.now)
     if isinstance(event, Resumed):
-        return _resumed(incident, event.now)
+        return _resumed(_capped_waits(incident, event.now, settings), event.now)
     # Opened is handled by open_incident; seeing it here means a duplicate in the journal.
     return Transition(incident)
 
@@ -367,6 +367,26 @@ def _wake(incident: Incident, now: float) -> Transition:
             )
         return Transition(incident)
     return _settle(incident, now, ())
+
+
+def _capped_waits(incident: Incident, now: float, settings: Settings) -> Incident:
+    """The incident with no wait ending later than a whole one could from `now`: retry
+    times are wall clock (they outlive the process), and one journaled while the clock ran
+    ahead (an NTP step back since, an RTC wrong at boot) would hold the resumed incident for
+    as long as the clock was off, past every bound (virtual chaos seed 1000106: 32 s past
+    its backoff). No wait journaled was longer than `retry_backoff_max` (a retry) or the
+    longest `start_delay` of its VMs (a wave) when written, and at least no time has passed
+    since, so the cap only cuts what the clock's step added."""
+    longest = settings.retry_backoff_max
+    tasks = {
+        uuid: replace(t, retry_at=min(t.retry_at, now + longest))
+        if t.status is VmStatus.RESET else t
+        for uuid, t in incident.vms.items()
+    }
+    wave = max((t.vm.start_delay for t in incident.vms.values()), default=0)
+    return replace(incident, vms=tasks,
+                   retry_at=min(incident.retry_at, now + longest),
+                   next_wave_at=min(incident.next_wave_at, now + wave))
 
 
 def _resumed(incident: Incident, now: float) -> Transition:
