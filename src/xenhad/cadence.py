@@ -97,14 +97,8 @@ class Host:
 
 
 def probe_everyone(tick: int, *, sweep_wants_probes: bool) -> bool:
-    """At a daemon's first tick and every PROBE_HEARD_EVERY ticks after, or when the offline
-    sweep asks for fresh probes. The first: a daemon that has just started knows nothing
-    of whose xapi answers as master, and a heartbeat naming us master may be a slave's daemon
-    that has not read the pool since a new master took it over; an old master back from a
-    reboot once acted on such heartbeats and recovered the new master's xapi into its own
-    slave while stepping down to it, leaving no master (virtual chaos seed 1000007, 7
-    hosts; docs/virtual-time.md, defect 4)."""
-    return tick % PROBE_HEARD_EVERY == 1 or sweep_wants_probes
+    """Every PROBE_HEARD_EVERY ticks, or when the offline sweep asks for fresh probes."""
+    return tick % PROBE_HEARD_EVERY == 0 or sweep_wants_probes
 
 
 def to_probe(others: Iterable[Host], *, everyone: bool, fresh: bool,

@@ -574,18 +574,6 @@ def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[Ho
     for master, count in followed.items():
         if count * 2 > len(view.hosts) and master_now(master):
             return master, count
-    mine = pool_lock.current_epoch(dict(view.other_config))
-    later = sorted((h for h in contact.mutual
-                    if h in view.hosts and master_now(h) and contact.epochs.get(h, 0) > mine),
-                   key=lambda h: (-contact.epochs.get(h, 0), h))
-    if later:
-        # A master promoted after our epoch answers: the survivors elected it (an election
-        # takes a majority) while we were gone. Those seen following us may be slaves it has
-        # told to rejoin whose xapi has not restarted yet: acting on them, pool.recover_slaves
-        # made the new master our slave while we stepped down to it, and left the pool
-        # without a master (virtual chaos seed 1000007, 7 hosts). It is within its
-        # rejoin_grace, so it does not step down to us: we yield, whoever follows whom.
-        return later[0], followed.get(later[0], 0)
     if _followed_by_majority(facts, follows):
         return None
     # No master has a majority (a host of the pool is down, and two masters split the
@@ -594,6 +582,7 @@ def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[Ho
     # that rebooted into its old role yields to the one the survivors elected), then
     # as the election decides: priority, then the lower uuid.
     rivals = [h for h in contact.mutual if h in view.hosts and master_now(h)]
+    mine = pool_lock.current_epoch(dict(view.other_config))
     ranked = sorted([me, *rivals],
                     key=lambda h: (-contact.epochs.get(h, 0), -contact.priorities.get(h, 0),
                                    h) if h != me
