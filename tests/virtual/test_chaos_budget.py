@@ -32,14 +32,45 @@ BUDGET_SECONDS = float(os.environ.get("XENHAD_VIRTUAL_BUDGET", "600"))
 SEED = 1
 
 SLOW_HEARTBEATS = ("healthy host fenced: heartbeats delayed past heard_within while the "
-                   "master cannot reach the host's xapi (hung, slow, or cut one way)")
-SILENT_RESTART = ("healthy host fenced: a daemon restarted while its own xapi is slow "
-                  "opens no heartbeat link until it has read the pool")
+                   "master cannot reach the host's xapi (defect 1's open part)")
+RETURNING_MASTER = ("no master: an old master back mid-promotion recovered the new one into "
+                    "its slave while stepping down to it (defect 4)")
+SPLIT = ("no master, or one master with part of the pool following another that stepped "
+         "down: 3 to 7 hosts, 17 of 24 self-fencing (defect 5)")
+VM_NOT_BACK = "a protected VM not running 45 s after the heal, two masters contending (defect 5)"
 KNOWN = {
-    1000131: SILENT_RESTART,
-    1000138: SLOW_HEARTBEATS,
-    1000205: SLOW_HEARTBEATS,
+    1000007: RETURNING_MASTER,
+    1000086: SPLIT,
+    1000127: SPLIT,
+    1000135: SPLIT,
+    1000226: SPLIT,
+    1000255: SPLIT,
+    1000290: SPLIT,
+    1000293: SPLIT,
+    1000342: SPLIT,
+    1000356: SPLIT,
+    1000382: VM_NOT_BACK,
+    1000426: SPLIT,
+    1000462: SPLIT,
+    1000466: SPLIT,
+    1000534: SPLIT,
+    1000557: SPLIT,
+    1000640: SPLIT,
+    1000664: SPLIT,
+    1000680: SPLIT,
+    1000700: SPLIT,
+    1000776: SPLIT,
+    1000835: SPLIT,
+    1000837: SPLIT,
+    1000843: SLOW_HEARTBEATS,
+    1000872: SPLIT,
+    1000902: SPLIT,
+    1000964: SPLIT,
 }
+"""Open defects (docs/virtual-time.md, "Defects found"), found by 1,000 schedules of the role
+machine as soaked; none ran a VM twice. 1000007 and 1000534 were read in full; the others'
+violations and end states only (each two hosts following each other, or followers left
+with a host that stepped down)."""
 
 
 def shape(index: int) -> tuple[int, bool]:
