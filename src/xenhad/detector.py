@@ -98,7 +98,7 @@ class Observation:
     enough to count as `heard`: its heartbeats are slow, not gone. Such a host still misses
     (a dead host's last proof ages through the window too), but it is never confirmed down
     while it beats so: it counts toward quorum on the same evidence, and its VMs run
-    (virtual chaos seeds 7000027, 7000417, 1000138, 1000205: heartbeats 0.4 to 0.8 s each
+    (virtual chaos seeds 7000027, 7000417, 1000205, 11000041: heartbeats 0.4 to 0.8 s each
     way, the xapi silent, and a healthy host was fenced)."""
     alive_at: float | None = None
     """When, on our clock, its daemon was last proven alive (PeerTable.alive_at; None: never

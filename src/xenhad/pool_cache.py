@@ -31,9 +31,10 @@ what says where each can run (a 1,000-VM pool adds a VBD, VDI and VIF or so per 
 to the few fields monitor.FIELDS names; bench/RESULTS.md has the cost)."""
 
 _VM_INPUTS = frozenset({"vm", "vbd", "vdi", "vif", "vm_group", "network", "pif", "sr"})
-_STORAGE = frozenset(cls.lower() for cls in STORAGE)
 """Classes a VM view is built from: an event of one of them rebuilds the VM views (a PBD
 changes only what a host sees)."""
+_STORAGE = frozenset(cls.lower() for cls in STORAGE)
+"""Classes monitor.Where reads: an event of one of them has it read again."""
 
 WITHOUT_VMS: tuple[str, ...] = ("pool", "host", "host_metrics")
 """What a slave's daemon reads (PoolCache.read with vms=False): it acts on no VM until it is
@@ -68,7 +69,7 @@ class PoolCache:
         self._where: Where | None = None
         """What the storage records say, while none of them changes: at rest the pool's
         events are about hosts and their metrics, and reading 10,000 storage records again
-        for each was most of a tick's CPU at 64 hosts (bench/footprint.py)."""
+        for each was the largest part of a tick's CPU at 64 hosts (py-spy, bench/RESULTS.md)."""
         self._classes = CLASSES
 
     def reset(self) -> None:
