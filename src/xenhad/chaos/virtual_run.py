@@ -140,13 +140,15 @@ def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = Fa
             play_for: float = 0.0, kinds: tuple[str, ...] = VIRTUAL_KINDS,
             spec: Mapping[str, Any] | None = None,
             settings: Mapping[str, Mapping[str, Any]] | None = None,
-            weather: Mapping[str, Weather] | None = None) -> VirtualOutcome:
+            weather: Mapping[str, Weather] | None = None,
+            wire: bool = False) -> VirtualOutcome:
     """One schedule on virtual time: drawn from `seed`, or the given `faults` (a directed
     scenario), played for at least `play_for` seconds before everything is healed.
 
     A directed scenario (chaos/scenarios.py) may also change the pool (`spec`: PoolSpec
     fields), the daemons' settings (`settings`: config sections over the chaos ones) and
-    what a heartbeat fault's spell does (`weather`: by kind, over WEATHER)."""
+    what a heartbeat fault's spell does (`weather`: by kind, over WEATHER). `wire`: every
+    xapi call goes through its XML (World's), as tests/virtual/test_marshal.py compares."""
     names = [f"host{i + 1}" for i in range(hosts)]
     outcome = VirtualOutcome(seed, generate(seed, names, kinds=kinds)
                              if faults is None else faults)
@@ -156,7 +158,7 @@ def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = Fa
         asyncio.set_event_loop(loop)
         pool = loop.run_until_complete(_build(loop, seed, names, self_fence=self_fence,
                                               storage=storage, spec=spec or {},
-                                              settings=settings or {}))
+                                              settings=settings or {}, wire=wire))
         with Capture(pool):
             try:
                 loop.run_until_complete(_run(pool, outcome, names, bmc=bmc,
@@ -175,14 +177,15 @@ def run_one(seed: int, *, hosts: int = 3, bmc: str = "ok", self_fence: bool = Fa
 
 async def _build(loop: OwnedLoop, seed: int, names: list[str], *, self_fence: bool,
                  storage: bool, spec: Mapping[str, Any],
-                 settings: Mapping[str, Mapping[str, Any]]) -> Pool:
+                 settings: Mapping[str, Mapping[str, Any]], wire: bool = False) -> Pool:
     """The pool and settings of chaos/run.py's run_one, in process."""
     hosts = len(names)
     pool_spec = PoolSpec(hosts=hosts, vms=hosts * 3, seed=seed % 1000, vm_start_seconds=0.5,
                          fuse_seconds=3.0, boot_seconds=5.0, host_heartbeat_interval=2.0,
                          host_assumed_dead_interval=10.0, db_gc_interval=2.0,
                          local_vms=1 if storage else 0, groups=1 if storage else 0)
-    world = World(loop, dataclasses.replace(pool_spec, **spec), random.Random(seed))
+    world = World(loop, dataclasses.replace(pool_spec, **spec), random.Random(seed),
+                  wire=wire)
     net = HeartbeatNetwork(world, world.fork())
     info = world.pool.info()
     overrides: dict[str, dict[str, Any]] = {"recovery": {"start_timeout": 10.0}}

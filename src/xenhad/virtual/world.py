@@ -8,7 +8,7 @@ step (api.Pending) on the loop; a request the simulator would hold unanswered is
 until its client's timeout, on the virtual clock.
 
 `request` is the wire: what a client on `source` gets back from `target`'s xapi, as the
-reply body the XML-RPC server would have written (rpc.xmlrpc_reply), or `NoAnswer`.
+reply the XML-RPC server would have written (rpc.xmlrpc_reply), or `NoAnswer`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from xenhad.sim import messages as _messages  # noqa: F401  (registers the messa
 from xenhad.sim.model import XapiFailure
 from xenhad.sim.pool import HostState, SimError, SimPool
 from xenhad.sim.spec import PoolSpec
+from xenhad.virtual import marshal
 from xenhad.virtual.loop import VirtualClock, VirtualLoop
+from xenhad.xapi.transport import parse_reply
 
 
 class NoAnswer(Exception):
@@ -87,12 +89,53 @@ class _Closed(Exception):
     pass
 
 
+def _as_handled(name: str, params: list[Any], wire: bool) -> list[Any]:
+    """What the server's handler is given: the params after their XML-RPC round trip."""
+    try:
+        if not wire:
+            return marshal.sent(params)
+    except marshal.Unusual:
+        pass
+    body = xmlrpc.client.dumps(tuple(params), name, allow_none=True)
+    parsed, _ = xmlrpc.client.loads(body, use_builtin_types=False)
+    return [rpc._from_wire(p) for p in parsed]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """xapi's answer to one call, as its XML-RPC server would write it (`body`), or as the
+    client's parser reads it (`read`: the same value, without writing the XML when its
+    round trip is a plain copy, virtual/marshal.py)."""
+
+    name: str
+    kind: str
+    value: Any
+    wire: bool = False
+    """Read from the bytes always (World.wire)."""
+
+    def body(self) -> bytes:
+        return rpc.xmlrpc_reply(self.name, self.kind, self.value)
+
+    def read(self, endpoint: str, unread: frozenset[str]) -> Any:
+        try:
+            if not self.wire:
+                return marshal.read(self.name, self.kind, self.value, unread)
+        except marshal.Unusual:
+            pass
+        return parse_reply(self.body(), endpoint, unread)[0]
+
+
 class World:
     """The loop, its clock, the run's one Random and the pool. Make it inside the loop
     (`VirtualLoop.run_until_complete` or `virtual.loop.run`)."""
 
-    def __init__(self, loop: VirtualLoop, spec: PoolSpec, rng: random.Random) -> None:
+    def __init__(self, loop: VirtualLoop, spec: PoolSpec, rng: random.Random, *,
+                 wire: bool = False) -> None:
+        """`wire`: every request and reply goes through its XML, as the server and the
+        client write and parse it (else only those whose round trip is not a plain copy,
+        virtual/marshal.py)."""
         self.loop = loop
+        self.wire = wire
         self.clock = VirtualClock(loop)
         self.rng = rng
         # Nothing listens: the socket paths are names only, no directory is made.
@@ -163,12 +206,10 @@ class World:
         return next((h for h in self.pool.hosts if h.socket_path == path), None)
 
     async def request(self, target: HostState | None, channel: str, source: HostState | None,
-                      name: str, params: list[Any], timeout: float) -> bytes:
-        """One request, as the XML-RPC server would answer it: the reply body, or NoAnswer
-        once `timeout` passed (or at once, refused). Params travel as XML-RPC does."""
-        wire, _ = xmlrpc.client.loads(xmlrpc.client.dumps(tuple(params), name, allow_none=True),
-                                      use_builtin_types=False)
-        params = [rpc._from_wire(p) for p in wire]  # what the server's handler is given
+                      name: str, params: list[Any], timeout: float) -> Reply:
+        """One request, as the XML-RPC server would answer it: the reply, or NoAnswer once
+        `timeout` passed (or at once, refused). Params travel as XML-RPC does."""
+        params = _as_handled(name, params, self.wire)
         pool = self.pool
         with pool.lock:
             silent = target is None or not target.powered
@@ -220,7 +261,7 @@ class World:
                 # The client gone (timed out, cancelled), the held request goes with it
                 # (rpc.py _hold); a call being performed runs on, as a server thread would.
                 served.cancel()
-        return rpc.xmlrpc_reply(name, kind, value)
+        return Reply(name, kind, value, self.wire)
 
     async def _serve(self, host: HostState, channel: str, source: HostState | None, name: str,
                      params: list[Any], admission: api.Admission, conn: _Connection

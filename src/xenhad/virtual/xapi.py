@@ -47,7 +47,6 @@ from xenhad.xapi.client import (
 )
 from xenhad.xapi.errors import XapiError, XapiReplyError, XapiUnreachable
 from xenhad.xapi.probe import ProbeConnections, ProbeResult, envelope, probe, probe_params
-from xenhad.xapi.transport import parse_reply
 
 _request_seconds: contextvars.ContextVar[float] = contextvars.ContextVar(
     "xenhad_virtual_request_seconds", default=10.0)
@@ -150,9 +149,9 @@ class _Session:
             channel = "tcp"
             source = world.host_at(f.source_address) if f.source_address else None
         endpoint = self._url or f.endpoint
-        body = await world.request(target, channel, source, name, list(params),
-                                   _request_seconds.get())
-        return parse_reply(body, endpoint, f.unread)[0]
+        reply = await world.request(target, channel, source, name, list(params),
+                                    _request_seconds.get())
+        return reply.read(endpoint, f.unread)
 
 
 class InProcessXapi(Xapi):
@@ -272,8 +271,8 @@ def prober(world: World) -> Callable[..., Any]:
         source = world.host_at(source_address) if source_address else None
         try:
             # The probe's own wait_for bounds it: no deadline of our own (a day).
-            body = await world.request(target, "tcp", source, method,
-                                       list(probe_params(method, params)), 86400.0)
+            reply = await world.request(target, "tcp", source, method,
+                                        list(probe_params(method, params)), 86400.0)
         except NoAnswer as e:
             if not e.sent and e.reason != "timed out":
                 # asyncio.open_connection's words for a refused connection.
@@ -281,7 +280,7 @@ def prober(world: World) -> Callable[..., Any]:
                                              ) from None
             await asyncio.Event().wait()  # silent: the probe's timeout ends it
             raise
-        return envelope(body)
+        return envelope(reply.body())
 
     async def in_process_probe(address_or_url: str, *, source_address: str | None = None,
                                timeout: float, verify_tls: bool = False,
