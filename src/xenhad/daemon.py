@@ -39,7 +39,6 @@ from xenhad.detector import (
 )
 from xenhad.environment import Environment, StatusServer, real_environment
 from xenhad.errors import XenhadError
-from xenhad.failover import lock as pool_lock
 from xenhad.failover.actions import FailoverActions
 from xenhad.failover.coordinator import Contact, Failover, FailoverOff, FailoverSettings, Joined
 from xenhad.failover.election import Vote
@@ -668,7 +667,7 @@ class Daemon:
             armed=self._watchdog is not None and self._watchdog.is_running,
             priority=self.config.failover.priority,
             vote=self._current_vote(),
-            epoch=pool_lock.current_epoch(dict(view.other_config)),
+            epoch=self._failover.announced_epoch(view),
             promoting=self._failover.announces_promotion(now),
         )
 
@@ -1217,7 +1216,16 @@ class Daemon:
             concurrency=self.config.recovery.concurrency,
             start_timeout=self.config.recovery.start_timeout,
             back=self._back,
+            may_fence=self._may_fence,
         )
+
+    def _may_fence(self) -> str:
+        """Why no host may be fenced now ("" if one may): quorum judged at this instant."""
+        self._update_peer_quorum()
+        if self._health.quorate:
+            return ""
+        return ("this node lost quorum: it fences no host, since the hosts it cannot "
+                "reach may be the majority; retried while the incident waits")
 
     async def _back(self, host: HostView) -> str:
         """Why `host` counts as back now ("" when it is still gone): its daemon in proven

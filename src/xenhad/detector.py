@@ -359,7 +359,23 @@ class Detector:
                 t.returning_since = now
                 self._maybe_back(host, t, now, seen, out)
         else:  # RETURNING
-            if missed:
+            if missed and obs.beats_slowly:
+                # Its daemon is proven alive within the quorum window: its xapi restarts
+                # (it stepped down to us, or was told to rejoin), the host has not gone
+                # again. Taken back to DOWN, it was fenced by the run of misses from before
+                # it returned, 0.8 s after its last heartbeat (golden scenario of chaos
+                # seed 1000086, once two masters ranked by epoch). The hold starts over.
+                t.returning_since = now
+            elif missed and obs.alive_at is not None and obs.alive_at >= t.returning_since:
+                # Back, proven alive since, and gone now: a run of its own, counted from
+                # its last proof of life, confirms it (as for a suspect host, above).
+                self._start_run(t, obs.alive_at)
+                out.append(Verdict(VerdictKind.SUSPECT, host, t.since, t.misses,
+                                   seen + "; back, then gone: its misses count from its "
+                                   f"daemon's last proof of life ({now - obs.alive_at:.1f} s "
+                                   "ago)"))
+                self._maybe_confirm(host, t, obs, now, quorate, out)
+            elif missed:
                 # Any miss during the hold: the host is not back, and the hold restarts at
                 # its next answer.
                 t.state = HostState.DOWN

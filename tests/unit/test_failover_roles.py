@@ -158,9 +158,10 @@ SCENARIOS = [
              PROMOTING_SINCE_10, (
                  Tick(as_master(20.0), Role.PROMOTED, (RaiseEpoch,), reason="next one"),
              )),
-    Scenario("a majority follows a live rival master: this one steps down", State(), (
+    Scenario("a live rival master ranks first (a later epoch): this one steps down",
+             State(), (
         Tick(as_master(1.0, contact=RIVAL_WITH_MAJORITY, probes=RIVAL_PROBES),
-             Role.STEPPING_DOWN, (ResetMaster, BeatNow), reason="a majority follows"),
+             Role.STEPPING_DOWN, (ResetMaster, BeatNow), reason="ranks first"),
         # Our xapi restarts as the rival's slave meanwhile: nothing is done.
         Tick(as_master(1.0 + STEP_DOWN_HOLD - 1, contact=RIVAL_WITH_MAJORITY,
                        probes=RIVAL_PROBES), Role.STEPPING_DOWN),
@@ -237,15 +238,34 @@ def test_role_transitions(scenario: Scenario) -> None:
         state = decision.state
 
 
-def test_a_promoted_master_ignores_the_old_majority_only_after_it_told_the_slaves() -> None:
-    """The slaves we told to rejoin still name the old master until their xapi restarted:
-    within rejoin_grace of our promotion, once told, this master stays; before it told any,
-    a majority following another live master is followed (it came back, they with it)."""
-    promoted = State(promoted_at=100.0, master_since=100.0)
+def test_two_masters_rank_by_epoch_whoever_seems_to_follow_whom() -> None:
+    """The slaves a new master told to rejoin still name the old master until their xapi
+    restarted: the new master, ranked by the epoch it raised before any view carries it,
+    stays and recovers no one while the old one answers; the old one, which a majority
+    still seems to follow, steps down (chaos seed 1000007, 7 hosts)."""
+    promoted = State(promoted_at=100.0, master_since=100.0, raised=3)
     facts = as_master(110.0, contact=RIVAL_WITH_MAJORITY, probes=RIVAL_PROBES)
-    told = replace(promoted, last_recover=101.0)
-    assert run_tick(told, facts)[0].role is not Role.STEPPING_DOWN
-    assert run_tick(promoted, facts)[0].role is Role.STEPPING_DOWN
+    decision, actions = run_tick(promoted, facts)
+    assert decision.role is Role.HELD and RecoverSlaves not in actions
+    # The old master (epoch 0), whom its slaves' heartbeats still name, with the new one
+    # (epoch 2) answering: it steps down, and tells no slave to follow it.
+    old = as_master(110.0, contact=Contact(frozenset({A, B}), masters={A: A, B: ME},
+                                           epochs={A: 2, B: 0}),
+                    probes={A: Joined(True, None), B: Joined(True, ADDRESS[A])})
+    stepped, actions = run_tick(State(), old)
+    assert stepped.role is Role.STEPPING_DOWN and RecoverSlaves not in actions
+
+
+def test_a_rival_that_ranks_first_heard_but_not_yet_probed_holds_the_master() -> None:
+    """A rival whose heartbeat says it is master at a later epoch, while our last probe of
+    it is older: this master may not step down on that word alone (the probe is the proof
+    it answers as one), and recovers no slave meanwhile, whoever follows it."""
+    heard = as_master(1.0, contact=Contact(frozenset({A, B}), masters={A: A, B: ME},
+                                           epochs={A: 2, B: 0}),
+                      probes={A: Joined(True, ADDRESS[ME]), B: Joined(True, ADDRESS[ME])})
+    decision, actions = run_tick(State(), heard)
+    assert decision.role is Role.HELD and "ranks first" in decision.reason
+    assert RecoverSlaves not in actions
 
 
 def test_no_incident_acts_before_every_host_rejoined() -> None:

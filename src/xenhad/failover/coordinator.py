@@ -76,6 +76,9 @@ class FailoverOff:
     def announces_promotion(self, now: float) -> bool:
         return False
 
+    def announced_epoch(self, view: PoolView) -> int:
+        return pool_lock.current_epoch(dict(view.other_config))
+
     def role_changing(self, now: float) -> bool:
         return False
 
@@ -143,6 +146,9 @@ class Failover:
 
     def announced_master(self, read: HostId, now: float) -> HostId:
         return self.state.announced_master(read, now)
+
+    def announced_epoch(self, view: PoolView) -> int:
+        return self.state.epoch(view)
 
     def awaits_rejoin(self, now: float) -> bool:
         return self.state.awaits_rejoin(now)

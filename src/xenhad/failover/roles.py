@@ -7,7 +7,8 @@
     as the master, each tick, the first gate that holds names the role:
       PROMOTED       the tick our xapi turned master: raise the epoch, act from the next view
       STEPPING_DOWN  outvoted now (emergency_reset_master), or within STEP_DOWN_HOLD of it
-      HELD           a host is promoting; no quorum; a rival answers, no majority behind us
+      HELD           a host is promoting; no quorum; a rival answers that ranks first, or
+                     while no majority is behind us
       WAITING_LOCK   the incident lock is another's, or cannot be written
       RECONCILING    a host has not rejoined since a promotion or a stray; or one more read
       ACTING         none of the above: incidents open and run
@@ -20,10 +21,11 @@ rule depends on (`transition_failed`, `hold_lock`, `lock_written`, `reconcile_re
 `reconcile_unrecorded`); `reconcile`, once the lock is held, and `reread_gate` are the
 master's last gates.
 
-The rules above all: a promoted master yields to a live master a majority follows; a
-master steps down only on proof (a majority follows another master that answers as one, or
-no master has one and the other ranks first); no incident acts before the lock is held and
-the database is reconciled (every host rejoined, or down).
+The rules above all: of two masters, the one that ranks first stays (`rank`: the later
+promotion, then the election's order, facts both know alike) and the other steps down, on
+proof only (the first answers as a master, its xapi and its daemon); a master recovers no
+slave while a master that ranks before it answers; no incident acts before the lock is held
+and the database is reconciled (every host rejoined, or down).
 
 Every rule is a steady state, not a one-shot step: a daemon restarted in the middle of a
 failover finds the same facts and carries on.
@@ -269,6 +271,10 @@ class State:
     stepping_to: HostId | None = None
     replaced: HostId | None = None
     """Once, after our promotion: the master we replaced (take_replaced)."""
+    raised: int = 0
+    """As a master: the epoch we raised at our promotion. Until a view read after the write
+    carries it, our heartbeats say it and we rank by it (`epoch`): a master ranked by the
+    epoch it had before could yield, the tick after its promotion, to the one it replaced."""
     rejoined: frozenset[HostId] = frozenset()
     """Hosts whose last answer to our probe, since we last told the slaves to follow us,
     was that they do."""
@@ -296,6 +302,10 @@ class State:
         if self.stepping_to is not None and now - self.last_step_down < STEP_DOWN_HOLD:
             return self.stepping_to
         return read
+
+    def epoch(self, view: PoolView) -> int:
+        """The promotion epoch our heartbeats say: the database's, or the one we raised."""
+        return max(pool_lock.current_epoch(dict(view.other_config)), self.raised)
 
     def announces_promotion(self, now: float) -> bool:
         """What our heartbeats say (Heartbeat.promoting): our xapi may become master now."""
@@ -389,7 +399,7 @@ def _as_slave(state: State, facts: Facts, settings: FailoverSettings) -> Decisio
     view, now, me = facts.view, facts.now, facts.me
     old = view.master
     name = _name(view, old)
-    state = replace(state, master_since=None)
+    state = replace(state, master_since=None, raised=0)
     if old != state.watched:
         state = replace(state, watched=old, vote=None)
     if facts.master_down_since is not None:
@@ -486,10 +496,10 @@ def _as_master(state: State, facts: Facts, settings: FailoverSettings) -> Decisi
     if state.master_since is None:
         state = replace(state, master_since=now)
     if state.promoting_at is not None:
-        state = replace(state, promoting_at=None, promoted_at=now, replaced=watched,
-                        rejoined=frozenset())
-        state = mark(state, "promoted", now)
         epoch = pool_lock.current_epoch(dict(view.other_config)) + 1
+        state = replace(state, promoting_at=None, promoted_at=now, replaced=watched,
+                        rejoined=frozenset(), raised=epoch)
+        state = mark(state, "promoted", now)
         # Without a new epoch, a lock resurrected from our old copy would keep us waiting
         # until it expires: slower, not unsafe (the executor says so if the write fails).
         return _decided(state, Role.PROMOTED, "promoted: this view predates the new epoch; "
@@ -523,17 +533,17 @@ def _as_master(state: State, facts: Facts, settings: FailoverSettings) -> Decisi
     state = replace(state, promoting_seen=frozenset())
     if not facts.quorate:
         return _decided(state, Role.HELD, "no quorum: this master acts on nothing")
-    rivals = rival_masters(facts)
+    rivals = rival_masters(facts, state, settings)
     if rivals:
         actions = []
         if rivals != state.rivals:
             actions.append(_say("warning", "failover.rival_master", masters=list(rivals),
-                                why="another master answers and no majority follows this "
-                                "one: nothing is recovered until one does (or this one "
-                                "steps down)"))
+                                why="another master answers, and it ranks first or no "
+                                "majority follows this one: nothing is recovered until "
+                                "one of the two steps down"))
         return _decided(replace(state, rivals=rivals), Role.HELD,
-                        f"rival master {', '.join(rivals)} answers; no majority follows us",
-                        actions)
+                        f"rival master {', '.join(rivals)} answers; it ranks first or no "
+                        "majority follows us", actions)
     state = replace(state, rivals=())
     state, actions = _recover_strays(state, facts, settings)
     state, synced = _sync(state, now, settings)
@@ -542,20 +552,22 @@ def _as_master(state: State, facts: Facts, settings: FailoverSettings) -> Decisi
     return _decided(state, Role.WAITING_LOCK, "reading the incident lock", actions)
 
 
+def rank(epoch: int, priority: int, host: HostId) -> tuple[int, int, HostId]:
+    """Which of two masters stays: the later promotion (the higher epoch: an old master
+    back from the dead yields to the one the survivors elected), then as the election
+    decides, priority, then the lower uuid. The least ranks first. Every input is one both
+    masters know alike (an epoch is what its master announces, and only ever rises), so each
+    computes the same order; whom the other hosts seem to follow is not, and is no part of
+    it (chaos seeds 7600023800054, 1000007, 1000082: two masters each yielding to the other
+    over who followed whom)."""
+    return (-epoch, -priority, host)
+
+
 def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[HostId, int] | None:
-    """The master to rejoin, and how many follow it, when a majority of the pool follows
-    another master that answers as one, or no master has a majority and the other one ranks
-    first; None while this master stays."""
-    view, now, contact, probes, me = (facts.view, facts.now, facts.contact, facts.probes,
-                                      facts.me)
-    if (state.promoted_at is not None and now - state.promoted_at < settings.rejoin_grace
-            and state.last_recover >= state.promoted_at):
-        # The slaves we told to rejoin still name the old master until their xapi has
-        # restarted. Before we told any, a majority that follows another live master
-        # does so for its own reasons (it came back from the dead, and they with it):
-        # waiting out the grace only kept two masters (no quorum, nothing recovered) for
-        # a minute, which the old master's fencing of this healthy one used to cut short.
-        return None
+    """The master to rejoin, and how many follow it: another master that answers as one
+    (its xapi and its daemon say so) and ranks before this one (`rank`); None while this
+    master ranks first among those it knows of."""
+    view, contact, probes, me = facts.view, facts.contact, facts.probes, facts.me
     followed: dict[HostId, int] = {}
     follows = _follows(view, contact, probes)
     for peer in contact.mutual:
@@ -571,24 +583,20 @@ def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[Ho
         return probe is not None and probe.answered and probe.follows is None \
             and follows.get(h) == h
 
-    for master, count in followed.items():
-        if count * 2 > len(view.hosts) and master_now(master):
-            return master, count
-    if _followed_by_majority(facts, follows):
-        return None
-    # No master has a majority (a host of the pool is down, and two masters split the
-    # rest): neither may act (rival_masters), so one must give way, by a rule both
-    # sides compute alike. The later promotion first (the higher epoch: an old master
-    # that rebooted into its old role yields to the one the survivors elected), then
-    # as the election decides: priority, then the lower uuid.
+    # Two masters: one must give way, by a rule both compute alike. A master followed by
+    # a majority used to stay whatever its rank, and one not followed yielded to it: with
+    # the followers each saw taken from heartbeats minutes old, each could count a
+    # majority for the other, or the old master one of slaves already told to rejoin the
+    # new (chaos seed 1000007, 7 hosts: it recovered the new master into its slave while
+    # stepping down to it, and the pool had none).
     rivals = [h for h in contact.mutual if h in view.hosts and master_now(h)]
-    mine = pool_lock.current_epoch(dict(view.other_config))
-    ranked = sorted([me, *rivals],
-                    key=lambda h: (-contact.epochs.get(h, 0), -contact.priorities.get(h, 0),
-                                   h) if h != me
-                    else (-mine, -settings.priority, h))
-    if ranked[0] != me:
-        return ranked[0], followed.get(ranked[0], 0)
+    if not rivals:
+        return None
+    mine = rank(state.epoch(view), settings.priority, me)
+    first = min(rivals, key=lambda h: rank(contact.epochs.get(h, 0),
+                                           contact.priorities.get(h, 0), h))
+    if rank(contact.epochs.get(first, 0), contact.priorities.get(first, 0), first) < mine:
+        return first, followed.get(first, 0)
     return None
 
 
@@ -596,9 +604,7 @@ def _step_down(state: State, facts: Facts, rejoin: tuple[HostId, int]) -> Decisi
     view, now = facts.view, facts.now
     master, count = rejoin
     state = replace(state, last_step_down=now, stepping_to=master)
-    majority = count * 2 > len(view.hosts)
-    why = ("a majority follows another master" if majority
-           else "no master has a majority, and the other one ranks first")
+    why = "another master answers and ranks first (a later promotion, or the election's order)"
     return _decided(state, Role.STEPPING_DOWN, f"{why} ({view.hosts[master].name}): "
                     "this host rejoins it", [
                         _say("error", "failover.stepping_down",
@@ -622,12 +628,18 @@ def _recover_strays(state: State, facts: Facts,
     listened = state.master_since is not None and (
         now - state.master_since >= settings.listen)
 
+    def still_master(h: HostId) -> bool:
+        probe = probes.get(h)
+        if probe is not None and probe.answered:
+            return probe.follows is None
+        return contact.masters.get(h) == h
+
     def stray(h: HostId) -> bool:
         probe = probes.get(h)
         named = contact.masters.get(h)
         if probe is not None and probe.answered and probe.follows is None:
             # It answers as a master. One whose daemon lives and says so gives way on
-            # its own side (outvoted: to a majority, else to the later promotion):
+            # its own side (outvoted: to the master that ranks first):
             # told to be our slave while it told us to be its own, the pool had no
             # master at all (chaos seed 7400023200013). One whose daemon is silent,
             # once we have listened long enough to hear it, is told.
@@ -636,12 +648,16 @@ def _recover_strays(state: State, facts: Facts,
             return True
         if h not in contact.mutual or named in (None, facts.me, h):
             return False  # (itself: a rival whose daemon lives, as above)
-        # Its heartbeat names another master: a live one is a rival it follows. A dead
-        # one is what its daemon read before the promotion and has not read since;
+        # Its heartbeat names another master: one that is a master still is a rival it
+        # follows. One that is dead, or that follows us now (it stepped down to us, or
+        # we recovered it), is what its daemon read before and has not read since;
         # whether its xapi follows us is for the probe to say (above), and telling it
         # again on the heartbeat's word restarted its xapi once more (at 64 hosts,
-        # every slave's, every recover_retry, while each re-read the pool).
-        return named not in dead
+        # every slave's, every recover_retry, while each re-read the pool; virtual chaos
+        # seed 1000821: each restart before its daemon could read the pool, four slaves
+        # named a master that had stepped down to us, were told every 5 s, and none was
+        # ever enabled again).
+        return named not in dead and still_master(named)
 
     strays = sorted(
         h.uuid for h in view.hosts.values()
@@ -784,22 +800,31 @@ def reread_gate(state: State, may_act: bool) -> Decision:
 # -- who follows whom ----------------------------------------------------------------------
 
 
-def rival_masters(facts: Facts) -> tuple[str, ...]:
-    """The other masters that answer while no majority follows this one (empty: none, or
-    a majority follows us). Then this master acts on nothing: pool.recover_slaves could make
-    the rival our slave while a majority follows it and we are the one to step down (both
-    would restart as each other's slave, and the pool would have no master), and an
-    incident could fence hosts that are only following the rival."""
+def rival_masters(facts: Facts, state: State | None = None,
+                  settings: FailoverSettings | None = None) -> tuple[str, ...]:
+    """The other masters that answer while one of them ranks before this one (`rank`), or
+    while no majority follows this one (empty: none, or a majority follows us and we rank
+    first). Then this master acts on nothing. pool.recover_slaves tells every host of the
+    database that follows another master to follow us, a master included: called while a
+    master that ranks before us answers, it made that one our slave while we stepped down
+    to it, and the pool had no master (chaos seed 1000007, 7 hosts). And an incident could
+    fence hosts that are only following the rival."""
     view, contact, probes, me = facts.view, facts.contact, facts.probes, facts.me
+    state = state or State()
+    settings = settings or FailoverSettings()
     # A probe can be a tick old: a host that has just promoted itself says so first in
     # its heartbeats.
-    rivals = sorted({_name(view, h) for h, p in probes.items()
-                     if h != me and h in view.hosts and p.answered and p.follows is None}
-                    | {_name(view, h) for h, m in contact.masters.items()
-                       if h == m and h != me and h in view.hosts})
-    if not rivals or _followed_by_majority(facts, _follows(view, contact, probes)):
+    hosts = ({h for h, p in probes.items()
+              if h != me and h in view.hosts and p.answered and p.follows is None}
+             | {h for h, m in contact.masters.items() if h == m and h != me and h in view.hosts})
+    if not hosts:
         return ()
-    return tuple(rivals)
+    mine = rank(state.epoch(view), settings.priority, me)
+    before = any(rank(contact.epochs.get(h, 0), contact.priorities.get(h, 0), h) < mine
+                 for h in hosts)
+    if not before and _followed_by_majority(facts, _follows(view, contact, probes)):
+        return ()
+    return tuple(sorted(_name(view, h) for h in hosts))
 
 
 def _followed_by_majority(facts: Facts, follows: Mapping[HostId, HostId]) -> bool:

@@ -89,11 +89,14 @@ class Executor:
         concurrency: int,
         start_timeout: float | None = None,
         back: Callable[[HostView], Awaitable[str]] = _gone,
+        may_fence: Callable[[], str] = lambda: "",
     ) -> None:
         self._xapi = xapi
         self._fencer = fencer
         self._back = back
         """Why a host is back ("" if it is still gone), asked before each fence retry."""
+        self._may_fence = may_fence
+        """Why this node may fence no host now ("" if it may), asked before every fence."""
         self._view = view
         self._targets = targets
         self._now = now
@@ -120,6 +123,14 @@ class Executor:
             why = await self._back(host)
             if why:
                 return FenceDone(self._now(), False, "none", why, returned=True)
+        # Asked last, after any probe: quorum as of the fence itself, not of the tick that
+        # opened the incident. A master whose side of a partition became the minority
+        # within that tick fenced a host of the majority's side (golden scenario of chaos
+        # seed 1000086, once two masters ranked by epoch): the attempt fails and is
+        # retried, and its retry asks whether the host is back.
+        refused = self._may_fence()
+        if refused:
+            return FenceDone(self._now(), False, "none", refused)
         return await self._fencer.fence(host)
 
     async def _reset(self, action: ResetVm) -> ResetDone:

@@ -536,6 +536,13 @@ class SimPool:
         epoch = h.epoch
 
         def consider_enabling() -> None:
+            if h.epoch == epoch and h.powered and h.xapi == "hung":
+                # A hung xapi is one process stalled, not restarted: its start-up carries
+                # on where it stood once it answers again. Dropped, the host stayed
+                # disabled for good after a hang over its boot, and a VM on its local SR
+                # could run nowhere (virtual chaos seed 1000222).
+                self.after(self.spec.enable_after_boot_seconds, consider_enabling)
+                return
             if h.epoch != epoch or not h.powered or h.xapi != "up" or not h.auto_enable:
                 return
             mm = h if h.is_master else self.master_of(h)
