@@ -53,7 +53,9 @@ from xenhad.fencing.watchdog import (
 from xenhad.journal import JournalError
 from xenhad.model import HostId, HostView, PoolView
 from xenhad.notify import Notifier
+from xenhad.peers.heartbeat import UNREAD
 from xenhad.peers.link import HeartbeatLink, Peer, batch_seconds
+from xenhad.peers.roster import Roster, RosterError, roster_of
 from xenhad.peers.table import PeerTable
 from xenhad.pool_cache import PoolCache
 from xenhad.recovery import events as ev
@@ -148,6 +150,11 @@ class Daemon:
         state_dir = Path(config.daemon.state_dir)
         self._journal = env.state.journal(state_dir / "journal.jsonl")
         self._history = History(self._journal, self._clock.wall)
+        self._roster_file = env.state.roster(state_dir / "peers.json")
+        self._roster: Roster | None = None
+        """Whom we beat to until the pool is read: as last saved or loaded (peers/roster.py)."""
+        self._roster_failure: str | None = None
+        """Why the roster could not be saved, once said; None once it could."""
         self._pending_resume: list[Incident] = []
         self._warned: set[tuple[str, str, str]] = set()
         self._stranded: list[Stranded] = []
@@ -263,6 +270,7 @@ class Daemon:
             self._loop_task.cancel()
 
     async def _loop(self) -> None:
+        await self._open_remembered_peers()
         while not self._stop.is_set():
             started = self._clock.monotonic()
             if self._reload.is_set():
@@ -354,12 +362,13 @@ class Daemon:
         if self._watchdog is not None:
             await self._watchdog.disable()  # a clean stop must not reset the host
         if self._link is not None:
-            if self._view is not None:
+            hosts = self._beat_to()
+            if hosts:
                 # Tell peers we hold no watchdog any more: from now on our silence proves
                 # nothing, and they must fence us by other means.
                 self._link.send(
-                    [Peer(h.uuid, h.address) for h in self._view.hosts.values()],
-                    master=self._view.master, quorate=False, armed=False,
+                    hosts, master=self._view.master if self._view is not None else UNREAD,
+                    quorate=False, armed=False,
                 )
             self._link.close()
         # The loop has stopped (probes in flight were cancelled, their connections dropped):
@@ -615,15 +624,95 @@ class Daemon:
             self._quorum_known = self._quorum_known or quorate
         self._health.quorate = quorate
 
-    async def _open_peers(self, view: PoolView) -> None:
-        cfg = self.config.peers
-        if self._link is not None or not cfg.enabled:
+    async def _open_remembered_peers(self) -> None:
+        """At start, before any read: beat to the peers of the roster the last reads left
+        (peers/roster.py), so that a daemon restarted while it cannot read the pool is not
+        silent, and its host not fenced for it (virtual chaos seeds 1000131, 1000067). No
+        roster (a host's first start), or one of no use: we beat once we have read, as
+        before it existed."""
+        if not self.config.peers.enabled:
             return
+        try:
+            roster = self._roster_file.load()
+        except RosterError as exc:
+            self._roster_unusable(str(exc))
+            return
+        if roster is None:
+            return
+        if roster.me != self._me:
+            self._roster_unusable(f"{self._roster_file.path} was written by host {roster.me}, "
+                                  f"not by this one ({self._me})")
+            return
+        self._roster = roster
+        await self._open_link(roster.pool)
+        log.info("peers.beating_unread", pool=roster.pool, hosts=len(roster.hosts),
+                 why="until this daemon has read the pool, its heartbeats say it lives and "
+                 "whom it hears; they name no master, claim no quorum and cast no vote")
+
+    def _roster_unusable(self, why: str) -> None:
+        log.error("peers.roster_unusable", why=why,
+                  effect="this daemon beats only once it has read the pool: while its xapi "
+                  "cannot answer, peers may take its host for dead and fence it",
+                  fix="nothing to do if the pool reads: the roster is written again after "
+                  "the next read; else check the disk of daemon.state_dir")
+
+    def _remember_roster(self, view: PoolView) -> None:
+        """After each read: save whom we beat to, when it changed (peers/roster.py)."""
+        roster = roster_of(view, self._me)
+        if roster is None or roster == self._roster:
+            return
+        try:
+            self._roster_file.save(roster)
+        except RosterError as exc:
+            if str(exc) != self._roster_failure:
+                log.error("peers.roster_unwritten", why=str(exc),
+                          effect="if this daemon restarts while it cannot read the pool, it "
+                          "is silent until it can, and peers may fence its host",
+                          fix="free space on, or remount read-write, the disk of "
+                          "daemon.state_dir; tried again after each read")
+            self._roster_failure = str(exc)
+            return
+        if self._roster_failure is not None:
+            log.info("peers.roster_written", path=str(self._roster_file.path))
+        self._roster, self._roster_failure = roster, None
+
+    def _beat_to(self) -> list[Peer]:
+        """Every host of the pool as last read, or, before any read, as the roster has it."""
+        if self._view is not None:
+            return [Peer(h.uuid, h.address) for h in self._view.hosts.values()]
+        return list(self._roster.hosts) if self._roster is not None else []
+
+    async def _open_peers(self, view: PoolView) -> None:
+        """After each read: the link open, on the pool as read."""
+        if not self.config.peers.enabled:
+            return
+        self._remember_roster(view)
+        if self._link is not None and self._peers is not None:
+            if self._peers.pool == view.pool_uuid:
+                return
+            # Opened from a roster of another pool (this host joined a new one while we were
+            # down): no peer of this one would accept a heartbeat of it.
+            log.warning("peers.pool_changed", remembered=self._peers.pool, read=view.pool_uuid)
+            await self._close_link()
+        await self._open_link(view.pool_uuid)
+
+    async def _close_link(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeats
+            self._heartbeats = None
+        if self._link is not None:
+            self._link.close()
+        self._link, self._peers = None, None
+
+    async def _open_link(self, pool: str) -> None:
+        cfg = self.config.peers
         secret = self._env.identity.peer_secret(self.config)
-        self._peers = PeerTable(self._me, view.pool_uuid, window=cfg.window)
+        self._peers = PeerTable(self._me, pool, window=cfg.window)
         heartbeats = self._env.heartbeats
         link = HeartbeatLink(
-            me=self._me, pool=view.pool_uuid, secret=secret, table=self._peers,
+            me=self._me, pool=pool, secret=secret, table=self._peers,
             clock=self._clock, peer_port=cfg.port, batch=batch_seconds(cfg.interval),
             # For the whole window: a host beating slowly, proven alive by a peer's word only
             # (cut from us one way), is then known alive (Observation.beats_slowly; virtual
@@ -657,14 +746,24 @@ class Daemon:
     def _beat(self) -> None:
         """One heartbeat to every host of the pool, saying what we know now."""
         view, link = self._view, self._link
-        if view is None or link is None:
+        if link is None:
+            return
+        armed = self._watchdog is not None and self._watchdog.is_running
+        if view is None:
+            # Restarted, and not able to read the pool yet (_open_remembered_peers): we
+            # live and hear whom we hear, and know nothing else. No master (a stale one
+            # could make us a stray to recover, or count for a master we no longer follow),
+            # no quorum (judged only on a view read, _update_peer_quorum), no vote, no
+            # epoch. Receivers neither elect us nor take us as following anyone (_contact).
+            link.send(self._beat_to(), master=UNREAD, quorate=False, armed=armed,
+                      priority=self.config.failover.priority)
             return
         now = self._clock.monotonic()
         link.send(
             [Peer(h.uuid, h.address) for h in view.hosts.values()],
             master=self._failover.announced_master(view.master, now),
             quorate=self._health.quorate,
-            armed=self._watchdog is not None and self._watchdog.is_running,
+            armed=armed,
             priority=self.config.failover.priority,
             vote=self._current_vote(),
             epoch=self._failover.announced_epoch(view),
@@ -858,19 +957,26 @@ class Daemon:
         masters: dict[HostId, HostId] = {}
         epochs: dict[HostId, int] = {}
         promoting: set[HostId] = set()
+        unread: set[HostId] = set()
         for peer in mutual:
             hb = self._peers.latest(peer)
             if hb is None:
                 continue
-            priorities[peer] = hb.priority
             ballots[peer] = Vote(*hb.vote) if hb.vote else None
+            if hb.unread:
+                # Restarted and not able to read the pool yet (peers/roster.py): it names
+                # no master, and its epoch is no reading of its database. Taken as a
+                # master it would be a stray to recover, or one that follows no one.
+                unread.add(peer)
+                continue
+            priorities[peer] = hb.priority
             masters[peer] = hb.master
             epochs[peer] = hb.epoch
             if hb.promoting:
                 promoting.add(peer)
         witness = self._witness.held if self._witness is not None else None
         return Contact(mutual, priorities, ballots, masters, witness, epochs,
-                       frozenset(promoting))
+                       frozenset(promoting), frozenset(unread))
 
     async def _master_duties(self, view: PoolView, now: float, quorate: bool) -> bool:
         """Whether this master may open and run incidents now (see failover.coordinator)."""

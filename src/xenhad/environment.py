@@ -39,6 +39,7 @@ from xenhad.fencing.config import SelfFenceSettings
 from xenhad.fencing.watchdog import WatchdogDevice, device_for
 from xenhad.journal import Journal
 from xenhad.notify import Notifier
+from xenhad.peers.roster import RosterFile
 from xenhad.unit import RestartDelay, restart_delay
 from xenhad.xapi.client import Xapi
 from xenhad.xapi.connect import open_xapi
@@ -79,14 +80,18 @@ class Heartbeats:
 
 
 class StateDir:
-    """This host's state directory: the lock that keeps a second daemon off it, and the
-    journal of incidents in it. Real files, fsynced (journal.py)."""
+    """This host's state directory: the lock that keeps a second daemon off it, the
+    journal of incidents and the peers' roster in it. Real files, fsynced (journal.py)."""
 
     def __init__(self) -> None:
         self._lock_fd = -1
 
     def journal(self, path: Path) -> Journal:
         return Journal(path)
+
+    def roster(self, path: Path) -> RosterFile:
+        """Whom the heartbeat link beats to before the pool is read (peers/roster.py)."""
+        return RosterFile(path)
 
     def lock(self, state_dir: Path) -> None:
         """Hold the directory for this daemon's life; XenhadError when it cannot be used or

@@ -125,6 +125,10 @@ class Contact:
     """The promotion epoch each peer's database is at (Heartbeat.epoch)."""
     promoting: frozenset[HostId] = frozenset()
     """Peers whose xapi is on its way to becoming a master (Heartbeat.promoting)."""
+    unread: frozenset[HostId] = frozenset()
+    """Peers whose daemon has not read the pool since it started (Heartbeat.unread): alive
+    and counted for quorum, but never a candidate: it could not promote its host, knowing
+    nothing of the pool, and voters would wait out a stall for it."""
 
 
 @dataclass(frozen=True)
@@ -438,7 +442,7 @@ def _as_slave(state: State, facts: Facts, settings: FailoverSettings) -> Decisio
         members.add(WITNESS)
     eligible = {me: settings.priority}
     for peer in contact.mutual & members:
-        if peer != old:
+        if peer != old and peer not in contact.unread:
             eligible[peer] = contact.priorities.get(peer, 0)
     before = state.vote
     vote, cast_at = choose(before, state.cast_at, me, old, eligible, now, stall=settings.stall)

@@ -36,6 +36,12 @@ _MAC = 32
 MAX_SIZE = 65507
 
 
+UNREAD = ""
+"""The master named by a daemon that has not read the pool since it started (peers/roster.py):
+none. Receivers take it as no word on whom its host follows, and do not elect it
+(daemon._contact): it knows nothing of the pool yet, only that it lives and whom it hears."""
+
+
 class HeartbeatError(ValueError):
     """A datagram that is not a valid heartbeat of ours; the message says why in one line."""
 
@@ -84,6 +90,11 @@ class Heartbeat:
     reads: int = 2
     """The highest wire version the sender reads (version 2 JSON of a daemon that reads
     version 3 says so in "rd"; 2 when it does not say: it reads JSON only)."""
+
+    @property
+    def unread(self) -> bool:
+        """The sender has not read the pool since it started (UNREAD)."""
+        return self.master == UNREAD
 
     @property
     def echoes(self) -> bool:

@@ -45,6 +45,7 @@ from xenhad.fencing.config import HostFencing, SelfFenceSettings
 from xenhad.fencing.watchdog import WatchdogDevice
 from xenhad.journal import Journal
 from xenhad.notify import Notifier
+from xenhad.peers.roster import RosterFile
 from xenhad.sim.bmc import BmcModel
 from xenhad.unit import RestartDelay
 from xenhad.virtual.disk import MemoryDisk
@@ -176,6 +177,9 @@ class _MemoryState(StateDir):
 
     def journal(self, path: Path) -> Journal:
         return Journal(path, disk=self.disk)
+
+    def roster(self, path: Path) -> RosterFile:
+        return RosterFile(path, disk=self.disk)
 
     def lock(self, state_dir: Path) -> None:
         return None  # one daemon per host by construction
