@@ -172,6 +172,30 @@ def test_18_3_a_hung_xapi_with_a_beating_daemon_is_left_alone(workdir: Path) -> 
         assert guests_on(bed, "host2") == guests
 
 
+def test_a_daemon_restarted_while_its_xapi_hangs_keeps_its_host_from_a_fence(
+        workdir: Path) -> None:
+    """Virtual chaos seed 1000131 with real daemons: host2's xapi hangs, and its daemon is
+    killed and started again while it does. It cannot read the pool, and it used to beat
+    only once it had: silent, with a xapi the master cannot probe, host2 was fenced with
+    its VMs running (rule 2). It beats from its start now, to the peers its last reads left
+    in its state directory (peers/roster.py), naming no master until it has read."""
+    with Testbed(SPEC, workdir) as bed:
+        wait_all_logged(bed, "quorum.gained", 30)
+        guests = guests_on(bed, "host2")
+        assert guests
+        bed.pool.hang("host2")
+        restarted = time.time()
+        bed.kill_daemon("host2")
+        bed.start_daemon("host2")
+        # Four times detector.confirm_seconds past the restart, its xapi still hung.
+        watch(bed, lambda: time.time() - restarted > 12, 30, "the master's confirmation")
+        assert first(bed, "peers.beating_unread", "host2", restarted) is not None
+        assert not incidents_for(bed, "host2")
+        assert not powered_off_by_bmc(bed, "host2")
+        assert guests_on(bed, "host2") == guests
+        assert bed.pool.double_runs() == []
+
+
 def test_18_4_a_waiting_incident_does_not_fence_a_host_that_came_back(
     workdir: Path,
 ) -> None:

@@ -135,6 +135,13 @@ SCENARIOS = [
         # The master answers again: the vote is withdrawn.
         Tick(as_slave(2.0, HostState.SUSPECT, contact=ELECTING_OTHER), Role.DOUBTING),
     )),
+    Scenario("a peer whose restarted daemon has not read the pool is never the candidate",
+             State(), (
+                 # B ranks first, but beats unread (peers/roster.py): it could not promote.
+                 Tick(as_slave(1.0, HostState.DOWN, down_since=0.0, contact=Contact(
+                     frozenset({B}), priorities={B: 5}, unread=frozenset({B}))),
+                      Role.ELECTING, reason="this host is the candidate"),
+             )),
     Scenario("the candidate waits for a majority of ballots", State(), (
         Tick(as_slave(1.0, HostState.DOWN), Role.ELECTING, reason="no majority"),
     )),
