@@ -137,7 +137,8 @@ class Joined:
 
     answered: bool
     follows: str | None
-    """The master address it answered HOST_IS_SLAVE with (None: answered as a master)."""
+    """The master address it answered HOST_IS_SLAVE with (None: answered as a master; "":
+    answered, following no master it names, ProbeResult.follows)."""
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 from xml.parsers.expat import ExpatError
 
-from xenhad.xapi.errors import HOST_IS_SLAVE
+from xenhad.xapi.errors import HOST_IS_SLAVE, HOST_STILL_BOOTING
 
 ORIGINATOR = "xenhad-probe"
 _MAX_HEADER_BYTES = 64 * 1024
@@ -83,6 +83,20 @@ class ProbeResult:
     @property
     def is_slave(self) -> bool:
         return self.code == HOST_IS_SLAVE
+
+    @property
+    def follows(self) -> str | None:
+        """Whom its answer says this xapi follows: the master's address (HOST_IS_SLAVE),
+        "" when it follows no master it can name (HOST_STILL_BOOTING: still starting, or a
+        slave in emergency mode, which refuses all but the emergency calls: sim/api.py,
+        api_server.ml), None when it answered as a master. An emergency slave taken for a
+        master made the old master step down to it, and the pool had none (golden scenario
+        of self-fence chaos seed 2612008014)."""
+        if self.is_slave:
+            return self.master_address or ""
+        if self.code == HOST_STILL_BOOTING:
+            return ""
+        return None
 
 
 class _NotXapi(Exception):
