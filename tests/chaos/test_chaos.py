@@ -27,7 +27,8 @@ def test_schedules_replay_exactly() -> None:
 
 def test_fixed_seeds_hold_every_invariant() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "xenhad", "chaos", "--schedules", "2", "--seed", "7"],
+        [sys.executable, "-m", "xenhad", "chaos", "--schedules", "2", "--seed", "7",
+         "--jobs", "2"],
         capture_output=True, text=True, timeout=540,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

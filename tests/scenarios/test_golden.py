@@ -51,6 +51,7 @@ def test_golden_scenario(directory: Path) -> None:
 TRANSITIONS = {
     ("start", "held"): "role-held-reconciling-acting",
     ("start", "following"): "role-held-reconciling-acting",
+    ("start", "doubting"): "seed-2712008230-clean-shutdown-halts",
     ("held", "reconciling"): "role-held-reconciling-acting",
     ("reconciling", "acting"): "role-held-reconciling-acting",
     ("following", "doubting"): "role-following-doubting-following",
@@ -67,7 +68,6 @@ TRANSITIONS = {
     ("promoted", "waiting_lock"): "role-promoted-waiting-lock",
     ("waiting_lock", "reconciling"): "role-promoted-waiting-lock",
     ("acting", "held"): "role-acting-held-stepping-down",
-    ("acting", "stepping_down"): "seed-1824005500-one-way-cut-healthy-fenced",
     ("doubting", "promoting"): "seed-1000219-stepped-down-recovers-rival",
     ("electing", "doubting"): "safety-18-2-one-way-cut-from-master",
     ("held", "following"): "safety-18-1-slow-master-cut-off",

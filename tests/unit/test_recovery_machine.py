@@ -267,6 +267,21 @@ def test_a_resumed_fence_retry_waits_no_longer_than_the_longest_backoff() -> Non
     assert d(ev.Wake(940)) == (ev.FenceHost("dead", retry=True),)
 
 
+def test_a_running_retry_waits_no_longer_than_the_longest_backoff_after_a_clock_step() -> None:
+    # Virtual chaos seed 1000881: the clock stepped back 200 s while the incident ran (no
+    # restart in between): its retry comes at most retry_backoff_max (40 s) after the wake
+    # that first sees the step.
+    d = Drive(opened(vm("a"), now=1000))
+    for attempt in range(5):
+        d(ev.FenceDone(1000 + attempt, False, "redfish", "BMC unreachable"))
+        d(ev.Wake(d.incident.retry_at))
+    d(ev.FenceDone(1100, False, "redfish", "BMC unreachable"))
+    assert d.incident.retry_at == 1140
+    assert d(ev.Wake(900)) == ()
+    assert d(ev.Wake(939.9)) == ()
+    assert d(ev.Wake(940)) == (ev.FenceHost("dead", retry=True),)
+
+
 def test_a_resumed_wait_that_the_clock_did_not_stretch_is_kept_whole() -> None:
     d = Drive(opened(vm("a"), unsafe=True))
     d(ev.ResetDone(101, "uuid-a", True))

@@ -276,10 +276,11 @@ def test_probe_of_a_slave_names_its_master_and_a_dead_or_hung_host_does_not_answ
     async def scenario() -> None:
         slave = await probe(url(sim, "host3"), source_address=me, timeout=1.0)
         assert slave.answered and slave.is_slave
-        assert slave.master_address == master.address
+        assert slave.master_address == slave.follows == master.address
         of_master = await probe(url(sim, "host1"), source_address=me, timeout=1.0)
         # The simulator answers a bad login at once; real xapi waits 5 s (see probe.py).
         assert of_master.answered and of_master.code == "SESSION_AUTHENTICATION_FAILED"
+        assert of_master.follows is None
 
         sim.hang("host3")
         started = time.monotonic()
@@ -290,6 +291,26 @@ def test_probe_of_a_slave_names_its_master_and_a_dead_or_hung_host_does_not_answ
         sim.crash("host3")
         crashed = await probe(url(sim, "host3"), source_address=me, timeout=1.0)
         assert not crashed.answered and crashed.elapsed < 0.5
+
+    run(scenario())
+
+
+def test_probe_of_a_slave_in_emergency_mode_names_no_master(sim: SimPool) -> None:
+    """A slave whose xapi started while its master was gone refuses all but the emergency
+    calls (HOST_STILL_BOOTING): it answers, follows no master it can name, and is no master
+    (ProbeResult.follows: taken for one, the old master stepped down to it)."""
+    me = sim.host("host2").address
+    sim.crash("host1")
+    sim.restart_xapi("host3", down_seconds=0.1)
+
+    async def scenario() -> None:
+        deadline = time.monotonic() + 5.0
+        result = await probe(url(sim, "host3"), source_address=me, timeout=1.0)
+        while result.code != "HOST_STILL_BOOTING" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            result = await probe(url(sim, "host3"), source_address=me, timeout=1.0)
+        assert result.answered and result.code == "HOST_STILL_BOOTING"
+        assert result.follows == "" and not result.is_slave
 
     run(scenario())
 

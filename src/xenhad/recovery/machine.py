@@ -97,7 +97,10 @@ def step(incident: Incident, event: Event, settings: Settings) -> Transition:
     if isinstance(event, HostReturned):
         return _host_returned(incident, event)
     if isinstance(event, Wake):
-        return _wake(incident, event.now)
+        # The cap of a resumed incident, at every wake: a wall clock stepped back while
+        # the incident runs stretched its wait as much (virtual chaos seed 1000881: a
+        # clock 51.7 s ahead stepped right mid-retry, and the retry came past the bound).
+        return _wake(_capped_waits(incident, event.now, settings), event.now)
     if isinstance(event, Resumed):
         return _resumed(_capped_waits(incident, event.now, settings), event.now)
     # Opened is handled by open_incident; seeing it here means a duplicate in the journal.
