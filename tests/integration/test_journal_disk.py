@@ -179,9 +179,10 @@ def test_a_full_disk_at_start_keeps_the_daemon_up(workdir: Path) -> None:
 def test_sigterm_during_a_long_vm_start_exits_at_once_and_the_start_is_found_out_later(
     workdir: Path,
 ) -> None:
-    # A VM.start runs for a minute in its XAPI worker thread (a long boot, a start_delay):
-    # the stop abandons it, and the next start learns from the pool whether it happened.
-    spec = PoolSpec(hosts=3, vms=9, seed=3, vm_start_seconds=60.0)
+    # A VM.start runs for half a minute in its XAPI worker thread (a long boot, a
+    # start_delay), more than twice what a stop may take (STOP_SECONDS): the stop abandons
+    # it, and the next start learns from the pool whether it happened.
+    spec = PoolSpec(hosts=3, vms=9, seed=3, vm_start_seconds=30.0)
     with Testbed(spec, workdir, overrides={"recovery": {"concurrency": 1}}) as bed:
         wait_all_logged(bed, "daemon.ready")
         protected = protected_on(bed, "host2")

@@ -363,3 +363,22 @@ def test_with_failover_off_nothing_is_announced_or_awaited() -> None:
     assert off.announced_master("m", 1.0) == "m" and not off.announces_promotion(1.0)
     assert not off.role_changing(1.0) and not off.awaits_rejoin(1.0)
     assert not off.master_in_doubt and not off.wants_fresh_probes and not off.rejoined
+
+
+def test_a_master_quorate_again_listens_before_it_recovers_past_a_silent_master() -> None:
+    """Back in quorum (a partition healed), a host answers as a master and its daemon is not
+    heard yet: it may be the one the others elected meanwhile, and pool.recover_slaves
+    would take it too. This master holds for `listen`, counted from the quorum regained,
+    then takes a master whose daemon stays silent for a stray (virtual chaos seed 1000135)."""
+    settings = replace(SETTINGS, listen=2.0)
+    silent = as_master(0.0, xenhad_lock=our_lock(),
+                       contact=Contact(frozenset({B}), masters={B: ME}),
+                       probes={A: Joined(True, None), B: Joined(True, ADDRESS[ME])})
+    acting = State(master_since=-100.0)
+    cut = step(acting, replace(silent, now=1.0, quorate=False), settings)
+    assert cut.role is Role.HELD and cut.state.master_since is None
+    back = step(cut.state, replace(silent, now=2.0), settings)
+    assert back.role is Role.HELD and "rival master" in back.reason
+    assert not any(isinstance(a, RecoverSlaves) for a in back.actions)
+    later = step(back.state, replace(silent, now=4.0), settings)
+    assert any(isinstance(a, RecoverSlaves) for a in later.actions)
