@@ -103,11 +103,10 @@ class FailoverSettings:
     lock_ttl: float = 30.0
     promote_timeout: float = 90.0
     """How long a transition may take before it is tried again."""
-    rejoin_grace: float = 60.0
-    """After our own promotion, how long we ignore a majority still naming the old master."""
     listen: float = 0.0
-    """How long a master listens for heartbeats before it takes a host that answers as a
-    master, and whose daemon says nothing, for a stray (peers.window)."""
+    """How long a master listens for heartbeats, from when it became master or regained
+    quorum, before it takes a host that answers as a master, and whose daemon says nothing,
+    for a stray or a rival it may rank before (peers.window)."""
 
 
 @dataclass(frozen=True)
