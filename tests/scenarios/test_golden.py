@@ -52,6 +52,7 @@ TRANSITIONS = {
     ("start", "held"): "role-held-reconciling-acting",
     ("start", "following"): "role-held-reconciling-acting",
     ("start", "doubting"): "seed-2712008230-clean-shutdown-halts",
+    ("start", "stepping_down"): "seed-3112009426-quorate-again-recovers-new-master",
     ("held", "reconciling"): "role-held-reconciling-acting",
     ("reconciling", "acting"): "role-held-reconciling-acting",
     ("following", "doubting"): "role-following-doubting-following",
