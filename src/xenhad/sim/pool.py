@@ -531,8 +531,8 @@ class SimPool:
         """xapi_host_helpers.ml consider_enabling_host, called at the end of every xapi's
         start-up once its storage is plugged (storage_access.ml plug_all_pbds), a master's
         as a slave's: the host enables itself unless the operator disabled it with
-        auto_enable=false. A slave's call is a write to its master's database: made only
-        while the master answers it."""
+        auto_enable=false. A slave's call is a write to its master's database: made once
+        the master answers it."""
         epoch = h.epoch
 
         def consider_enabling() -> None:
@@ -546,9 +546,17 @@ class SimPool:
             if h.epoch != epoch or not h.powered or h.xapi != "up" or not h.auto_enable:
                 return
             mm = h if h.is_master else self.master_of(h)
-            if mm is not None and mm.is_master and mm.xapi == "up" and (
-                    mm is h or self.route(h, mm) == Route.OK):
+            if mm is None or not mm.is_master:
+                return  # its xapi restarts into emergency mode; its hello enables it
+            if mm.xapi == "up" and (mm is h or self.route(h, mm) == Route.OK):
                 mm.db.set(h.ref, "enabled", True)
+                return
+            # A slave's database write to a master that does not answer (hung, or cut
+            # from it) blocks and is retried until it gets through (master_connection.ml),
+            # or xapi restarts and its hello enables it: either way the host ends enabled.
+            # Dropped, a host booted behind a one-way cut stayed disabled for good, and its
+            # local-SR VM ran nowhere (virtual chaos seed 3000060).
+            self.after(self.spec.enable_after_boot_seconds, consider_enabling)
 
         self.after(self.spec.enable_after_boot_seconds, consider_enabling)
 
