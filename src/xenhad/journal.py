@@ -171,6 +171,27 @@ class Disk(Protocol):
         """Create `path` (and its parents) 0700 if it is not a directory yet."""
 
 
+def write_all(disk: Disk, fd: int, data: bytes) -> None:
+    """Write every byte of `data` at `fd` (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[disk.write(fd, view):]
+
+
+def replace_with(disk: Disk, tmp: Path, path: Path, data: bytes) -> None:
+    """Put `data` at `path` whole or not at all: written to `tmp` (mode 0600, whatever an
+    earlier `tmp` had), fsynced, renamed over `path`. The caller fsyncs the directory when
+    the rename must outlive a crash. Raises OSError; `path` is then as it was."""
+    fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        disk.fchmod(fd, 0o600)
+        write_all(disk, fd, data)
+        disk.fsync(fd)
+    finally:
+        disk.close(fd)
+    disk.replace(tmp, path)
+
+
 class OsDisk:
     """The host's file system."""
 
@@ -276,16 +297,7 @@ class Journal:
             data = b"".join(encode(r) for r in kept)
             disk = self._disk
             try:
-                tmp = disk.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    disk.fchmod(tmp, 0o600)
-                    view = memoryview(data)
-                    while view:
-                        view = view[disk.write(tmp, view):]
-                    disk.fsync(tmp)
-                finally:
-                    disk.close(tmp)
-                disk.replace(self._tmp, self.path)
+                replace_with(disk, self._tmp, self.path, data)
             except OSError as exc:
                 raise JournalError(
                     f"cannot compact the journal {self.path}: {exc.strerror or exc}; the old "
@@ -366,9 +378,7 @@ class Journal:
         try:
             self._cut_failed_append(fd)
             whole = disk.size(fd)
-            view = memoryview(data)
-            while view:
-                view = view[disk.write(fd, view):]
+            write_all(disk, fd, data)
             disk.fsync(fd)
             if not keep:
                 disk.ftruncate(fd, whole)

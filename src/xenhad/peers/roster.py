@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenhad.errors import XenhadError
-from xenhad.journal import Disk, OsDisk
+from xenhad.journal import Disk, OsDisk, replace_with
 from xenhad.model import HostId, PoolView
 from xenhad.peers.link import Peer
 
@@ -115,17 +115,9 @@ class RosterFile:
         """Replace the file with `roster`: a crash at any instant leaves the old one or the
         new one, never a mixture."""
         disk = self._disk
-        data = memoryview(encode(roster))
         try:
             disk.make_dir(self.path.parent)
-            fd = disk.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                while data:
-                    data = data[disk.write(fd, data):]
-                disk.fsync(fd)
-            finally:
-                disk.close(fd)
-            disk.replace(self._tmp, self.path)
+            replace_with(disk, self._tmp, self.path, encode(roster))
             disk.fsync_dir(self.path.parent)
         except OSError as exc:
             raise RosterError(f"cannot write {self.path}: {exc.strerror or exc}") from None
