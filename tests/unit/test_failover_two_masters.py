@@ -59,9 +59,10 @@ def test_the_new_master_stays_and_the_old_one_gives_way() -> None:
     settings = FailoverSettings()
     contact, probes = seen_by(NEW)
     assert outvoted(State(), facts(NEW, contact, probes), settings) is None
-    assert rival_masters(facts(NEW, contact, probes))  # acts on nothing meanwhile
+    # it acts on nothing meanwhile:
+    assert rival_masters(facts(NEW, contact, probes), State(), settings)
     contact, probes = seen_by(OLD)
-    assert rival_masters(facts(OLD, contact, probes))  # recovers no slave
+    assert rival_masters(facts(OLD, contact, probes), State(), settings)  # recovers no slave
     rejoin = outvoted(State(), facts(OLD, contact, probes), settings)
     assert rejoin is not None and rejoin[0] == NEW
 
@@ -70,7 +71,7 @@ def test_a_slave_whose_heartbeat_and_probe_agree_makes_a_majority() -> None:
     contact = Contact(frozenset({SLAVE, OLD}), masters={SLAVE: NEW, OLD: OLD},
                       epochs={SLAVE: 1, OLD: 0})
     probes = {SLAVE: Joined(True, ADDRESS[NEW]), OLD: Joined(True, None)}
-    assert not rival_masters(facts(NEW, contact, probes))
+    assert not rival_masters(facts(NEW, contact, probes), State(), FailoverSettings())
     assert outvoted(State(), facts(NEW, contact, probes), FailoverSettings()) is None
 
 

@@ -34,7 +34,7 @@ failover finds the same facts and carries on.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from xenhad.detector import HostState
@@ -312,6 +312,11 @@ class State:
         """The promotion epoch our heartbeats say: the database's, or the one we raised."""
         return max(pool_lock.current_epoch(dict(view.other_config)), self.raised)
 
+    def listened(self, now: float, settings: FailoverSettings) -> bool:
+        """As a master: whether `listen` has passed since we became one or regained
+        quorum, so a rival's heartbeats would have reached us."""
+        return self.master_since is not None and now - self.master_since >= settings.listen
+
     def announces_promotion(self, now: float) -> bool:
         """What our heartbeats say (Heartbeat.promoting): our xapi may become master now."""
         return self.promoting_at is not None and now - self.promoting_at < PROMOTION_WINDOW
@@ -569,6 +574,20 @@ def rank(epoch: int, priority: int, host: HostId) -> tuple[int, int, HostId]:
     return (-epoch, -priority, host)
 
 
+def _ranking(state: State, facts: Facts, settings: FailoverSettings
+             ) -> Callable[[HostId], tuple[int, int, HostId]]:
+    """`rank` of any master this one knows of: itself by its own epoch and priority, the
+    others by what their heartbeats say (nothing heard: epoch and priority 0)."""
+    contact = facts.contact
+
+    def ranked(h: HostId) -> tuple[int, int, HostId]:
+        if h == facts.me:
+            return rank(state.epoch(facts.view), settings.priority, h)
+        return rank(contact.epochs.get(h, 0), contact.priorities.get(h, 0), h)
+
+    return ranked
+
+
 def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[HostId, int] | None:
     """The master to rejoin, and how many follow it: another master that answers as one
     (its xapi and its daemon say so) and ranks before this one (`rank`); None while this
@@ -598,12 +617,8 @@ def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[Ho
     rivals = [h for h in contact.mutual if h in view.hosts and master_now(h)]
     if not rivals:
         return None
-    mine = rank(state.epoch(view), settings.priority, me)
-    first = min(rivals, key=lambda h: rank(contact.epochs.get(h, 0),
-                                           contact.priorities.get(h, 0), h))
-    if rank(contact.epochs.get(first, 0), contact.priorities.get(first, 0), first) < mine:
-        return first, followed.get(first, 0)
-    return None
+    first = min([me, *rivals], key=_ranking(state, facts, settings))
+    return None if first == me else (first, followed.get(first, 0))
 
 
 def _step_down(state: State, facts: Facts, rejoin: tuple[HostId, int]) -> Decision:
@@ -631,8 +646,7 @@ def _recover_strays(state: State, facts: Facts,
     me = view.hosts.get(facts.me)
     address = me.address if me is not None else ""
 
-    listened = state.master_since is not None and (
-        now - state.master_since >= settings.listen)
+    listened = state.listened(now, settings)
 
     def still_master(h: HostId) -> bool:
         probe = probes.get(h)
@@ -806,8 +820,7 @@ def reread_gate(state: State, may_act: bool) -> Decision:
 # -- who follows whom ----------------------------------------------------------------------
 
 
-def rival_masters(facts: Facts, state: State | None = None,
-                  settings: FailoverSettings | None = None) -> tuple[str, ...]:
+def rival_masters(facts: Facts, state: State, settings: FailoverSettings) -> tuple[str, ...]:
     """The other masters that answer while one of them ranks before this one (`rank`), or
     while no majority follows this one (empty: none, or a majority follows us and we rank
     first). Then this master acts on nothing. pool.recover_slaves tells every host of the
@@ -816,8 +829,6 @@ def rival_masters(facts: Facts, state: State | None = None,
     to it, and the pool had no master (chaos seed 1000007, 7 hosts). And an incident could
     fence hosts that are only following the rival."""
     view, contact, probes, me = facts.view, facts.contact, facts.probes, facts.me
-    state = state or State()
-    settings = settings or FailoverSettings()
     # A probe can be a tick old: a host that has just promoted itself says so first in
     # its heartbeats.
     hosts = ({h for h, p in probes.items()
@@ -825,18 +836,16 @@ def rival_masters(facts: Facts, state: State | None = None,
              | {h for h, m in contact.masters.items() if h == m and h != me and h in view.hosts})
     if not hosts:
         return ()
-    mine = rank(state.epoch(view), settings.priority, me)
-    before = any(rank(contact.epochs.get(h, 0), contact.priorities.get(h, 0), h) < mine
-                 for h in hosts)
+    ranked = _ranking(state, facts, settings)
+    before = any(ranked(h) < ranked(me) for h in hosts)
     # One that answers as a master and whose daemon we have not heard has a rank we do not
     # know yet: until we have listened long enough to hear it (since we became master, or
     # last regained quorum), it may be the one the others elected while we were cut off,
     # and pool.recover_slaves would take it too (virtual chaos seed 1000135, 5 hosts: the
     # old master, quorate again at the heal, recovered the new master into its slave half
     # a second before it heard it, then stepped down to it).
-    listened = state.master_since is not None and (
-        facts.now - state.master_since >= settings.listen)
-    unknown = not listened and any(h not in contact.epochs for h in hosts)
+    unknown = not state.listened(facts.now, settings) and any(
+        h not in contact.epochs for h in hosts)
     if not before and not unknown and _followed_by_majority(
             facts, _follows(view, contact, probes)):
         return ()
