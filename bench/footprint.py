@@ -154,7 +154,7 @@ def certificate(directory: Path) -> tuple[str, str]:
 
 
 def measure(hosts: int, vms: int, seconds: float, peers: bool,
-            tls: bool = False) -> tuple[float, float]:
+            tls: bool = False, profile: str = "") -> tuple[float, float]:
     overrides = {"detector": {"interval": 2.0, "confirm_misses": 3, "confirm_seconds": 10.0,
                               "probe_timeout": 1.5}}
     if peers:
@@ -175,7 +175,14 @@ def measure(hosts: int, vms: int, seconds: float, peers: bool,
             proc = bed.daemons["host1"].proc
             assert proc is not None
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-            time.sleep(seconds)
+            if profile:  # the Python the daemon runs, sampled without pausing it
+                subprocess.run(["py-spy", "record", "--pid", str(proc.pid), "--rate", "1000",
+                                "--gil", "--nonblocking", "--duration", str(int(seconds)),
+                                "--format", "raw",
+                                "--output", f"{profile}-{'peers' if peers else 'alone'}.txt"],
+                               check=True, capture_output=True)
+            else:
+                time.sleep(seconds)
             cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
             rss = rss_mib(proc.pid)
             if peers:
@@ -193,10 +200,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--tls", action="store_true", help="the hosts' xapi over TLS (https probes)")
     ap.add_argument("--alone", action="store_true", help="only the run without peers")
+    ap.add_argument("--peers-only", action="store_true", help="only the run with peers")
+    ap.add_argument("--profile", default="", metavar="PREFIX",
+                    help="sample the daemon's Python with py-spy (pip install py-spy) into "
+                         "PREFIX-alone.txt and PREFIX-peers.txt (collapsed stacks)")
     args = ap.parse_args()
     print("| pool | other hosts' daemons | resident memory | CPU at rest |\n|---|---|---|---|")
-    for peers in (False,) if args.alone else (False, True):
-        rss, share = measure(args.hosts, args.vms, args.seconds, peers, args.tls)
+    runs = (False,) if args.alone else (True,) if args.peers_only else (False, True)
+    for peers in runs:
+        rss, share = measure(args.hosts, args.vms, args.seconds, peers, args.tls, args.profile)
         pool = f"{args.hosts} hosts, {args.vms} VMs{', TLS' if args.tls else ''}"
         print(f"| {pool} | {'beating' if peers else 'none'} | "
               f"{rss:.1f} MiB = {rss * MB_PER_MIB:.1f} MB "

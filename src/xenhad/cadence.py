@@ -6,6 +6,7 @@ reads or probes.
 from __future__ import annotations
 
 import enum
+import zlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -96,6 +97,32 @@ class Host:
     """XAPI says it is live."""
 
 
+REST_PROBE_EVERY = 2
+"""With no peers configured (so no host is heard by heartbeat), a host whose xapi answered
+its last probe, and that XAPI says is live, is probed only every this many ticks, in turn
+with the others (on_turn), at most: every other tick at the default tick and confirmation
+(rest_every). Probes were a daemon's largest cost at rest with no peers: 31 a second in a
+64-host pool (bench/footprint.py --alone, issue 23). A host that dies is then first missed
+up to one tick later; once it misses it is probed every tick, as is every host not known to
+answer."""
+
+
+def rest_every(interval: float, confirm_seconds: float) -> int:
+    """Ticks between two probes of a host at rest: REST_PROBE_EVERY, or fewer so that a
+    host is probed at least twice within `confirm_seconds`. Quorum without peers is counted
+    from each host's last answer (daemon.py), so an answer may be up to this many ticks
+    old: a majority lost is seen within half the confirmation, before any host of it can
+    be confirmed down (and a fence checks quorum again: recovery/executor.may_fence)."""
+    return max(1, min(REST_PROBE_EVERY, int(confirm_seconds // (2 * interval))))
+
+
+def on_turn(host: HostId, tick: int, every: int) -> bool:
+    """Whether `host` is probed at rest on `tick`, one tick in `every`. Its turn is fixed
+    by its uuid (crc32: the same in every process, so a run on virtual time repeats), so
+    a host is never two turns without a probe, whoever joins or leaves the pool."""
+    return every <= 1 or zlib.crc32(host.encode()) % every == tick % every
+
+
 def probe_everyone(tick: int, *, sweep_wants_probes: bool) -> bool:
     """Every PROBE_HEARD_EVERY ticks, or when the offline sweep asks for fresh probes."""
     return tick % PROBE_HEARD_EVERY == 0 or sweep_wants_probes
@@ -103,7 +130,8 @@ def probe_everyone(tick: int, *, sweep_wants_probes: bool) -> bool:
 
 def to_probe(others: Iterable[Host], *, everyone: bool, fresh: bool,
              settled: Collection[HostId], heard: Collection[HostId],
-             answered: Mapping[HostId, bool]) -> list[Host]:
+             answered: Mapping[HostId, bool], tick: int = 0, every: int = 1
+             ) -> list[Host]:
     """Whom the master probes this tick. A host answers when its xapi does, or when its
     daemon's heartbeat reached us: a host heard this tick needs no probe to count as up.
     `fresh` (who follows whom changes): every host not `settled` (already seen following
@@ -111,10 +139,12 @@ def to_probe(others: Iterable[Host], *, everyone: bool, fresh: bool,
     urgent tick, the new master's xapi is at its busiest). A heard host whose xapi did not
     answer its last probe, or that XAPI says is not live, is asked each tick: whether its
     xapi is hung (HUNG, said at once) or back is the detector's to know now, not at the
-    next round of probes two minutes later."""
+    next round of probes two minutes later. A host not heard, whose xapi answered and that
+    is live, is probed on its turn (on_turn, one tick in `every`: rest_every)."""
     return [h for h in others
-            if everyone or (fresh and h.uuid not in settled) or h.uuid not in heard
-            or not h.live or not answered.get(h.uuid, False)]
+            if everyone or (fresh and h.uuid not in settled) or not h.live
+            or not answered.get(h.uuid, False)
+            or (h.uuid not in heard and on_turn(h.uuid, tick, every))]
 
 
 class Sweep(enum.Enum):

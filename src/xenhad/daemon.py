@@ -197,6 +197,10 @@ class Daemon:
         self._may_act = True
         self._next_offline_sweep = 0.0
         self._all_joined_since: float | None = None
+        self._offline_found: tuple[object, tuple[VmSnapshot, ...]] = (None, ())
+        """The offline sweep's last finding and the VM records it read: a quiet pool's view
+        shares its VM records with the last (pool_cache.py), and 1,000 of them scanned each
+        tick for none found was a tenth of a 64-host master's tick (issue 23)."""
         self._sweep_wants_probes = False
         """The offline sweep found VMs to start: every host is probed each tick until then."""
         self._probed_all_at = float("-inf")
@@ -535,9 +539,15 @@ class Daemon:
                                           sweep_wants_probes=self._sweep_wants_probes)
         fresh = self._failover.wants_fresh_probes
         settled = self._failover.rejoined if fresh else frozenset()
+        # At rest, only a daemon with no peers spaces its probes (cadence.rest_every): with
+        # peers, a host not heard is one whose daemon is silent, and is asked every tick.
+        detector = self.config.detector
+        every = (1 if self._peers is not None
+                 else cadence.rest_every(detector.interval, detector.confirm_seconds))
         chosen = {h.uuid for h in cadence.to_probe(
             (cadence.Host(h.uuid, h.live) for h in others), everyone=everyone, fresh=fresh,
-            settled=settled, heard=heard, answered=self._xapi_answers)}
+            settled=settled, heard=heard, answered=self._xapi_answers, tick=self._ticks,
+            every=every)}
         probed = [h for h in others if h.uuid in chosen]
         results = await asyncio.gather(*(self._probe(h) for h in probed))
         for h, r in zip(probed, results):
@@ -554,8 +564,9 @@ class Daemon:
         if all(h.uuid in covered or h.uuid in settled
                                               for h in others):
             self._failover.probed_all(now)
-        answered_now = {h.uuid: r.answered for h, r in zip(probed, results)}
-        answers = [answered_now.get(h.uuid, False) or h.uuid in heard for h in others]
+        # Each host's last answer: this tick's, or at rest up to cadence.rest_every ticks
+        # old (see there why quorum may be counted from it).
+        answers = [self._xapi_answers.get(h.uuid, False) or h.uuid in heard for h in others]
         slow = self._beating_slowly(now, heard)
         observations = {
             # A host marked for maintenance counts as disabled even once xapi re-enabled it.
@@ -1123,7 +1134,9 @@ class Daemon:
                               hold=self.config.detector.recover_hold_seconds,
                               next_sweep=self._next_offline_sweep) is not cadence.Sweep.OPEN:
             return
-        vms = offline_protected(view)
+        if self._offline_found[0] is not view.vms:
+            self._offline_found = (view.vms, offline_protected(view))
+        vms = self._offline_found[1]
         then = cadence.start_halted(now=now, vms_found=bool(vms),
                                     probed_all_at=self._probed_all_at)
         if then is cadence.Sweep.PROBE_FIRST:

@@ -10,6 +10,7 @@ import pytest
 from xenhad.cadence import (
     PROBE_HEARD_EVERY,
     READ_BACKOFF_TICKS,
+    REST_PROBE_EVERY,
     URGENT_TICK,
     Host,
     ReadCadence,
@@ -17,6 +18,7 @@ from xenhad.cadence import (
     probe_everyone,
     read_backoff,
     read_due,
+    rest_every,
     start_halted,
     sweep_gate,
     tick_interval,
@@ -87,6 +89,37 @@ def test_a_silent_host_or_a_silent_xapi_is_probed_every_tick() -> None:
     assert probed(answered={"a": True, "b": False}) == ["b", "c"]
     assert [h.uuid for h in to_probe([Host("a", False)], everyone=False, fresh=False,
                                      settled=(), heard={"a"}, answered=ANSWERED)] == ["a"]
+
+
+def test_with_no_heartbeats_an_answering_host_is_probed_every_other_tick_in_turn() -> None:
+    # A daemon with no peers hears no one: each host whose xapi answered is probed on its
+    # turn, about half of them a tick, and each at least every REST_PROBE_EVERY ticks.
+    hosts = [Host(f"host{i}", True) for i in range(64)]
+    answered = {h.uuid: True for h in hosts}
+    every = rest_every(2.0, 10.0)
+    assert every == REST_PROBE_EVERY == 2
+    rounds = [{h.uuid for h in to_probe(hosts, everyone=False, fresh=False, settled=(),
+                                        heard=(), answered=answered, tick=tick, every=every)}
+              for tick in range(1, 7)]
+    assert all(20 <= len(r) <= 44 for r in rounds)
+    for tick in range(len(rounds) - 1):
+        assert rounds[tick] | rounds[tick + 1] == set(answered)
+    # One that did not answer, or that XAPI says is not live, is probed every tick.
+    silent = {**answered, "host3": False}
+    hosts[5] = Host("host5", False)
+    for tick in range(1, 5):
+        chosen = {h.uuid for h in to_probe(hosts, everyone=False, fresh=False, settled=(),
+                                           heard=(), answered=silent, tick=tick, every=every)}
+        assert {"host3", "host5"} <= chosen
+
+
+def test_a_short_confirmation_keeps_every_tick_probes() -> None:
+    # Quorum alone is counted from each host's last answer: it may be at most half the
+    # confirmation old, so a majority lost is known before any host of it is confirmed.
+    assert rest_every(2.0, 10.0) == 2
+    assert rest_every(2.0, 7.9) == 1
+    assert rest_every(1.0, 2.0) == 1  # the chaos soaks' settings: as before
+    assert rest_every(0.5, 60.0) == REST_PROBE_EVERY
 
 
 def test_while_slaves_rejoin_only_those_not_yet_back_are_probed() -> None:

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import compress
 
 from xenhad.model import HostId
-from xenhad.peers.heartbeat import MAX_SEQ, MAX_SIZE, Heartbeat, HeartbeatError
+from xenhad.peers.heartbeat import MAX_SEQ, MAX_SIZE, Heartbeat, HeartbeatError, assembled
 
 MAGIC = b"XHB3"
 VERSION = 3
@@ -205,7 +205,7 @@ class Decoder:
         if payload[echoes + 7:heard:8].translate(None, _BELOW_MAX_SEQ):
             raise HeartbeatError("version 3 echo out of range")
         pool, sender, boot, master, *vote = strings
-        return Heartbeat(
+        return assembled(
             pool=pool, sender=sender, boot=boot, seq=seq, sent_at=sent_at, master=master,
             heard=tuple(compress(roster.hosts, payload[heard:proven])),
             quorate=bool(flags & FLAG_QUORATE),
@@ -242,11 +242,12 @@ class Decoder:
 class Roster:
     """The hosts a sender names, in its order, and each one's place."""
 
-    __slots__ = ("ages", "echoes", "hosts", "index")
+    __slots__ = ("ages", "echoes", "hosts", "index", "named")
 
     def __init__(self, hosts: tuple[HostId, ...]) -> None:
         self.hosts = hosts
         self.index = {h: i for i, h in enumerate(hosts)}
+        self.named = frozenset(hosts)
         n = len(hosts)
         self.ages = struct.Struct(f"<{n}I")
         self.echoes = struct.Struct(f"<{n}Q")
@@ -282,6 +283,11 @@ class Ages(Mapping[HostId, float]):
     def __len__(self) -> int:
         centis = self._centis()
         return len(centis) - centis.count(NOT_PROVEN)
+
+    @property
+    def hosts_named(self) -> frozenset[HostId]:
+        """Every host on the roster, vouched for or not: a superset of the keys."""
+        return self._roster.named
 
     def at_most(self, seconds: float) -> Iterator[HostId]:
         """The hosts whose age is at most `seconds`: in one pass in C, for table.alive."""

@@ -24,7 +24,7 @@ import enum
 import math
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from xenhad.model import HostId
 from xenhad.peers.compact import Ages
@@ -49,8 +49,10 @@ class Verdict(enum.Enum):
         return self in (Verdict.FOREIGN, Verdict.STALE)
 
 
-@dataclass(frozen=True)
-class _Last:
+class _Last(NamedTuple):
+    """A tuple, not a frozen dataclass: one is made for each heartbeat received, 63 a
+    second in a 64-host pool, and a frozen dataclass takes four times as long to make."""
+
     hb: Heartbeat
     at: float
     """When we accepted it (read it from the socket): never earlier than it arrived."""
@@ -71,6 +73,12 @@ class PeerTable:
         self._sent: deque[tuple[int, float]] = deque()
         """(sequence number, when sent) of our own recent heartbeats, oldest first."""
         self._legacy_at = -math.inf
+        self._rosters: dict[HostId, frozenset[HostId] | None] = {}
+        """Each peer's latest roster: every host its word can name (None: version 2,
+        whose `proven` names hosts freely)."""
+        self._named: frozenset[HostId] | None = frozenset()
+        """Every host any peer's word can name, for `alive` (None: not known, or a peer
+        of version 2)."""
         """When we last accepted a version 1 heartbeat (see latest_feed)."""
 
     # -- our own heartbeats ----------------------------------------------------------
@@ -113,6 +121,12 @@ class PeerTable:
             return Verdict.STALE
         if not hb.echoes:
             self._legacy_at = now
+        roster = hb.proven.hosts_named if isinstance(hb.proven, Ages) else None
+        if roster is None or self._rosters.get(hb.sender) is not roster:
+            # A sender's roster is one object for as long as its hosts stay the same
+            # (compact.Decoder), so at rest this is one identity check a heartbeat.
+            self._rosters[hb.sender] = roster
+            self._named = None if roster is None else self._named_union()
         self._last[hb.sender] = _Last(
             hb, now, last.boot_at if last is not None and same_boot else now, proven_at
         )
@@ -132,6 +146,12 @@ class PeerTable:
             return False
         held = last.hb.boot_started if last is not None else None
         return held is None or hb.boot_started is None or hb.boot_started > held
+
+    def _named_union(self) -> frozenset[HostId] | None:
+        rosters = [r for r in self._rosters.values() if r is not None]
+        if len(rosters) < len(self._rosters):
+            return None
+        return frozenset().union(*rosters)
 
     # -- what the table says ----------------------------------------------------------
 
@@ -212,17 +232,26 @@ class PeerTable:
         # each peer vouches for, not alive_at for each host (63 x 63 lookups a tick).
         since = now - within
         since_vouched = now - (2 * within if vouched_within is None else vouched_within)
-        alive: set[HostId] = set()
-        for peer, last in self._last.items():
-            via = self.contact_at(peer)
-            if via is None:
+        contacts = [(last, via) for peer, last in self._last.items()
+                    if (via := self.contact_at(peer)) is not None]
+        # Our own contact first, then the peers' word for whom it leaves out. At rest every
+        # peer is in our own contact and each one's word names no one new: a peer whose
+        # roster is all known alive already is skipped unread. The word of 63 peers on 63
+        # hosts, read in full twice a tick, was the largest part of a 64-host master's
+        # tick (py-spy on bench/footprint.py, issue 23).
+        alive: set[HostId] = {last.hb.sender for last, via in contacts if via >= since}
+        alive.add(self.me)
+        if self._named is not None and self._named <= alive:
+            contacts = []  # no peer's word can name a host not known alive already
+        for last, via in contacts:
+            proven = last.hb.proven
+            if not proven or via - since_vouched < 0:
                 continue
-            if via >= since:
-                alive.add(peer)
-            if last.hb.proven and via - since_vouched >= 0:
-                limit = via - since_vouched
-                alive.update(vouched(last.hb.proven, limit if vouched_age is None
-                                     else min(limit, vouched_age)))
+            if isinstance(proven, Ages) and proven.hosts_named <= alive:
+                continue
+            limit = via - since_vouched
+            alive.update(vouched(proven, limit if vouched_age is None
+                                 else min(limit, vouched_age)))
         alive.discard(self.me)
         return frozenset(alive)
 
