@@ -163,6 +163,7 @@ class Decoder:
 
     def __init__(self) -> None:
         self._rosters: dict[bytes, Roster] = {}
+        self._strings: dict[bytes, list[str]] = {}
 
     def decode(self, data: bytes, secret: bytes) -> Heartbeat:
         if len(data) <= len(MAGIC) + _MAC or len(data) > MAX_SIZE:
@@ -184,9 +185,19 @@ class Decoder:
             raise HeartbeatError("version 3 header out of range")
         at = _HEADER.size
         (size,) = _U16.unpack_from(payload, at)
-        strings = payload[at + 2:at + 2 + size].decode().split("\0")
+        raw = payload[at + 2:at + 2 + size]
         at += 2 + size
-        if len(strings) != (7 if flags & FLAG_VOTE else 5) or strings.pop():
+        strings = self._strings.get(raw)
+        if strings is None:
+            # A sender says the same names beat after beat (pool, itself, its boot, its
+            # master): read once, like its roster.
+            strings = raw.decode().split("\0")
+            if len(strings) != (7 if flags & FLAG_VOTE else 5) or strings.pop():
+                raise HeartbeatError("version 3 names malformed")
+            if len(self._strings) >= _ROSTERS:
+                self._strings.clear()
+            self._strings[raw] = strings
+        elif len(strings) != (6 if flags & FLAG_VOTE else 4):
             raise HeartbeatError("version 3 names malformed")
         (size,) = _U16.unpack_from(payload, at)
         names = payload[at + 2:at + 2 + size]
@@ -207,7 +218,7 @@ class Decoder:
         pool, sender, boot, master, *vote = strings
         return assembled(
             pool=pool, sender=sender, boot=boot, seq=seq, sent_at=sent_at, master=master,
-            heard=tuple(compress(roster.hosts, payload[heard:proven])),
+            heard=roster.heard(payload[heard:proven]),
             quorate=bool(flags & FLAG_QUORATE),
             armed=bool(flags & FLAG_ARMED), priority=priority,
             vote=(vote[0], vote[1]) if vote else None,
@@ -242,16 +253,25 @@ class Decoder:
 class Roster:
     """The hosts a sender names, in its order, and each one's place."""
 
-    __slots__ = ("ages", "echoes", "hosts", "index", "named")
+    __slots__ = ("_heard", "ages", "echoes", "hosts", "index", "named")
 
     def __init__(self, hosts: tuple[HostId, ...]) -> None:
         self.hosts = hosts
         self.index = {h: i for i, h in enumerate(hosts)}
         self.named = frozenset(hosts)
+        self._heard: tuple[bytes, tuple[HostId, ...]] = (b"", ())
         n = len(hosts)
         self.ages = struct.Struct(f"<{n}I")
         self.echoes = struct.Struct(f"<{n}Q")
         """What follows the roster: ages, echoes, heard (a byte each), proven (ages)."""
+
+
+    def heard(self, flags: bytes) -> tuple[HostId, ...]:
+        """The hosts whose byte in `flags` (roster order) is set: at rest the same as in
+        the last heartbeat on this roster, and then the same tuple."""
+        if flags != self._heard[0]:
+            self._heard = (flags, tuple(compress(self.hosts, flags)))
+        return self._heard[1]
 
 
 class Ages(Mapping[HostId, float]):

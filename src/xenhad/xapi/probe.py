@@ -180,7 +180,9 @@ async def probe(
     return result(True, f"xapi answered {code}", code=code)
 
 
+@functools.lru_cache(maxsize=1024)
 def _probe_url(address_or_url: str) -> str:
+    # Cached: a tick probes the same hosts' URLs as the last (a 64-host pool's at rest).
     text = address_or_url.strip()
     if not text:
         raise ValueError("empty address")
