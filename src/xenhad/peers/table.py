@@ -73,13 +73,13 @@ class PeerTable:
         self._sent: deque[tuple[int, float]] = deque()
         """(sequence number, when sent) of our own recent heartbeats, oldest first."""
         self._legacy_at = -math.inf
+        """When we last accepted a version 1 heartbeat (see latest_feed)."""
         self._rosters: dict[HostId, frozenset[HostId] | None] = {}
         """Each peer's latest roster: every host its word can name (None: version 2,
         whose `proven` names hosts freely)."""
         self._named: frozenset[HostId] | None = frozenset()
         """Every host any peer's word can name, for `alive` (None: not known, or a peer
         of version 2)."""
-        """When we last accepted a version 1 heartbeat (see latest_feed)."""
 
     # -- our own heartbeats ----------------------------------------------------------
 

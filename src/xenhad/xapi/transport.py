@@ -25,8 +25,6 @@ past it by more than one read.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import http.client
 import socket
 import ssl
@@ -39,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 from xml.parsers.expat import ExpatError
 
+from xenhad import heap
 from xenhad.xapi.errors import XapiReplyError, XapiUnreachable
 
 USER_AGENT = "xenhad"
@@ -250,19 +249,9 @@ def _read_reply(
 
 
 def _give_back_freed_memory() -> None:
-    """glibc keeps freed heap for reuse; after a large reply, hand it back (a no-op where
-    malloc_trim does not exist)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
+    """glibc keeps freed heap for reuse; after a large reply, hand it back (heap.py; a no-op
+    where malloc_trim does not exist)."""
+    heap.release()
 
 
 def parse_reply(data: bytes, endpoint: str, unread: frozenset[str] = frozenset()
