@@ -23,9 +23,9 @@ window and never more than CAP_WINDOWS windows:
 
 - at rest a host is heard (daemon._heard_lately) and its proofs are not sampled, so the
   hold is the window and a dead host is detected as fast as before;
-- one late proof is not a pace: the hold grows only after MIN_RENEWALS late renewals in
-  the last MEMORY_WINDOWS windows (a dead host's last heartbeats still in flight, or a
-  peer's word of it arriving after ours, gives at most one);
+- one late proof is not a pace: the hold grows only after MIN_RENEWALS renewals in the
+  last MEMORY_WINDOWS windows, so the last word of a host that died at rest (a peer's,
+  arriving after our own contact lapsed) does not stretch its hold;
 - a dead host is never held forever: a proof is dated no later than the life it proves
   (peers/table.py), so a host dead at D has every proof dated D or earlier, and its hold
   lapses by D + CAP_WINDOWS windows, whatever was learned of its pace.
@@ -44,8 +44,9 @@ from xenhad.model import HostId
 
 FACTOR = 1.5
 """How much later than its latest-coming recent proof a host's next proof may come and the
-host still be held. Seed 3000239's proofs came up to 2.5 s late, then one 3.0 s late: the
-largest so far times 1 would have fenced it again, at the next proof's edge."""
+host still be held. Seed 1000130's host4 had its proofs come 2.0 and 2.5 s late, and the
+next 3.5 s late: at 1.2 it was still fenced (its last proof 3.0 s old at the tick that
+confirmed it), at 1.25 not; 1.5 holds it 3.75 s, a tick and a half past that."""
 CAP_WINDOWS = 3.0
 """The longest hold, in quorum windows: how much later than at rest a host that was beating
 slowly, and died, may be confirmed down (two windows more, at most)."""
