@@ -55,6 +55,7 @@ from xenhad.model import HostId, HostView, PoolView
 from xenhad.notify import Notifier
 from xenhad.peers.heartbeat import UNREAD
 from xenhad.peers.link import HeartbeatLink, Peer, batch_seconds
+from xenhad.peers.pace import Pace
 from xenhad.peers.roster import Roster, RosterError, roster_of
 from xenhad.peers.table import PeerTable
 from xenhad.pool_cache import PoolCache
@@ -193,6 +194,9 @@ class Daemon:
         load says nothing of whom a live host follows)."""
         self._xapi_answers: dict[HostId, bool] = {}
         """Whether each host's xapi answered its last probe (the detector's reading)."""
+        self._pace = Pace()
+        """How late each host not heard lately has had its proofs of life come (the hold of
+        a host beating slowly: _beating_slowly)."""
         self._deferred: set[HostId] = set()
         self._may_act = True
         self._next_offline_sweep = 0.0
@@ -567,6 +571,10 @@ class Daemon:
         # Each host's last answer: this tick's, or at rest up to cadence.rest_every ticks
         # old (see there why quorum may be counted from it).
         answers = [self._xapi_answers.get(h.uuid, False) or h.uuid in heard for h in others]
+        alive_at = {h.uuid: self._alive_at(h.uuid, heard) for h in others}
+        for host_id, at in alive_at.items():
+            self._pace.note(host_id, now, at)
+        self._pace.keep(alive_at)
         slow = self._beating_slowly(now, heard)
         observations = {
             # A host marked for maintenance counts as disabled even once xapi re-enabled it.
@@ -579,7 +587,8 @@ class Daemon:
                 rival_master=(joined := self._probes.get(h.uuid, _NEVER)).answered
                 and joined.follows is None,
                 beats_slowly=h.uuid in slow,
-                alive_at=self._alive_at(h.uuid, heard),
+                beats_why=slow.get(h.uuid, ""),
+                alive_at=alive_at[h.uuid],
             )
             for h in others
         }
@@ -918,12 +927,24 @@ class Daemon:
         within = self._heard_within()
         return self._peers.alive(now, within=within, vouched_age=within)
 
-    def _beating_slowly(self, now: float, heard: frozenset[HostId]) -> frozenset[HostId]:
-        """Peers proven alive within the quorum window but not lately enough to be heard:
-        their heartbeats are slow, not gone (detector.Observation.beats_slowly)."""
+    def _beating_slowly(self, now: float, heard: frozenset[HostId]) -> dict[HostId, str]:
+        """Peers proven alive within the quorum window, or within their own pace for one
+        whose proofs of life keep coming late (peers/pace.py), but not lately enough to be
+        heard: their heartbeats are slow, not gone (detector.Observation.beats_slowly). Each
+        with why ("" for the window's hold, which the detector words itself)."""
         if self._peers is None:
-            return frozenset()
-        return self._peers.alive(now, within=self.config.peers.window) - heard
+            return {}
+        window = self.config.peers.window
+        slow = dict.fromkeys(self._peers.alive(now, within=window) - heard, "")
+        for host in self._pace.paced():
+            if host in heard or host in slow:
+                continue
+            # Proofs 2 s apart at the window's edge: the window's hold lapsed between two
+            # and a healthy host was fenced (virtual chaos seeds 1000130, 3000239).
+            hold = self._pace.hold(host, now, self._peers.alive_at(host), window)
+            if hold.held:
+                slow[host] = hold.reason
+        return slow
 
     def _alive_at(self, host: HostId, heard: frozenset[HostId]) -> float | None:
         """When `host`'s daemon was last proven alive, for a host not heard lately (asked
@@ -1356,7 +1377,8 @@ class Daemon:
             xapi_live=current.live, answered=result.answered, enabled=True,
             heard=host.uuid in heard,
             rival_master=result.answered and not result.is_slave,
-            beats_slowly=host.uuid in self._beating_slowly(now, heard),
+            beats_slowly=host.uuid in (slow := self._beating_slowly(now, heard)),
+            beats_why=slow.get(host.uuid, ""),
         )
         if self._detector.would_miss(host.uuid, seen, now):
             return ""

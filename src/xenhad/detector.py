@@ -94,12 +94,18 @@ class Observation:
     rival_master: bool = False
     """Its xapi answered our probe as a master."""
     beats_slowly: bool = False
-    """Its daemon is proven alive within the quorum window (peers.window), though not lately
+    """Its daemon is proven alive within the quorum window (peers.window), or within its own
+    pace when its proofs keep coming later than that (peers/pace.py), though not lately
     enough to count as `heard`: its heartbeats are slow, not gone. Such a host still misses
     (a dead host's last proof ages through the window too), but it is never confirmed down
     while it beats so: it counts toward quorum on the same evidence, and its VMs run
     (virtual chaos seeds 7000027, 7000417, 1000205, 11000041: heartbeats 0.4 to 0.8 s each
     way, the xapi silent, and a healthy host was fenced)."""
+    beats_why: str = ""
+    """Why it beats slowly when it is held longer than the quorum window: its proofs of life
+    keep coming, later than the window, and the hold follows their pace (peers/pace.py;
+    virtual chaos seeds 1000130 and 3000239: proofs at the window's edge, the hold lapsed
+    between two, and a healthy host was fenced). Empty for the window's own hold."""
     alive_at: float | None = None
     """When, on our clock, its daemon was last proven alive (PeerTable.alive_at; None: never
     or not asked). Proof dated after a run of misses began restarts the run from then: a
@@ -435,9 +441,10 @@ class Detector:
         if hold is not t.hold:
             # Said once per cause, not every tick: the daemon logs it as a warning.
             t.hold = hold
-            out.append(Verdict(
-                VerdictKind.SUSPECT, host, t.since, t.misses, f"{t.reason}; {_HOLD_WHY[hold]}"
-            ))
+            why = (_HOLD_WHY[hold] if hold is not _Hold.BEATS or not obs.beats_why
+                   else f"held: {obs.beats_why}: a host that beats is never confirmed down")
+            out.append(Verdict(VerdictKind.SUSPECT, host, t.since, t.misses,
+                               f"{t.reason}; {why}"))
 
     def _maybe_back(
         self, host: HostId, t: _Track, now: float, seen: str, out: list[Verdict]

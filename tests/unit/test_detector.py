@@ -513,3 +513,14 @@ def test_a_host_that_beats_slowly_is_held_not_confirmed_and_never_fenced() -> No
         d.observe(float(t), {H: SILENT}, quorate=True)
     assert d.state(H) is HostState.DOWN
     assert d.would_miss(H, SILENT, 20.0) and not d.would_miss(H, slow, 20.0)
+
+
+def test_a_host_held_past_the_window_says_its_pace_in_the_hold() -> None:
+    # peers/pace.py holds a host whose proofs keep coming late past the window; the
+    # detector's hold says so, once, in the pace's own words (seeds 1000130, 3000239).
+    why = "its daemon was proven alive 3.0 s ago, within its proofs of life's pace"
+    paced = dataclasses.replace(SILENT, beats_slowly=True, beats_why=why)
+    events = run([Tick(float(t), SILENT if t < 4 else paced) for t in range(0, 40, 2)])
+    assert DOWN not in [k for _, k in kinds(events)]
+    held = [v.reason for _, v in events if why in v.reason]
+    assert len(held) == 1 and "never confirmed down" in held[0]
