@@ -137,7 +137,8 @@ def main() -> None:
         spec = PoolSpec(hosts=args.hosts, vms=args.vms, seed=3,
                         base_dir=str(root / "tmp" / "sim"))
         overrides: dict[str, dict[str, Any]] = {
-            "detector": {"interval": 2.0, "probe_timeout": 1.5}}
+            "detector": {"interval": 2.0, "confirm_misses": 3, "confirm_seconds": 10.0,
+                         "probe_timeout": 1.5}}  # production's, as footprint.py's
         if args.peers:
             overrides["peers"] = {"interval": footprint.INTERVAL, "window": 4.0}
         with Testbed(spec, root / "tmp" / "bed", daemon_hosts=(), peers=args.peers,
