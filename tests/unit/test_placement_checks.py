@@ -36,3 +36,28 @@ def test_sharing_is_fine_when_no_other_host_could_take_it() -> None:
 
 def test_the_seeded_pair_on_one_host_is_not_a_start() -> None:
     assert anti_affinity_spread(GROUPS, samples()) == []
+
+
+def test_a_start_is_judged_when_asked_for_not_when_its_domain_appeared() -> None:
+    # Virtual chaos seed 8000403: b asked for on h1 when only h1 could take it; h3 came back
+    # while the start waited; b's domain appeared on h1 beside a long after.
+    only_h1, h1_h3 = frozenset({"h1"}), frozenset({"h1", "h3"})
+    waiting = [({"a": ("h1",)}, only_h1)] * 2 + [({"a": ("h1",)}, h1_h3)] * 16
+    history = samples(*waiting, ({"a": ("h1",), "b": ("h1",)}, h1_h3))
+    asked_at = history[-19].at
+    for s in history[-19:-1]:
+        object.__setattr__(s, "scheduled", {"b": "h1"})
+    assert history[-1].at - asked_at > 6.0 and anti_affinity_spread(GROUPS, history) == []
+    # Without the ask in the samples, the start is judged at its end: h3 had room then.
+    for s in history[-19:-1]:
+        object.__setattr__(s, "scheduled", {})
+    assert len(anti_affinity_spread(GROUPS, history)) == 1
+
+
+def test_a_start_asked_for_while_another_host_had_room_is_a_violation() -> None:
+    steps = [({"a": ("h1",)}, ALL - {"h2"})] * 3 + [({"a": ("h1",), "b": ("h1",)}, ALL - {"h2"})]
+    history = samples(*steps)
+    for s in history[-4:-1]:
+        object.__setattr__(s, "scheduled", {"b": "h1"})
+    found = anti_affinity_spread(GROUPS, history)
+    assert len(found) == 1 and "h3" in found[0]

@@ -232,8 +232,13 @@ def _placement_sample(bed: Testbed, groups: dict[str, tuple[str, ...]],
                  if rec["name_label"] in members}
         where = {uuids[v]: tuple(sorted(names[u] for u in on))
                  for v, on in pool.domains.items() if v in uuids}
+        by_ref = {h.ref: h.name for h in pool.hosts}
+        scheduled = {rec["name_label"]: by_ref[rec["scheduled_to_be_resident_on"]]
+                     for rec in db.tables["VM"].values()
+                     if rec["name_label"] in members
+                     and rec["scheduled_to_be_resident_on"] in by_ref}
     at = time.monotonic() if now is None else now
-    return placement_checks.Sample(at, where, frozenset(receiving))
+    return placement_checks.Sample(at, where, frozenset(receiving), scheduled)
 
 
 def _healthy(bed: Testbed, names: list[str]) -> dict[str, bool]:
