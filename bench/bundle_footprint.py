@@ -85,7 +85,7 @@ def inside(root: Path, doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def daemon(
-    name: str, command: list[str], log: Path, seconds: float, settle: float
+    name: str, command: list[str], log: Path, seconds: float, settle: float, peers: bool
 ) -> tuple[float, float, float]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     started = time.monotonic()
@@ -93,11 +93,13 @@ def daemon(
         proc = subprocess.Popen(command, stdout=out, stderr=out, env=env)
     try:
         while "daemon.ready" not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() - started > 60:
+            if proc.poll() is not None or time.monotonic() - started > 240:
                 raise RuntimeError(f"{name} did not become ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.02)
         ready = time.monotonic() - started
         time.sleep(settle)  # past the first reads
+        if peers and "quorum.gained" not in log.read_text(errors="replace"):
+            raise RuntimeError(f"{name} never heard its peers:\n{log.read_text()[-3000:]}")
         cpu0 = cpu_seconds(proc.pid)
         time.sleep(seconds)
         cpu = (cpu_seconds(proc.pid) - cpu0) / seconds * 100
@@ -138,7 +140,8 @@ def main() -> None:
                         base_dir=str(root / "tmp" / "sim"))
         overrides: dict[str, dict[str, Any]] = {
             "detector": {"interval": 2.0, "confirm_misses": 3, "confirm_seconds": 10.0,
-                         "probe_timeout": 1.5}}  # production's, as footprint.py's
+                         "probe_timeout": 1.5},
+            "xapi": {"timeout": 10.0}}  # production's, as footprint.py's
         if args.peers:
             overrides["peers"] = {"interval": footprint.INTERVAL, "window": 4.0}
         with Testbed(spec, root / "tmp" / "bed", daemon_hosts=(), peers=args.peers,
@@ -152,7 +155,7 @@ def main() -> None:
             for name, cmd in (("venv", [*venv, "run", "--config", str(venv_cfg)]),
                               ("bundle", [*bundled, "run", "--config", "/tmp/bundle.toml"])):
                 ready, rss, cpu = daemon(name, cmd, root / "tmp" / f"{name}.log", args.seconds,
-                                         args.settle)
+                                         args.settle, args.peers)
                 print(f"{name:>6}: daemon ready in {ready:.2f} s, RSS {rss:.1f} MiB, "
                       f"CPU at rest {cpu:.2f}% of a core")
     finally:

@@ -91,6 +91,7 @@ class PeerBeats:
                 sock.bind((address, bed._listen_port))
                 sock.setblocking(False)
                 self._socks[uuid] = sock
+        self._master_boot = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -115,6 +116,11 @@ class PeerBeats:
             except ValueError:
                 continue
             if hb.sender == self._master:
+                # A new boot of the master (bundle_footprint.py runs two daemons one after
+                # the other) starts its numbers anywhere: its echo is its own latest, not the
+                # larger of two boots', or no echo proves contact and it never hears a peer.
+                if hb.boot != self._master_boot:
+                    self._master_boot, seen = hb.boot, None
                 seen = max(seen or 0, hb.seq)
 
     def _run(self) -> None:
