@@ -48,6 +48,12 @@ def test_a_reply_reads_as_its_bytes_parse(name: str, kind: str, value: Any) -> N
                                                                           unread)
 
 
+@pytest.mark.parametrize(("name", "kind", "value"), PLAIN)
+def test_a_reply_loads_as_the_probe_parses_its_bytes(name: str, kind: str, value: Any) -> None:
+    (expected,), _ = xmlrpc.client.loads(rpc.xmlrpc_reply(name, kind, value))
+    assert marshal.loaded(name, kind, value) == expected
+
+
 @pytest.mark.parametrize("value", [
     "carriage\rreturn", "nul\x00", "bell\x07", "surrogate\ud800", "\ufffe",
     {1: "a key that is not a string"}, {"key\r": "x"}, b"bytes", object(),

@@ -86,8 +86,11 @@ class _Reader:
     def marshalled(self, value: Any, depth: int) -> Any:
         """`copy(rpc.to_xmlrpc(value), depth)` in one walk: the simulator's values as its
         server marshals them (int64 as decimal strings), then read. Its cases in
-        to_xmlrpc's order; a dict with a key that is not a string takes the two walks (two
-        keys may stringify alike, and the later then wins)."""
+        to_xmlrpc's order (a string, the commonest, first: to_xmlrpc leaves it as it is);
+        a dict with a key that is not a string takes the two walks (two keys may stringify
+        alike, and the later then wins)."""
+        if type(value) is str:
+            return self.copy(value, depth)
         if isinstance(value, bool) or value is None:
             return value
         if isinstance(value, I32):
@@ -98,22 +101,31 @@ class _Reader:
             if depth >= MAX_REPLY_DEPTH:
                 raise Unusual
             out: dict[str, Any] = {}
-            left = self.left
+            left, unread, intern = self.left, self.unread, self.intern
             for key, item in value.items():
                 if type(key) is not str:
                     self.left = left  # as though this dict's items had not been read yet
                     return self.copy(rpc.to_xmlrpc(value), depth)
                 if not key.isprintable() and _ODD.search(key):
                     raise Unusual
-                if key in self.unread:
+                if key in unread:
                     continue
-                out[sys.intern(key) if self.intern else key] = self.marshalled(item,
-                                                                               depth + 1)
+                if type(item) is str:
+                    # copy's case for a string, inline: most members are one.
+                    self.left -= len(item)
+                    if self.left < 0 or (not item.isprintable() and _ODD.search(item)):
+                        raise Unusual
+                    if intern and len(item) <= _INTERN_MAX:
+                        item = sys.intern(item)
+                    out[sys.intern(key) if intern else key] = item
+                else:
+                    out[sys.intern(key) if intern else key] = self.marshalled(item, depth + 1)
             return out
         if isinstance(value, (list, tuple)):
             if depth >= MAX_REPLY_DEPTH:
                 raise Unusual
-            return [self.marshalled(item, depth + 1) for item in value]
+            return [self.copy(item, depth + 1) if type(item) is str
+                    else self.marshalled(item, depth + 1) for item in value]
         return self.copy(value, depth)
 
 
@@ -129,7 +141,18 @@ def read(name: str, kind: str, value: Any, unread: frozenset[str]) -> Any:
     """The first value `parse_reply(rpc.xmlrpc_reply(name, kind, value), ..., unread)`
     gives: members named in `unread` dropped at any depth, names and short strings
     interned."""
-    reader = _Reader(unread, intern=True)
+    return _reply(_Reader(unread, intern=True), name, kind, value)
+
+
+def loaded(name: str, kind: str, value: Any) -> Any:
+    """The first value `xmlrpc.client.loads(rpc.xmlrpc_reply(name, kind, value))` gives,
+    as the probe reads a reply (xapi/probe.py `envelope`): `read` with nothing dropped and
+    nothing interned, parse_reply's parser being xmlrpc.client's Unmarshaller with the
+    same settings."""
+    return _reply(_Reader(frozenset(), intern=False), name, kind, value)
+
+
+def _reply(reader: _Reader, name: str, kind: str, value: Any) -> Any:
     if kind == "ok" and name == "system.listMethods":
         return reader.marshalled(value, 0)
     if kind == "ok" and not reader.unread & {"Status", "Value"}:
