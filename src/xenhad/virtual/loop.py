@@ -14,8 +14,10 @@ Nothing here draws randomness: the one `random.Random` of a run is made by its c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import heapq
+from asyncio import base_events
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
@@ -145,6 +147,55 @@ class VirtualLoop(asyncio.BaseEventLoop):
         handle = Soon(callback, args, self, context)
         self._ready.append(handle)  # type: ignore[attr-defined]
         return handle
+
+    def _run_once(self) -> None:
+        """BaseEventLoop._run_once (Python 3.11), step for step, on a loop with no I/O: the
+        same handles run in the same order, with fewer calls around them (a run turns
+        this a hundred thousand times)."""
+        loop: Any = self  # BaseEventLoop's private state, not in typeshed
+        if loop._debug:
+            super()._run_once()  # type: ignore[misc]
+            return
+        scheduled: list[Any] = loop._scheduled
+        count = len(scheduled)
+        if (count > base_events._MIN_SCHEDULED_TIMER_HANDLES  # type: ignore[attr-defined]
+                and loop._timer_cancelled_count / count
+                > base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION):  # type: ignore[attr-defined]
+            # Remove delayed calls that were cancelled if their number is too high.
+            kept = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    kept.append(handle)
+            heapq.heapify(kept)
+            loop._scheduled = scheduled = kept
+            loop._timer_cancelled_count = 0
+        else:
+            # Remove delayed calls that were cancelled from the head of the queue.
+            while scheduled and scheduled[0]._cancelled:
+                loop._timer_cancelled_count -= 1
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+        ready: collections.deque[Any] = loop._ready
+        if not (ready or loop._stopping):
+            # Where a selector would wait: jump to the next timer, or refuse to wait for ever.
+            timeout = None if not scheduled else min(
+                max(0, scheduled[0]._when - self._now),
+                base_events.MAXIMUM_SELECT_TIMEOUT)  # type: ignore[attr-defined]
+            self._selector.select(timeout)
+        end_time = self._now + loop._clock_resolution
+        while scheduled:
+            if scheduled[0]._when >= end_time:
+                break
+            handle = heapq.heappop(scheduled)
+            handle._scheduled = False
+            ready.append(handle)
+        # Only what is ready now; what these callbacks schedule runs the next time round.
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
 
     # -- what BaseEventLoop asks of a concrete loop ---------------------------------------
 
