@@ -75,3 +75,14 @@ def test_a_soak_resumed_plays_only_what_its_ledger_lacks_and_reports_it_all(
     assert [(f.hosts, f.self_fence) for f in book.finished] == [
         virtual_run.mixed(i) for i in range(3)]
     assert "| 3 |" in second.split("| schedules |")[1]  # the report counts the whole ledger
+
+
+def test_ledger_and_mix_are_refused_without_virtual_and_mix_with_replay(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xenhad import cli
+
+    assert cli.main(["chaos", "--ledger", str(tmp_path / "soak.jsonl")]) == 2
+    assert "--virtual chaos only" in capsys.readouterr().err
+    assert cli.main(["chaos", "--virtual", "--mix", "--replay", "5"]) == 2
+    assert "--mix plays pools by schedule number" in capsys.readouterr().err
+    assert not (tmp_path / "soak.jsonl").exists()
