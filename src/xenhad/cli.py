@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--trace", type=Path, default=None, metavar="DIR",
                        help="with --virtual: write each schedule's trace (every daemon's "
                        "events, virtual time) to DIR/seed-N.trace")
+    chaos.add_argument("--ledger", type=Path, default=None, metavar="FILE",
+                       help="with --virtual: add a JSON line to FILE per finished schedule, "
+                       "skip the schedules FILE holds, and report on all of them: a long "
+                       "soak runs in parts by giving the same command again")
+    chaos.add_argument("--mix", action="store_true",
+                       help="with --virtual: pools of 3 to 7 hosts in turn, every other one "
+                       "self-fencing (instead of --hosts and --self-fence)")
 
     scen = sub.add_parser("scenarios", help="run the golden scenarios (tests/scenarios/NAME/) "
                           "on virtual time and diff each event log against its expected.log")
@@ -190,9 +197,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "chaos" and args.virtual:
         from xenhad.chaos.virtual_run import main as virtual_main
 
+        if args.mix and args.replay:
+            raise XenhadError("--mix plays pools by schedule number, --replay seeds alone: "
+                              "replay a seed with the --hosts (and --self-fence) it ran with")
         return virtual_main(schedules=args.schedules, seed=args.seed, hosts=args.hosts,
                             budget_minutes=args.budget_minutes, bmc=args.bmc,
-                            replay=args.replay, self_fence=args.self_fence, trace=args.trace)
+                            replay=args.replay, self_fence=args.self_fence, trace=args.trace,
+                            ledger=args.ledger, mix=args.mix, jobs=args.jobs)
+    if args.command == "chaos" and (args.ledger is not None or args.mix):
+        raise XenhadError("--ledger and --mix are for --virtual chaos only")
     if args.command == "chaos":
         from xenhad.chaos.run import main as chaos_main
 

@@ -41,8 +41,8 @@ the document tells of."""
 
 def shape(index: int) -> tuple[int, bool]:
     """Schedule `index`'s pool: its hosts (3 to 5 in turn: 7 take twice as long, and CI
-    holds to 30 minutes; `xenhad chaos --virtual --hosts 7` soaks them) and whether it
-    self-fences."""
+    holds to 30 minutes; `xenhad chaos --virtual --mix` soaks 3 to 7, virtual_run.mixed)
+    and whether it self-fences."""
     return 3 + index % 3, index % 2 == 1
 
 

@@ -48,6 +48,12 @@ def test_a_reply_reads_as_its_bytes_parse(name: str, kind: str, value: Any) -> N
                                                                           unread)
 
 
+@pytest.mark.parametrize(("name", "kind", "value"), PLAIN)
+def test_a_reply_loads_as_the_probe_parses_its_bytes(name: str, kind: str, value: Any) -> None:
+    (expected,), _ = xmlrpc.client.loads(rpc.xmlrpc_reply(name, kind, value))
+    assert marshal.loaded(name, kind, value) == expected
+
+
 @pytest.mark.parametrize("value", [
     "carriage\rreturn", "nul\x00", "bell\x07", "surrogate\ud800", "\ufffe",
     {1: "a key that is not a string"}, {"key\r": "x"}, b"bytes", object(),
@@ -89,3 +95,42 @@ def test_a_run_leaves_the_same_trace_with_and_without_the_xml(index: int) -> Non
     wired = run_one(seed, hosts=hosts, self_fence=self_fence, wire=True)
     short = run_one(seed, hosts=hosts, self_fence=self_fence)
     assert wired.trace == short.trace
+
+
+@pytest.mark.parametrize("value", [
+    RECORD, {"OpaqueRef:1": RECORD, "OpaqueRef:2": [RECORD, (I32(1), 2 ** 40)]},
+    {1: "x", "1": "y", "z": RECORD},  # keys that stringify alike: the later value wins
+    {"a": {2: ["deep", 3]}, "b": "x" * 100}, [I32(2 ** 31)], ("t", True, None, 0.5),
+])
+def test_a_value_is_marshalled_and_read_in_one_walk_as_in_two(value: Any) -> None:
+    unread = frozenset({"last_booted_record"})
+
+    def two_walks() -> Any:
+        return marshal._Reader(unread, intern=True).copy(rpc.to_xmlrpc(value), 1)
+
+    try:
+        expected = two_walks()
+    except marshal.Unusual:
+        with pytest.raises(marshal.Unusual):
+            marshal._Reader(unread, intern=True).marshalled(value, 1)
+        return
+    assert marshal._Reader(unread, intern=True).marshalled(value, 1) == expected
+    assert marshal.read("VM.get_record", "ok", value, unread) == _through_the_bytes(
+        "VM.get_record", "ok", value, unread)
+
+
+def test_a_reply_near_the_budget_is_left_to_the_bytes_in_one_walk_as_in_two() -> None:
+    # The reply's "Success" counts against the budget in both.
+    for size in range(marshal._BUDGET - 12, marshal._BUDGET + 2):
+        value = {"s": "x" * size, 7: "k"} if size % 2 else {"s": "x" * size}
+        unread: frozenset[str] = frozenset()
+        try:
+            expected: Any = marshal._Reader(unread, intern=True).copy(
+                {"Status": "Success", "Value": rpc.to_xmlrpc(value)}, 0)
+        except marshal.Unusual:
+            expected = marshal.Unusual
+        try:
+            got: Any = marshal.read("VM.get_record", "ok", value, unread)
+        except marshal.Unusual:
+            got = marshal.Unusual
+        assert got == expected, size

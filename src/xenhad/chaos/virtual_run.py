@@ -16,17 +16,18 @@ each time: a violation found once is found again by `--replay SEED`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
+import multiprocessing
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from xenhad.chaos import checks, placement_checks
+from xenhad.chaos.ledger import Finished, Ledger, count_faults, summary
 from xenhad.chaos.run import (
     RECOVERY_BOUND,
     SETTLE_SECONDS,
@@ -426,30 +427,110 @@ def _heal_all(pool: Pool, bmc: str) -> None:
 # -- the command ------------------------------------------------------------------------
 
 
+def mixed(index: int) -> tuple[int, bool]:
+    """Schedule `index`'s pool in a mixed run (`--mix`): 3 to 7 hosts in turn, every other
+    one self-fencing (tests/virtual/test_chaos_budget.py's shape, with 6 and 7 hosts too);
+    the ten pools recur every ten schedules."""
+    return 3 + index % 5, index % 2 == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """One schedule a run is to play: its seed and its pool."""
+
+    seed: int
+    hosts: int
+    self_fence: bool
+    bmc: str
+
+    @property
+    def key(self) -> tuple[int, int, bool, str]:
+        return self.seed, self.hosts, self.self_fence, self.bmc
+
+
 def main(*, schedules: int, seed: int, hosts: int, budget_minutes: float, bmc: str,
          replay: Sequence[int] = (), self_fence: bool = False,
-         trace: Path | None = None) -> int:
+         trace: Path | None = None, ledger: Path | None = None, mix: bool = False,
+         jobs: int = 1) -> int:
+    """`ledger`: skip the schedules it holds, add each one finished, report all it holds
+    (chaos/ledger.py). `mix`: pools of `mixed(i)` instead of `hosts` and `self_fence`.
+    `jobs`: schedules run side by side, each in a process of its own."""
     _fix_hash_seed()
     seeds = list(replay) or [schedule_seed(seed, i) for i in range(schedules)]
-    deadline = time.monotonic() + budget_minutes * 60
-    ran: list[VirtualOutcome] = []
-    for one in seeds:
-        if ran and time.monotonic() > deadline:
-            break
-        outcome = run_one(one, hosts=hosts, bmc=bmc, self_fence=self_fence)
-        ran.append(outcome)
-        mark = "ok" if not outcome.violations else f"{len(outcome.violations)} VIOLATION(S)"
-        back = "" if outcome.recovered_in is None else f", VMs back {outcome.recovered_in:.1f}s"
-        print(f"schedule seed {one}: {len(outcome.faults)} faults, {outcome.checks} checks"
-              f"{back}, {outcome.virtual_seconds:.0f} virtual s in "
-              f"{outcome.real_seconds:.1f} s, {mark}", flush=True)
-        if trace is not None:
-            trace.mkdir(parents=True, exist_ok=True)
-            (trace / f"seed-{one}.trace").write_text("\n".join(outcome.trace) + "\n")
-    if len(ran) < len(seeds):
-        print(f"budget of {budget_minutes:g} min spent: {len(ran)} of {len(seeds)} run")
-    _report(ran)
-    return 1 if any(o.violations for o in ran) else 0
+    plan = [Planned(one, *(mixed(i) if mix else (hosts, self_fence)), bmc)
+            for i, one in enumerate(seeds)]
+    book = Ledger(ledger) if ledger is not None else None
+    if book is not None:
+        held = sum(book.holds(p.key) for p in plan)
+        print(f"ledger {ledger}: {len(book.finished)} schedules finished before, {held} of "
+              f"this run's {len(plan)} among them" + (
+                  f" (a torn last line of {book.cut} bytes cut away)" if book.cut else ""),
+              flush=True)
+        plan = [p for p in plan if not book.holds(p.key)]
+    started = time.monotonic()
+    deadline = started + budget_minutes * 60
+    ran: list[Finished] = []
+    for finished in _play_all(plan, deadline, trace, jobs):
+        ran.append(finished)
+        if book is not None:
+            book.add(finished)
+        mark = "ok" if not finished.violations else \
+            f"{len(finished.violations)} VIOLATION(S)"
+        back = "" if finished.recovered_in is None else \
+            f", VMs back {finished.recovered_in:.1f}s"
+        print(f"schedule seed {finished.seed}: {sum(finished.faults.values())} faults, "
+              f"{finished.checks} checks{back}, {finished.virtual_seconds:.0f} virtual s in "
+              f"{finished.real_seconds:.1f} s, {mark}", flush=True)
+    if len(ran) < len(plan):
+        print(f"budget of {budget_minutes:g} min spent: {len(ran)} of {len(plan)} run")
+    wall = time.monotonic() - started
+    if ran:
+        print(f"this run: {len(ran)} schedules in {wall:.0f} s, {max(1, jobs)} at a time: "
+              f"{3600 * len(ran) / wall:.0f} an hour")
+    reported = book.finished if book is not None else ran
+    for line in summary(reported, bound=RECOVERY_BOUND):
+        print(line)
+    return 1 if any(f.violations for f in reported) else 0
+
+
+def _play_all(plan: Sequence[Planned], deadline: float, trace: Path | None,
+              jobs: int) -> Iterator[Finished]:
+    """Each planned schedule that starts before `deadline`, as it finishes (at least one)."""
+    if jobs <= 1 or len(plan) <= 1:
+        for index, planned in enumerate(plan):
+            if index and time.monotonic() > deadline:
+                return
+            yield _play_one(planned, trace)
+        return
+    # fork: each worker starts from this process, imports done; a schedule is a function
+    # of its seed alone, whichever process plays it.
+    with multiprocessing.get_context("fork").Pool(jobs) as workers:
+        work = [(p, trace, deadline if index else None) for index, p in enumerate(plan)]
+        for finished in workers.imap_unordered(_play_in_worker, work):
+            if finished is not None:
+                yield finished
+
+
+def _play_in_worker(work: tuple[Planned, Path | None, float | None]) -> Finished | None:
+    planned, trace, deadline = work
+    if deadline is not None and time.monotonic() > deadline:
+        return None
+    return _play_one(planned, trace)
+
+
+def _play_one(planned: Planned, trace: Path | None) -> Finished:
+    outcome = run_one(planned.seed, hosts=planned.hosts, bmc=planned.bmc,
+                      self_fence=planned.self_fence)
+    if trace is not None:
+        trace.mkdir(parents=True, exist_ok=True)
+        (trace / f"seed-{planned.seed}.trace").write_text("\n".join(outcome.trace) + "\n")
+    return Finished(
+        seed=planned.seed, hosts=planned.hosts, self_fence=planned.self_fence,
+        bmc=planned.bmc, faults=count_faults(f.kind for f in outcome.faults),
+        checks=outcome.checks, violations=list(outcome.violations),
+        recovered_in=outcome.recovered_in, virtual_seconds=outcome.virtual_seconds,
+        real_seconds=outcome.real_seconds,
+        timeline=list(outcome.timeline) if outcome.violations else [])
 
 
 def _fix_hash_seed() -> None:
@@ -458,31 +539,3 @@ def _fix_hash_seed() -> None:
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "xenhad", *sys.argv[1:]])
-
-
-def _report(ran: list[VirtualOutcome]) -> None:
-    kinds = collections.Counter(f.kind for o in ran for f in o.faults)
-    real = sum(o.real_seconds for o in ran)
-    print("\n| schedules | faults | checks | violations | real s | schedules/hour |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {len(ran)} | {sum(kinds.values())} | {sum(o.checks for o in ran)} | "
-          f"{sum(len(o.violations) for o in ran)} | {real:.1f} | "
-          f"{3600 * len(ran) / real if real else 0:.0f} |")
-    back = sorted(o.recovered_in for o in ran if o.recovered_in is not None)
-    if back:
-        print(f"\nprotected VMs all running again after the heal: median "
-              f"{back[len(back) // 2]:.1f}s, slowest {back[-1]:.1f}s "
-              f"(bound {RECOVERY_BOUND:g}s)")
-    print("\n| fault | injected |\n|---|---|")
-    for kind, n in sorted(kinds.items()):
-        print(f"| {kind} | {n} |")
-    for o in ran:
-        if not o.violations:
-            continue
-        print(f"\nVIOLATIONS in schedule seed {o.seed} (replay: xenhad chaos --virtual "
-              f"--replay {o.seed} --trace DIR):")
-        for v in o.violations:
-            print(f"  - {v}")
-        print("  timeline:")
-        for line in o.timeline:
-            print(f"    {line}")

@@ -39,7 +39,7 @@ from xenhad.sim.bmc import BmcModel
 from xenhad.sim.pool import HostState
 from xenhad.virtual.disk import MemoryDisk
 from xenhad.virtual.env import HostParts, SharedLease, host_environment
-from xenhad.virtual.loop import VirtualClock, VirtualLoop
+from xenhad.virtual.loop import Soon, Timer, VirtualClock, VirtualLoop
 from xenhad.virtual.net import HeartbeatNetwork, VirtualDatagramSocket
 from xenhad.virtual.world import World
 
@@ -71,10 +71,6 @@ OWNER: contextvars.ContextVar[Incarnation | None] = contextvars.ContextVar(
 """The incarnation the running code belongs to (None: the world, the harness)."""
 
 
-def _owner_of(context: contextvars.Context | None) -> Incarnation | None:
-    return OWNER.get() if context is None else context.get(OWNER)
-
-
 class OwnedLoop(VirtualLoop):
     """A VirtualLoop that runs an incarnation's callbacks only while it lives, and defers
     them while it is paused."""
@@ -86,7 +82,7 @@ class OwnedLoop(VirtualLoop):
     def _new_task(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
                   context: contextvars.Context | None = None) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
-        owner = _owner_of(context)
+        owner = OWNER.get() if context is None else context.get(OWNER)
         if owner is not None:
             # Kept: a task that never runs again must not be collected mid-run (its
             # coroutine's `finally` would run at a moment of the collector's choosing).
@@ -95,15 +91,14 @@ class OwnedLoop(VirtualLoop):
 
     def _call_soon(self, callback: Callable[..., Any], args: Any,
                    context: contextvars.Context | None) -> asyncio.Handle:
-        owner = _owner_of(context)
+        owner = OWNER.get() if context is None else context.get(OWNER)
         if owner is not None:
             if not owner.alive:
                 owner.parked.append((callback, args, context))
-                return asyncio.Handle(callback, args, self, context)
+                return Soon(callback, args, self, context)
             if self._paused(owner):
                 return self.call_at(owner.paused_until, callback, *args, context=context)
-        return cast(asyncio.Handle, super()._call_soon(  # type: ignore[misc]
-            callback, args, context))
+        return super()._call_soon(callback, args, context)
 
     def _paused(self, owner: Incarnation) -> bool:
         # Within the clock's resolution a timer is due at once: a pause that ends that
@@ -113,25 +108,39 @@ class OwnedLoop(VirtualLoop):
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any,  # type: ignore[override]
                 context: contextvars.Context | None = None) -> asyncio.TimerHandle:
-        owner = _owner_of(context)
+        owner = OWNER.get() if context is None else context.get(OWNER)
         if owner is None:
             return super().call_at(when, callback, *args, context=context)
-        handle: asyncio.TimerHandle
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()  # type: ignore[attr-defined]
+        return self._schedule(_OwnedTimer(when, callback, args, self, context, owner))
 
-        def fire() -> None:
-            if handle.cancelled():
-                return
-            if not owner.alive:
-                owner.parked.append((callback, args, context))
-                return
-            if self._paused(owner):
-                again = self.call_at(owner.paused_until, callback, *args, context=context)
-                del again  # the caller's handle stays the one it may cancel (checked above)
-                return
-            callback(*args)
 
-        handle = super().call_at(when, fire, context=context)
-        return handle
+class _OwnedTimer(Timer):
+    """An incarnation's timer: when due, run only while its owner lives (else parked), and
+    deferred to the end of its owner's pause (by a new timer, as a paused process's timer
+    fires late; the handle its caller holds is spent)."""
+
+    __slots__ = ("_given", "_owner")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: Any, loop: OwnedLoop,
+                 context: contextvars.Context | None, owner: Incarnation) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._owner = owner
+        self._given = context  # what its caller named (None: its own, copied above)
+
+    def _run(self) -> None:
+        owner, loop = self._owner, cast(OwnedLoop, self._loop)
+        if not owner.alive:
+            owner.parked.append((self._callback, self._args, self._given))
+        elif loop._paused(owner):
+            # From within the owner's context, as its callback would have been: a deferred
+            # callback's new timer copies that context, as one made by the callback would.
+            self._context.run(loop.call_at, owner.paused_until, self._callback, *self._args,
+                              context=self._given)
+        else:
+            super()._run()
 
 
 @dataclass

@@ -23,6 +23,7 @@ import xmlrpc.client
 from typing import Any
 
 from xenhad.sim import rpc
+from xenhad.sim.model import I32
 from xenhad.xapi.transport import _INTERN_MAX, MAX_REPLY_BYTES, MAX_REPLY_DEPTH
 
 _ODD = re.compile("[\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -82,6 +83,51 @@ class _Reader:
             return xmlrpc.client.DateTime(value.value)
         raise Unusual
 
+    def marshalled(self, value: Any, depth: int) -> Any:
+        """`copy(rpc.to_xmlrpc(value), depth)` in one walk: the simulator's values as its
+        server marshals them (int64 as decimal strings), then read. Its cases in
+        to_xmlrpc's order (a string, the commonest, first: to_xmlrpc leaves it as it is);
+        a dict with a key that is not a string takes the two walks (two keys may stringify
+        alike, and the later then wins)."""
+        if type(value) is str:
+            return self.copy(value, depth)
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, I32):
+            return self.copy(int(value), depth)
+        if isinstance(value, int):
+            return self.copy(str(value), depth)
+        if isinstance(value, dict):
+            if depth >= MAX_REPLY_DEPTH:
+                raise Unusual
+            out: dict[str, Any] = {}
+            left, unread, intern = self.left, self.unread, self.intern
+            for key, item in value.items():
+                if type(key) is not str:
+                    self.left = left  # as though this dict's items had not been read yet
+                    return self.copy(rpc.to_xmlrpc(value), depth)
+                if not key.isprintable() and _ODD.search(key):
+                    raise Unusual
+                if key in unread:
+                    continue
+                if type(item) is str:
+                    # copy's case for a string, inline: most members are one.
+                    self.left -= len(item)
+                    if self.left < 0 or (not item.isprintable() and _ODD.search(item)):
+                        raise Unusual
+                    if intern and len(item) <= _INTERN_MAX:
+                        item = sys.intern(item)
+                    out[sys.intern(key) if intern else key] = item
+                else:
+                    out[sys.intern(key) if intern else key] = self.marshalled(item, depth + 1)
+            return out
+        if isinstance(value, (list, tuple)):
+            if depth >= MAX_REPLY_DEPTH:
+                raise Unusual
+            return [self.copy(item, depth + 1) if type(item) is str
+                    else self.marshalled(item, depth + 1) for item in value]
+        return self.copy(value, depth)
+
 
 def sent(params: list[Any]) -> list[Any]:
     """The params as the server's handler is given them (world.request), XML-RPC's
@@ -95,10 +141,22 @@ def read(name: str, kind: str, value: Any, unread: frozenset[str]) -> Any:
     """The first value `parse_reply(rpc.xmlrpc_reply(name, kind, value), ..., unread)`
     gives: members named in `unread` dropped at any depth, names and short strings
     interned."""
+    return _reply(_Reader(unread, intern=True), name, kind, value)
+
+
+def loaded(name: str, kind: str, value: Any) -> Any:
+    """The first value `xmlrpc.client.loads(rpc.xmlrpc_reply(name, kind, value))` gives,
+    as the probe reads a reply (xapi/probe.py `envelope`): `read` with nothing dropped and
+    nothing interned, parse_reply's parser being xmlrpc.client's Unmarshaller with the
+    same settings."""
+    return _reply(_Reader(frozenset(), intern=False), name, kind, value)
+
+
+def _reply(reader: _Reader, name: str, kind: str, value: Any) -> Any:
     if kind == "ok" and name == "system.listMethods":
-        out: Any = rpc.to_xmlrpc(value)
-    elif kind == "ok":
-        out = {"Status": "Success", "Value": rpc.to_xmlrpc(value)}
-    else:
-        out = {"Status": "Failure", "ErrorDescription": value}
-    return _Reader(unread, intern=True).copy(out, 0)
+        return reader.marshalled(value, 0)
+    if kind == "ok" and not reader.unread & {"Status", "Value"}:
+        return {"Status": reader.copy("Success", 1), "Value": reader.marshalled(value, 1)}
+    if kind == "ok":
+        return reader.copy({"Status": "Success", "Value": rpc.to_xmlrpc(value)}, 0)
+    return reader.copy({"Status": "Failure", "ErrorDescription": value}, 0)
