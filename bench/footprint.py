@@ -91,7 +91,8 @@ class PeerBeats:
                 sock.bind((address, bed._listen_port))
                 sock.setblocking(False)
                 self._socks[uuid] = sock
-        self._master_boot = ""
+        self._master_boot: dict[str, str] = {}
+        """Per host: the master's boot its latest echo is of."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -105,7 +106,7 @@ class PeerBeats:
         for sock in self._socks.values():
             sock.close()
 
-    def _master_seq(self, sock: socket.socket, seen: int | None) -> int | None:
+    def _master_seq(self, uuid: str, sock: socket.socket, seen: int | None) -> int | None:
         while True:
             try:
                 data = sock.recv(65536)
@@ -119,8 +120,8 @@ class PeerBeats:
                 # A new boot of the master (bundle_footprint.py runs two daemons one after
                 # the other) starts its numbers anywhere: its echo is its own latest, not the
                 # larger of two boots', or no echo proves contact and it never hears a peer.
-                if hb.boot != self._master_boot:
-                    self._master_boot, seen = hb.boot, None
+                if hb.boot != self._master_boot.get(uuid):
+                    self._master_boot[uuid], seen = hb.boot, None
                 seen = max(seen or 0, hb.seq)
 
     def _run(self) -> None:
@@ -132,7 +133,7 @@ class PeerBeats:
         while not self._stop.wait(INTERVAL):
             seq += 1
             for uuid, sock in self._socks.items():
-                heard_master[uuid] = self._master_seq(sock, heard_master[uuid])
+                heard_master[uuid] = self._master_seq(uuid, sock, heard_master[uuid])
                 others = tuple(h for h in everyone if h != uuid)
                 fields: dict[str, object] = {}
                 if ECHOES:
