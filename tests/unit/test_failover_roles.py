@@ -431,6 +431,30 @@ def test_a_master_off_at_the_recovery_is_stepped_down_to_once_it_answers() -> No
     assert stepped.role is Role.STEPPING_DOWN and actions == (ResetMaster, BeatNow)
 
 
+def test_a_host_told_that_answered_as_no_master_since_is_a_rival_again() -> None:
+    """A was told while its xapi answered HOST_STILL_BOOTING (an emergency slave); a
+    majority then elected it and it was promoted. A probe made after the telling found it
+    no master: its xapi has restarted, or was none, and answers as a master now only by a
+    promotion of its own since. It ranks first, and is rejoined at once (virtual chaos seed
+    10000044: held for the whole STEP_DOWN_HOLD). A probe made before the telling, in the
+    same tick, says nothing of it."""
+    told = slaves_recovered(State(master_since=0.0), as_master(10.0), ["ref-h2", "ref-h3"])
+    same_tick = {A: Joined(True, "", at=10.0), B: Joined(True, ADDRESS[ME], at=10.0)}
+    before = step(told, as_master(10.5, probes=same_tick), SETTINGS)
+    assert A in before.state.told
+    booting = {A: Joined(True, "", at=11.0), B: Joined(True, ADDRESS[ME], at=11.0)}
+    since = step(told, as_master(11.0, probes=booting), SETTINGS)
+    assert A not in since.state.told and B not in since.state.told
+    promoted = {A: Joined(True, None, at=12.0), B: Joined(True, ADDRESS[ME], at=12.0)}
+    stepped, actions = run_tick(since.state, as_master(12.0, contact=OUTRANKING,
+                                                       probes=promoted))
+    assert stepped.role is Role.STEPPING_DOWN and actions == (ResetMaster, BeatNow)
+    # Still answering as a master at every probe since the telling: not rejoined.
+    master = {A: Joined(True, None, at=11.0), B: Joined(True, ADDRESS[ME], at=11.0)}
+    held, _ = run_tick(told, as_master(11.0, contact=OUTRANKING, probes=master))
+    assert held.role is Role.HELD and A in held.state.told
+
+
 def test_a_failed_recovery_may_have_told_every_host() -> None:
     """A recover_slaves that timed out may have told any host before it failed: each is
     taken as told. Marks older than the hold are let go."""

@@ -139,6 +139,9 @@ class Joined:
     follows: str | None
     """The master address it answered HOST_IS_SLAVE with (None: answered as a master; "":
     answered, following no master it names, ProbeResult.follows)."""
+    at: float = float("-inf")
+    """The time of the tick that made it (a host heard by heartbeat is probed only now and
+    then): one made before we told the host to follow us says nothing of it since."""
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,8 @@ class State:
     told: Mapping[HostId, float] = field(default_factory=dict)
     """Hosts our pool.recover_slaves told (or may have told) to follow us, and when
     (`slaves_recovered`): each one's xapi answers as a master until its fuse restarts it as
-    our slave, so for STEP_DOWN_HOLD it is no master to step down to (`told_to_follow`)."""
+    our slave, so it is no master to step down to (`told_to_follow`) until it has answered
+    as anything else, or for STEP_DOWN_HOLD (`_told_since`)."""
     last_sync: float | None = None
     last_step_down: float = float("-inf")
     stepping_to: HostId | None = None
@@ -318,10 +322,11 @@ class State:
         return max(pool_lock.current_epoch(dict(view.other_config)), self.raised)
 
     def told_to_follow(self, host: HostId, now: float) -> bool:
-        """Whether our pool.recover_slaves told `host` to follow us within STEP_DOWN_HOLD.
-        xapi's emergency_reset_master rewrites pool.conf, which "takes effect on next server
-        restart only", and restarts xapi after the fuse (Xapi_fuse.light_fuse_and_run, 5 to
-        10 s): until then the host still answers as the master it was
+        """Whether our pool.recover_slaves told `host` to follow us within STEP_DOWN_HOLD,
+        and it has answered as a master, or not at all, since (`_told_since`). xapi's
+        emergency_reset_master rewrites pool.conf, which "takes effect on next server restart
+        only", and restarts xapi after the fuse (Xapi_fuse.light_fuse_and_run, 5 to 10 s):
+        until then the host still answers as the master it was
         (ocaml/xapi/xapi_pool_transition.ml become_another_masters_slave, set_role). Stepping
         down to it then, each would follow the other, and the pool have no master (virtual
         chaos seeds 8000443, 8000690, 8001766: docs/virtual-time.md defect 10)."""
@@ -519,6 +524,7 @@ def _as_master(state: State, facts: Facts, settings: FailoverSettings) -> Decisi
     # a slave whose master is silent (at 64 hosts and 1,000 VMs, one it never met).
     watched = state.watched
     state = replace(state, vote=None, watched=None)
+    state = _told_since(state, facts)
     if state.master_since is None:
         state = replace(state, master_since=now)
     if state.promoting_at is not None:
@@ -728,6 +734,26 @@ def slaves_recovered(state: State, facts: Facts, refs: Collection[str] | None) -
         if host.uuid != facts.me and (refs is None or host.ref in refs):
             told[host.uuid] = now
     return replace(state, told=told)
+
+
+def _told_since(state: State, facts: Facts) -> State:
+    """`State.told` as of this tick: a host told to follow us that a probe made since
+    found answering as anything but a master (our slave, booting, or in emergency) has had
+    its xapi restart, or was no master when told. Its xapi now follows the pool.conf written
+    last, ours or that of a promotion of its own since: one that answers as a master again
+    was made one after we told it, and is a rival like any other (virtual chaos seed
+    10000044: told while an emergency slave, then promoted by a majority of the pool, it
+    held the master that had told it for the whole hold)."""
+    now, probes = facts.now, facts.probes
+    told = {}
+    for host, at in state.told.items():
+        probe = probes.get(host)
+        if now - at >= STEP_DOWN_HOLD or (
+                probe is not None and probe.at > at and probe.answered
+                and probe.follows is not None):
+            continue
+        told[host] = at
+    return state if told == state.told else replace(state, told=told)
 
 
 def _sync(state: State, now: float, settings: FailoverSettings) -> tuple[State, list[Action]]:
