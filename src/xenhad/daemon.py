@@ -557,7 +557,7 @@ class Daemon:
         for h, r in zip(probed, results):
             self._xapi_answers[h.uuid] = r.answered
             if r.answered or h.uuid not in heard or h.uuid not in self._probes:
-                self._probes[h.uuid] = Joined(r.answered, r.follows)
+                self._probes[h.uuid] = Joined(r.answered, r.follows, now)
         for gone in set(self._probes) - {h.uuid for h in others}:
             del self._probes[gone]
         for gone in set(self._xapi_answers) - {h.uuid for h in others}:

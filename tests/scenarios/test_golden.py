@@ -75,10 +75,6 @@ TRANSITIONS = {
     ("held", "waiting_lock"): "seed-7400023200013-masters-tell-each-other",
     ("promoted", "held"): "chaos-fenced-while-off-rejoins",
     ("reconciling", "held"): "seed-1000055-fenced-while-off-rejoins",
-    # Shown only by open defect 10: a master that recovered a rival it could not hear, then
-    # hears it rank first (docs/virtual-time.md).
-    ("reconciling", "stepping_down"): "seed-8000690-old-master-recovers-paused-new",
-    ("acting", "stepping_down"): "seed-8001766-two-epoch-1-masters-recover-each-other",
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 import pytest
 from structlog.testing import capture_logs
@@ -43,11 +44,13 @@ from xenhad.failover.roles import (
     reconcile,
     reconcile_recorded,
     reread_gate,
+    slaves_recovered,
     step,
     transition_failed,
 )
 from xenhad.model import HostView, PoolView
 from xenhad.status import render
+from xenhad.xapi.client import Xapi
 
 ME, A, B = "h1", "h2", "h3"
 """This host, and two others. A is the master while we are a slave."""
@@ -382,3 +385,112 @@ def test_a_master_quorate_again_listens_before_it_recovers_past_a_silent_master(
     assert not any(isinstance(a, RecoverSlaves) for a in back.actions)
     later = step(back.state, replace(silent, now=4.0), settings)
     assert any(isinstance(a, RecoverSlaves) for a in later.actions)
+
+
+# -- a master recovered by us answers as one until its xapi restarts (defect 10) ----------
+
+OUTRANKING = Contact(frozenset({A, B}), masters={A: A, B: ME}, epochs={A: 1, B: 0})
+"""A's daemon says it is a master of epoch 1 (ours is 0): it ranks first, and B follows us."""
+ANSWERS_AS_MASTER = {A: Joined(True, None), B: Joined(True, ADDRESS[ME])}
+"""A's xapi answers as a master; B's as our slave."""
+
+
+def test_a_master_never_steps_down_to_a_master_it_told_to_follow_it() -> None:
+    """pool.recover_slaves told A, whose daemon was not heard (off and booting, or paused):
+    A's xapi answers as a master until its fuse restarts it as our slave, and its daemon,
+    once heard, says it is one, of a later epoch. Stepping down to it, each would follow the
+    other and the pool have no master (virtual chaos seeds 8000443, 8000690, 8001766,
+    docs/virtual-time.md defect 10). This master holds, recovering no one, and acts once A
+    follows it; a rival still a master after STEP_DOWN_HOLD is weighed again."""
+    told = slaves_recovered(State(master_since=0.0), as_master(10.0), ["ref-h2", "ref-h3"])
+    heard = as_master(11.0, contact=OUTRANKING, probes=ANSWERS_AS_MASTER)
+    decision, actions = run_tick(told, heard)
+    assert decision.role is Role.HELD and "ranks first" in decision.reason, decision.reason
+    assert actions == ()
+    # Untold, the same facts make this master step down: the rule is the told host.
+    stepped, actions = run_tick(State(master_since=0.0), heard)
+    assert stepped.role is Role.STEPPING_DOWN and actions == (ResetMaster, BeatNow)
+    # A's xapi restarted as our slave and its daemon read the pool: this master acts.
+    followed = as_master(14.0, xenhad_lock=our_lock())
+    acting, _ = run_tick(decision.state, followed)
+    assert acting.role is Role.RECONCILING and acting.may_act
+    # Still answering as a master after the hold (emergency_reset_master lost): weighed
+    # again, as any rival.
+    later, actions = run_tick(decision.state, replace(heard, now=10.0 + STEP_DOWN_HOLD))
+    assert later.role is Role.STEPPING_DOWN and actions == (ResetMaster, BeatNow)
+
+
+def test_a_master_off_at_the_recovery_is_stepped_down_to_once_it_answers() -> None:
+    """xapi's recover_slaves leaves out a host it cannot reach (xapi_pool.ml): A, off when
+    we told the others, was told nothing. Booted a master that ranks first, it is rejoined
+    at once."""
+    told = slaves_recovered(State(master_since=0.0), as_master(10.0), ["ref-h3"])
+    assert told.told == {B: 10.0}
+    stepped, actions = run_tick(told, as_master(11.0, contact=OUTRANKING,
+                                                probes=ANSWERS_AS_MASTER))
+    assert stepped.role is Role.STEPPING_DOWN and actions == (ResetMaster, BeatNow)
+
+
+def test_a_host_told_that_answered_as_no_master_since_is_a_rival_again() -> None:
+    """A was told while its xapi answered HOST_STILL_BOOTING (an emergency slave); a
+    majority then elected it and it was promoted. A probe made after the telling found it
+    no master: its xapi has restarted, or was none, and answers as a master now only by a
+    promotion of its own since. It ranks first, and is rejoined at once (virtual chaos seed
+    10000044: held for the whole STEP_DOWN_HOLD). A probe made before the telling, in the
+    same tick, says nothing of it."""
+    told = slaves_recovered(State(master_since=0.0), as_master(10.0), ["ref-h2", "ref-h3"])
+    same_tick = {A: Joined(True, "", at=10.0), B: Joined(True, ADDRESS[ME], at=10.0)}
+    before = step(told, as_master(10.5, probes=same_tick), SETTINGS)
+    assert A in before.state.told
+    booting = {A: Joined(True, "", at=11.0), B: Joined(True, ADDRESS[ME], at=11.0)}
+    since = step(told, as_master(11.0, probes=booting), SETTINGS)
+    assert A not in since.state.told and B not in since.state.told
+    promoted = {A: Joined(True, None, at=12.0), B: Joined(True, ADDRESS[ME], at=12.0)}
+    stepped, actions = run_tick(since.state, as_master(12.0, contact=OUTRANKING,
+                                                       probes=promoted))
+    assert stepped.role is Role.STEPPING_DOWN and actions == (ResetMaster, BeatNow)
+    # Still answering as a master at every probe since the telling: not rejoined.
+    master = {A: Joined(True, None, at=11.0), B: Joined(True, ADDRESS[ME], at=11.0)}
+    held, _ = run_tick(told, as_master(11.0, contact=OUTRANKING, probes=master))
+    assert held.role is Role.HELD and A in held.state.told
+
+
+def test_a_failed_recovery_may_have_told_every_host() -> None:
+    """A recover_slaves that timed out may have told any host before it failed: each is
+    taken as told. Marks older than the hold are let go."""
+    told = slaves_recovered(State(told={A: 0.0}), as_master(40.0), None)
+    assert told.told == {A: 40.0, B: 40.0}
+    again = slaves_recovered(told, as_master(40.0 + STEP_DOWN_HOLD), [])
+    assert again.told == {}
+
+
+def test_the_executor_marks_the_hosts_recover_slaves_told() -> None:
+    """Through Failover: the refs pool.recover_slaves returned are the hosts told, and a
+    rival among them is no master to step down to."""
+    config = parse("", source="t", env={})
+    failover = Failover(ME, replace(SETTINGS, sync_interval=0), DetectorSettings(),
+                        FailoverActions(config), wall=lambda: WALL)
+
+    class Pool:
+        async def pool_recover_slaves(self) -> list[str]:
+            return ["ref-h2", "ref-h3"]
+
+        async def pool_add_to_other_config(self, ref: str, key: str, value: str) -> None:
+            pass
+
+        async def pool_remove_from_other_config(self, ref: str, key: str) -> None:
+            pass
+
+    xapi = cast(Xapi, Pool())
+    stray = as_master(10.0, contact=Contact(frozenset({B}), masters={B: ME}),
+                      probes={A: Joined(True, "10.0.0.9"), B: Joined(True, ADDRESS[ME])})
+    with capture_logs() as logs:
+        asyncio.run(failover.as_master(xapi, stray.view, 10.0, contact=stray.contact,
+                                       probes=stray.probes, down=frozenset(), quorate=True))
+    assert [e["told"] for e in logs if e["event"] == "failover.slaves_recovered"] == [
+        [A, B]]
+    assert failover.state.told == {A: 10.0, B: 10.0}
+    heard = as_master(11.0, contact=OUTRANKING, probes=ANSWERS_AS_MASTER)
+    asyncio.run(failover.as_master(xapi, heard.view, 11.0, contact=heard.contact,
+                                   probes=heard.probes, down=frozenset(), quorate=True))
+    assert failover.role is Role.HELD

@@ -291,7 +291,7 @@ class Failover:
                     # us waiting until it expires: slower, not unsafe.
                     log.error("failover.epoch_failed", why=str(exc))
             elif isinstance(action, roles.RecoverSlaves):
-                await self._recover_slaves(xapi, action, facts.now)
+                await self._recover_slaves(xapi, action, facts)
             elif isinstance(action, roles.SyncDatabase):
                 try:
                     await xapi.pool_sync_database()
@@ -324,14 +324,18 @@ class Failover:
             log.info("failover.decision", role=said[0].value, reason=said[1])
 
     async def _recover_slaves(self, xapi: Xapi, action: roles.RecoverSlaves,
-                              now: float) -> None:
+                              facts: Facts) -> None:
+        now = facts.now
         names = list(action.strays)
         try:
             refs = await xapi.pool_recover_slaves()
         except _XAPI_FAILED as exc:
+            # A timeout says nothing of the hosts it told before it failed: any may have been.
+            self.state = roles.slaves_recovered(self.state, facts, None)
             log.error("failover.recover_slaves_failed", hosts=names, why=str(exc),
                       fix=f"retried in {self.settings.recover_retry:g}s")
             return
+        self.state = roles.slaves_recovered(self.state, facts, refs)
         by_ref = dict(action.names_by_ref)
         told = sorted(by_ref.get(r, r) for r in refs)
         self.state = roles.mark(self.state, "slaves_recovered", now)

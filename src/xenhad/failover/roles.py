@@ -17,15 +17,16 @@
 (`State`) and what this tick saw (`Facts`), and returns a `Decision`: the next state, the actions to
 perform, a human reason, and whether this master may act so far. The executor
 (coordinator.py) performs the actions (the XAPI calls) and feeds back the few outcomes a
-rule depends on (`transition_failed`, `hold_lock`, `lock_written`, `reconcile_recorded`,
-`reconcile_unrecorded`); `reconcile`, once the lock is held, and `reread_gate` are the
-master's last gates.
+rule depends on (`transition_failed`, `slaves_recovered`, `hold_lock`, `lock_written`,
+`reconcile_recorded`, `reconcile_unrecorded`); `reconcile`, once the lock is held, and
+`reread_gate` are the master's last gates.
 
 The rules above all: of two masters, the one that ranks first stays (`rank`: the later
 promotion, then the election's order, facts both know alike) and the other steps down, on
-proof only (the first answers as a master, its xapi and its daemon); a master recovers no
-slave while a master that ranks before it answers; no incident acts before the lock is held
-and the database is reconciled (every host rejoined, or down).
+proof only (the first answers as a master, its xapi and its daemon, and is not one this
+master told to follow it, whose xapi answers as a master until it restarts as our slave); a
+master recovers no slave while a master that ranks before it answers; no incident acts
+before the lock is held and the database is reconciled (every host rejoined, or down).
 
 Every rule is a steady state, not a one-shot step: a daemon restarted in the middle of a
 failover finds the same facts and carries on.
@@ -34,7 +35,7 @@ failover finds the same facts and carries on.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 from xenhad.detector import HostState
@@ -138,6 +139,9 @@ class Joined:
     follows: str | None
     """The master address it answered HOST_IS_SLAVE with (None: answered as a master; "":
     answered, following no master it names, ProbeResult.follows)."""
+    at: float = float("-inf")
+    """The time of the tick that made it (a host heard by heartbeat is probed only now and
+    then): one made before we told the host to follow us says nothing of it since."""
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,11 @@ class State:
     `listen` has passed, it may not have heard a rival's heartbeat yet (a partition healed
     in between, our ears were cut as long as it lasted)."""
     last_recover: float = float("-inf")
+    told: Mapping[HostId, float] = field(default_factory=dict)
+    """Hosts our pool.recover_slaves told (or may have told) to follow us, and when
+    (`slaves_recovered`): each one's xapi answers as a master until its fuse restarts it as
+    our slave, so it is no master to step down to (`told_to_follow`) until it has answered
+    as anything else, or for STEP_DOWN_HOLD (`_told_since`)."""
     last_sync: float | None = None
     last_step_down: float = float("-inf")
     stepping_to: HostId | None = None
@@ -311,6 +320,18 @@ class State:
     def epoch(self, view: PoolView) -> int:
         """The promotion epoch our heartbeats say: the database's, or the one we raised."""
         return max(pool_lock.current_epoch(dict(view.other_config)), self.raised)
+
+    def told_to_follow(self, host: HostId, now: float) -> bool:
+        """Whether our pool.recover_slaves told `host` to follow us within STEP_DOWN_HOLD,
+        and it has answered as a master, or not at all, since (`_told_since`). xapi's
+        emergency_reset_master rewrites pool.conf, which "takes effect on next server restart
+        only", and restarts xapi after the fuse (Xapi_fuse.light_fuse_and_run, 5 to 10 s):
+        until then the host still answers as the master it was
+        (ocaml/xapi/xapi_pool_transition.ml become_another_masters_slave, set_role). Stepping
+        down to it then, each would follow the other, and the pool have no master (virtual
+        chaos seeds 8000443, 8000690, 8001766: docs/virtual-time.md defect 10)."""
+        at = self.told.get(host)
+        return at is not None and now - at < STEP_DOWN_HOLD
 
     def listened(self, now: float, settings: FailoverSettings) -> bool:
         """As a master: whether `listen` has passed since we became one or regained
@@ -503,6 +524,7 @@ def _as_master(state: State, facts: Facts, settings: FailoverSettings) -> Decisi
     # a slave whose master is silent (at 64 hosts and 1,000 VMs, one it never met).
     watched = state.watched
     state = replace(state, vote=None, watched=None)
+    state = _told_since(state, facts)
     if state.master_since is None:
         state = replace(state, master_since=now)
     if state.promoting_at is not None:
@@ -590,7 +612,8 @@ def _ranking(state: State, facts: Facts, settings: FailoverSettings
 
 def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[HostId, int] | None:
     """The master to rejoin, and how many follow it: another master that answers as one
-    (its xapi and its daemon say so) and ranks before this one (`rank`); None while this
+    (its xapi and its daemon say so), that we have not told to follow us
+    (`State.told_to_follow`), and that ranks before this one (`rank`); None while this
     master ranks first among those it knows of."""
     view, contact, probes, me = facts.view, facts.contact, facts.probes, facts.me
     followed: dict[HostId, int] = {}
@@ -614,7 +637,10 @@ def outvoted(state: State, facts: Facts, settings: FailoverSettings) -> tuple[Ho
     # majority for the other, or the old master one of slaves already told to rejoin the
     # new (chaos seed 1000007, 7 hosts: it recovered the new master into its slave while
     # stepping down to it, and the pool had none).
-    rivals = [h for h in contact.mutual if h in view.hosts and master_now(h)]
+    # Nor one we told to follow us: its xapi answers as a master until its fuse restarts it
+    # as our slave, and its daemon says so until it reads the pool again.
+    rivals = [h for h in contact.mutual if h in view.hosts and master_now(h)
+              and not state.told_to_follow(h, facts.now)]
     if not rivals:
         return None
     first = min([me, *rivals], key=_ranking(state, facts, settings))
@@ -695,6 +721,39 @@ def _recover_strays(state: State, facts: Facts,
     names = tuple(_name(view, h) for h in strays)
     by_ref = tuple((h.ref, h.name) for h in view.hosts.values())
     return state, [RecoverSlaves(names, by_ref)]
+
+
+def slaves_recovered(state: State, facts: Facts, refs: Collection[str] | None) -> State:
+    """pool.recover_slaves returned the hosts it told (`refs`), or failed (None: it may have
+    told any of them before it did). xapi tells every other host of its database whose xapi
+    answers, a master included, and leaves out any it cannot reach (xapi_pool.ml
+    recover_slaves): one that was off is told nothing, and may yet be a master to rejoin."""
+    now = facts.now
+    told = {h: at for h, at in state.told.items() if now - at < STEP_DOWN_HOLD}
+    for host in facts.view.hosts.values():
+        if host.uuid != facts.me and (refs is None or host.ref in refs):
+            told[host.uuid] = now
+    return replace(state, told=told)
+
+
+def _told_since(state: State, facts: Facts) -> State:
+    """`State.told` as of this tick: a host told to follow us that a probe made since
+    found answering as anything but a master (our slave, booting, or in emergency) has had
+    its xapi restart, or was no master when told. Its xapi now follows the pool.conf written
+    last, ours or that of a promotion of its own since: one that answers as a master again
+    was made one after we told it, and is a rival like any other (virtual chaos seed
+    10000044: told while an emergency slave, then promoted by a majority of the pool, it
+    held the master that had told it for the whole hold)."""
+    now, probes = facts.now, facts.probes
+    told = {}
+    for host, at in state.told.items():
+        probe = probes.get(host)
+        if now - at >= STEP_DOWN_HOLD or (
+                probe is not None and probe.at > at and probe.answered
+                and probe.follows is not None):
+            continue
+        told[host] = at
+    return state if told == state.told else replace(state, told=told)
 
 
 def _sync(state: State, now: float, settings: FailoverSettings) -> tuple[State, list[Action]]:
