@@ -15,7 +15,7 @@ from xenhad.virtual.world import World
 from xenhad.virtual.xapi import InProcessXapi, prober
 from xenhad.xapi.client import single_attempt
 from xenhad.xapi.errors import XapiAuthError, XapiError, XapiUnreachable
-from xenhad.xapi.probe import ProbeConnections
+from xenhad.xapi.probe import MASTER_HOLDS_LOGIN, ProbeConnections
 
 T = TypeVar("T")
 SPEC = PoolSpec(hosts=3, vms=8, seed=3, vm_start_seconds=0.5, boot_seconds=20.0)
@@ -246,3 +246,34 @@ def test_the_in_process_probe_takes_the_daemons_connections() -> None:
         connections.close()
 
     in_world(scenario)
+
+
+def test_a_master_answers_a_failed_login_only_after_its_brute_force_delay() -> None:
+    """xapi_session.ml thread_delay_and_raise_error, with PoolSpec.failed_login_seconds:
+    the probe of a real master (an empty-credential login) times out, as a slave's does
+    not (docs/virtual-time.md, defect 12)."""
+    spec = PoolSpec(hosts=3, vms=8, seed=3, vm_start_seconds=0.5, boot_seconds=20.0,
+                    failed_login_seconds=5.0)
+
+    async def scenario(world: World) -> None:
+        loop = world.loop
+        started = loop.time()
+        with pytest.raises(XapiAuthError):
+            await tcp(world, "host1", password="wrong").login()
+        assert loop.time() - started == pytest.approx(5.0, abs=0.2)
+        probe = prober(world)
+        # The probe tells the master by the login it holds, from a xapi that answers.
+        master = await probe(url(world, "host1"), timeout=1.5)
+        assert master.answered and master.follows is None
+        assert master.code == MASTER_HOLDS_LOGIN
+        slave = await probe(url(world, "host2"), timeout=1.5)
+        assert slave.answered and slave.is_slave
+        # Past the delay, the master's own answer.
+        late = await probe(url(world, "host1"), timeout=6.0)
+        assert late.answered and late.code == "SESSION_AUTHENTICATION_FAILED"
+        # A hung master answers neither call: not answered.
+        world.pool.host("host1").xapi = "hung"
+        hung = await probe(url(world, "host1"), timeout=1.5)
+        assert not hung.answered
+
+    in_world(scenario, spec)

@@ -311,8 +311,15 @@ def _password_ok(ctx: Ctx, uname: str, pwd: str) -> None:
                           [uname, "Authentication failure"])
 
 
+def _refused_late(failure: XapiFailure, seconds: float) -> Steps:
+    # xapi_session.ml login_with_password, thread_delay_and_raise_error: a master sleeps
+    # (5 s) before it answers a failed login (PoolSpec.failed_login_seconds).
+    yield Wait(seconds)
+    raise failure
+
+
 @method("session.login_with_password", 2, LOGIN, max_params=4)
-def login_with_password(ctx: Ctx, uname: Any, pwd: Any, *_: Any) -> str:
+def login_with_password(ctx: Ctx, uname: Any, pwd: Any, *_: Any) -> str | Pending:
     uname, pwd = _str(uname, "uname"), _str(pwd, "pwd")
     if ctx.host.emergency:
         raise XapiFailure("HOST_STILL_BOOTING", [])
@@ -325,7 +332,12 @@ def login_with_password(ctx: Ctx, uname: Any, pwd: Any, *_: Any) -> str:
         if not ctx.host.is_master:
             # xapi_session.ml login_with_password: raised before any authentication.
             raise XapiFailure("HOST_IS_SLAVE", [ctx.host.running_master])
-        _password_ok(ctx, uname, pwd)
+        try:
+            _password_ok(ctx, uname, pwd)
+        except XapiFailure as failure:
+            if ctx.pool.spec.failed_login_seconds > 0:
+                return Pending(_refused_late(failure, ctx.pool.spec.failed_login_seconds))
+            raise
         served = ctx.host
     ref = _new_ref(ctx.pool)
     served.db.sessions[ref] = {"this_host": served.ref, "this_user": uname,

@@ -39,6 +39,15 @@ class PoolSpec:
     enable_after_boot_seconds: float = 5.0
     """A slave's Pool.hello sets enabled=false; consider_enabling_host re-enables it later."""
     vm_start_seconds: float = 2.0
+    failed_login_seconds: float = 0.0
+    """How long a master's xapi sleeps before it answers a failed session.login_with_password
+    over the network. xapi sleeps 5 s (xapi_session.ml login_with_password,
+    thread_delay_and_raise_error: "to avoid someone brute-forcing the password"), and a
+    slave answers HOST_IS_SLAVE before any credential is checked. KINDER THAN XAPI at its
+    default of 0: the daemon's probe (an empty-credential login) reads a master's answer
+    at once here, where a real master's comes after the probe's timeout; with 5 s, the
+    golden scenarios of two masters end with both still masters (docs/virtual-time.md,
+    defect 12, open). It stays 0 by default until the probe tells a master without it."""
     host_memory: int = 256 * GiB
     dom0_memory: int = 4 * GiB
     host_memory_overhead: int = 1 * GiB

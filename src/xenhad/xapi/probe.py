@@ -7,10 +7,16 @@ believes in, with no password ever on the wire. Any other XAPI-shaped answer (a 
 or Success envelope) also proves the xapi answered. A socket error, a timeout or a reply
 that is not XAPI means it did not.
 
-Caveat, from the same function: a MASTER checks the credentials, and when they are wrong
-it sleeps 5 s before answering SESSION_AUTHENTICATION_FAILED (brute-force delay). With a
-probe timeout under ~5 s a healthy master therefore looks silent; the probe is meant for
-slaves.
+A MASTER checks the credentials, and when they are wrong it sleeps 5 s before answering
+SESSION_AUTHENTICATION_FAILED (the same function, thread_delay_and_raise_error: against
+brute force). Under a probe timeout of 1.5 s a healthy master would look silent, and a
+master that boots back after a crash was taken for a hung xapi, never for the stray master
+it is: the pool kept two masters (docs/virtual-time.md, defect 12). So when the login has
+not answered within a third of the timeout, the probe also asks
+`session.slave_local_login_with_password` with empty credentials, which every live xapi
+refuses at once, whatever its role (xapi_session.ml: no role check, no delay). A login
+still held at the timeout by a xapi that answered that is a master's: the probe says it
+answered, as a master (`MASTER_HOLDS_LOGIN`). A slave names its master before any of this.
 
 The probe is plain asyncio (no thread, no XenAPI.Session): a tick probes every host at once
 and a black-holed host must cost only its own timeout, whatever the pool size.
@@ -141,9 +147,10 @@ async def probe(
     try:
         url = _probe_url(address_or_url)
         context = _tls_context(url, verify_tls, ca_file)
-        reply = await asyncio.wait_for(
-            ask_xapi(url, source_address, context, "session.login_with_password"), timeout
-        )
+        reply = await _login(ask_xapi, url, source_address, context, timeout)
+    except _HeldAsMaster:
+        return result(True, "answers; its login held past the timeout, as a master holds an "
+                      "empty one (5 s)", code=MASTER_HOLDS_LOGIN)
     except asyncio.TimeoutError:
         return result(False, f"no answer within {timeout:g} s")
     except _NotXapi as e:
@@ -178,6 +185,53 @@ async def probe(
         master = params[0] if params else ""
         return result(True, f"slave of {master or '?'}", code=code, master_address=master or None)
     return result(True, f"xapi answered {code}", code=code)
+
+
+MASTER_HOLDS_LOGIN = "MASTER_HOLDS_LOGIN"
+"""ProbeResult.code of a xapi that answered at once a call every role answers, and held
+the empty login past the probe's timeout: a master's brute-force delay (module docstring).
+Not an XAPI error code."""
+
+
+class _HeldAsMaster(Exception):
+    pass
+
+
+async def _login(ask: Ask, url: str, source_address: str | None,
+                 context: ssl.SSLContext | None, timeout: float) -> dict[str, Any]:
+    """The empty login's envelope within `timeout`. Raises _HeldAsMaster when it is still
+    held at the timeout by a xapi that answered `slave_local_login_with_password`,
+    asyncio.TimeoutError when nothing answered."""
+    login = asyncio.ensure_future(
+        ask(url, source_address, context, "session.login_with_password"))
+    alive: asyncio.Future[dict[str, Any]] | None = None
+    try:
+        done, _ = await asyncio.wait({login}, timeout=timeout / 3)
+        if login in done:
+            return login.result()
+        alive = asyncio.ensure_future(
+            ask(url, source_address, context, "session.slave_local_login_with_password"))
+        done, _ = await asyncio.wait({login}, timeout=timeout - timeout / 3)
+        if login in done:
+            return login.result()
+        if alive.done() and not alive.cancelled() and alive.exception() is None:
+            answer = alive.result()
+            if answer.get("Status") == "Success":  # a root without password: log it out
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ask(url, source_address, context,
+                                               "session.local_logout"), 1.0)
+            raise _HeldAsMaster
+        raise asyncio.TimeoutError
+    finally:
+        for pending in (login, alive):
+            if pending is None:
+                continue
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            elif not pending.cancelled():
+                pending.exception()  # read: a refused second call is no error of ours
 
 
 @functools.lru_cache(maxsize=1024)
@@ -416,6 +470,8 @@ def probe_params(method: str, params: tuple[str, ...]) -> tuple[str, ...]:
     """What the probe sends: a login with empty credentials, never a password."""
     if method == "session.login_with_password":
         return ("", "", "1.0", ORIGINATOR)
+    if method == "session.slave_local_login_with_password":
+        return ("", "")
     return params
 
 
