@@ -60,17 +60,16 @@ class Timer(asyncio.TimerHandle):
     heap holds and pops them exactly as it would asyncio's."""
 
     __slots__ = ()
+    # Handle's fields, set by _handle_fields (typeshed does not declare them).
+    _context: contextvars.Context
+    _loop: asyncio.AbstractEventLoop
+    _callback: Callable[..., Any]
+    _args: Any
 
     def __init__(self, when: float, callback: Callable[..., Any], args: Any,
                  loop: asyncio.AbstractEventLoop, context: contextvars.Context | None) -> None:
         # Handle.__init__ and TimerHandle.__init__, outside debug mode (see call_at).
-        self._context = contextvars.copy_context() if context is None else context
-        self._loop = loop
-        self._callback = callback
-        self._args = args
-        self._cancelled = False
-        self._repr = None
-        self._source_traceback = None
+        _handle_fields(self, callback, args, loop, context)
         self._when = when
         self._scheduled = False
 
@@ -85,13 +84,21 @@ class Soon(asyncio.Handle):
 
     def __init__(self, callback: Callable[..., Any], args: Any,
                  loop: asyncio.AbstractEventLoop, context: contextvars.Context | None) -> None:
-        self._context = contextvars.copy_context() if context is None else context
-        self._loop = loop
-        self._callback = callback
-        self._args = args
-        self._cancelled = False
-        self._repr = None
-        self._source_traceback = None
+        _handle_fields(self, callback, args, loop, context)
+
+
+def _handle_fields(handle: asyncio.Handle, callback: Callable[..., Any], args: Any,
+                   loop: asyncio.AbstractEventLoop,
+                   context: contextvars.Context | None) -> None:
+    """What asyncio's Handle.__init__ sets, outside debug mode (CPython 3.11 events.py)."""
+    h: Any = handle
+    h._context = contextvars.copy_context() if context is None else context
+    h._loop = loop
+    h._callback = callback
+    h._args = args
+    h._cancelled = False
+    h._repr = None
+    h._source_traceback = None
 
 
 class VirtualLoop(asyncio.BaseEventLoop):
