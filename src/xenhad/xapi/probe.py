@@ -219,7 +219,8 @@ async def _login(ask: Ask, url: str, source_address: str | None,
             if answer.get("Status") == "Success":  # a root without password: log it out
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ask(url, source_address, context,
-                                               "session.local_logout"), 1.0)
+                                               "session.local_logout",
+                                               str(answer.get("Value"))), 1.0)
             raise _HeldAsMaster
         raise asyncio.TimeoutError
     finally:
