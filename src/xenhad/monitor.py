@@ -536,4 +536,8 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _short(text: str) -> str:
+    # A uuid or ref as it is, unless a reply put a newline or another control character in
+    # it: then quoted, so that an error stays one line (tests/xapi/test_xapi_replies.py).
+    if not text.isprintable():
+        return shown(text)
     return text if len(text) <= 80 else text[:77] + "..."
